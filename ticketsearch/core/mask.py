@@ -1,0 +1,201 @@
+"""Mask: parameter name → bool tensor (True = keep), the one object that crosses dataset boundaries.
+
+Stored as safetensors (no pickle: loading a stranger's mask must not run code) with a JSON sidecar holding
+the metadata a transfer needs: model name and parameter shapes, source dataset, method, density, hparam
+hash and library version. Shapes are checked on every application, with a message naming the layer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import DataError, MaskMismatchError
+from .io import atomic_write, atomic_write_json
+
+__all__ = ["Mask"]
+
+_FORMAT = "ticketsearch-mask/1"
+
+
+class Mask(Mapping[str, torch.Tensor]):
+    """An immutable-by-convention mapping of parameter names to bool tensors, plus metadata."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> None:
+        self._t: dict[str, torch.Tensor] = {}
+        for name, t in tensors.items():
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"mask entry '{name}' is {type(t).__name__}, expected a tensor")
+            self._t[name] = t.detach().to(dtype=torch.bool)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    # -- mapping ------------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._t[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._t)
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def __repr__(self) -> str:
+        return f"Mask({len(self)} tensors, density={self.density:.4f})"
+
+    # -- constructors -------------------------------------------------------------------------------
+    @classmethod
+    def ones(cls, shapes: Mapping[str, Iterable[int]], **metadata: Any) -> Mask:
+        return cls({n: torch.ones(tuple(s), dtype=torch.bool) for n, s in shapes.items()}, metadata)
+
+    # -- statistics ---------------------------------------------------------------------------------
+    @property
+    def num_kept(self) -> int:
+        return int(sum(int(t.sum()) for t in self._t.values()))
+
+    @property
+    def num_total(self) -> int:
+        return int(sum(t.numel() for t in self._t.values()))
+
+    @property
+    def density(self) -> float:
+        """Fraction of weights kept (sparsity = 1 − density)."""
+        total = self.num_total
+        return self.num_kept / total if total else 1.0
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    def layer_density(self) -> dict[str, float]:
+        return {n: (float(t.sum()) / t.numel() if t.numel() else 1.0) for n, t in self._t.items()}
+
+    def layer_counts(self) -> dict[str, int]:
+        return {n: int(t.sum()) for n, t in self._t.items()}
+
+    def shapes(self) -> dict[str, list[int]]:
+        return {n: list(t.shape) for n, t in self._t.items()}
+
+    # -- algebra ------------------------------------------------------------------------------------
+    def to(self, device: torch.device | str) -> Mask:
+        return Mask({n: t.to(device) for n, t in self._t.items()}, self.metadata)
+
+    def cpu(self) -> Mask:
+        return self.to("cpu")
+
+    def is_subset_of(self, other: Mapping[str, torch.Tensor]) -> bool:
+        """True if every kept weight here is kept in ``other`` (masks only shrink under IMP)."""
+        return all(not bool((t & ~other[n].to(t.device)).any()) for n, t in self._t.items())
+
+    def equals(self, other: Mapping[str, torch.Tensor]) -> bool:
+        return set(self) == set(other) and all(torch.equal(t.cpu(), other[n].cpu()) for n, t in self._t.items())
+
+    def with_metadata(self, **metadata: Any) -> Mask:
+        return Mask(self._t, {**self.metadata, **metadata})
+
+    def shuffled(self, generator: torch.Generator) -> Mask:
+        """Randomly permute the kept positions within each layer: same layerwise densities, new structure.
+
+        The sanity check of Frankle et al. 2021: a method whose ticket survives this only learned densities.
+        """
+        out = {}
+        for n, t in self._t.items():
+            flat = t.flatten().cpu()
+            perm = torch.randperm(flat.numel(), generator=generator)
+            out[n] = flat[perm].reshape(t.shape).to(t.device)
+        return Mask(out, {**self.metadata, "control": "layerwise_shuffle"})
+
+    # -- model checks -------------------------------------------------------------------------------
+    def check_shapes(self, shapes: Mapping[str, Iterable[int]], *, what: str = "model") -> None:
+        """Raise MaskMismatchError naming every missing, extra or misshaped parameter."""
+        expected = {n: tuple(s) for n, s in shapes.items()}
+        problems = []
+        missing = [n for n in expected if n not in self._t]
+        extra = [n for n in self._t if n not in expected]
+        if missing:
+            problems.append(f"missing from mask: {', '.join(missing)}")
+        if extra:
+            problems.append(f"not in {what}: {', '.join(extra)}")
+        for n, s in expected.items():
+            if n in self._t and tuple(self._t[n].shape) != s:
+                problems.append(f"'{n}' has shape {list(self._t[n].shape)} in mask but {list(s)} in {what}")
+        if problems:
+            src = self.metadata.get("model")
+            src_txt = f" (mask made for model '{src}')" if src else ""
+            raise MaskMismatchError(f"mask does not fit the {what}{src_txt}: " + "; ".join(problems))
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str], **metadata: Any) -> Path:
+        """Write ``path`` (safetensors) and ``path`` with suffix ``.json`` (metadata), both atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        meta = {**self.metadata, **metadata}
+        meta.update(
+            format=_FORMAT,
+            density=self.density,
+            num_kept=self.num_kept,
+            num_total=self.num_total,
+            shapes=self.shapes(),
+            layer_density=self.layer_density(),
+        )
+        meta.setdefault("ticketsearch_version", _version())
+        tensors = {n: t.detach().cpu().to(torch.uint8).contiguous() for n, t in self._t.items()}
+        header = {"ticketsearch": json.dumps({k: meta[k] for k in ("format", "model", "density") if k in meta})}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+        atomic_write_json(sidecar_path(path), meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Mask:
+        """Load a mask written by :meth:`save`; never unpickles. Corrupt files give a one-line DataError."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"mask file '{path}' does not exist")
+        try:
+            raw = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise DataError(f"mask file '{path}' is not a valid safetensors file: {exc}") from None
+        meta: dict[str, Any] = {}
+        side = sidecar_path(path)
+        if side.is_file():
+            try:
+                meta = json.loads(side.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"mask metadata '{side}' is not valid JSON: {exc}") from None
+        for n, t in raw.items():
+            if t.dtype not in (torch.uint8, torch.bool) or bool((t > 1).any()):
+                raise DataError(f"mask file '{path}': entry '{n}' is not a 0/1 tensor (dtype {t.dtype})")
+        mask = cls({n: t.bool() for n, t in raw.items()}, meta)
+        if "num_kept" in meta and meta["num_kept"] != mask.num_kept:
+            raise DataError(
+                f"mask file '{path}' keeps {mask.num_kept} weights but its metadata says {meta['num_kept']}"
+            )
+        return mask
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    return p.with_name(p.name[: -len(p.suffix)] + ".json") if p.suffix else p.with_name(p.name + ".json")
+
+
+def _version() -> str:
+    try:
+        from .. import __version__
+
+        return __version__
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+def exact_count(density: float, n: int) -> int:
+    """Number of weights kept for ``density`` of ``n``: round half up, so the rule is the same everywhere."""
+    return int(math.floor(density * n + 0.5))

@@ -1,0 +1,236 @@
+"""Scores → Mask. The only place masks are made from scores, so every method is compared under one rule.
+
+Higher score = keep. Counts are exact (``round-half-up(density × n)``) and ties are broken
+deterministically: among equal scores the weight with the lower flat index (in the order of the score
+dict, then row-major) is kept. Weights pruned in ``current`` are never revived.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from .errors import ConfigError, MaskMismatchError
+from .mask import Mask, exact_count
+
+__all__ = [
+    "select",
+    "select_counts",
+    "select_global",
+    "layer_densities",
+    "check_density",
+    "validate_scores",
+    "DISTRIBUTIONS",
+]
+
+DISTRIBUTIONS = ("uniform", "erk")
+SCOPES = ("global", "layerwise")
+
+
+def check_density(density: float, *, name: str = "density") -> float:
+    """Density is the fraction kept and must lie in (0, 1]."""
+    try:
+        d = float(density)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number in (0, 1], got {density!r}") from None
+    if not (0.0 < d <= 1.0) or math.isnan(d):
+        raise ConfigError(f"{name} must be in (0, 1] (the fraction of weights kept), got {density!r}")
+    return d
+
+
+def validate_scores(
+    scores: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]] | None = None, *, source: str = "scorer"
+) -> None:
+    """Raise naming the parameter if scores are missing, extra, misshaped or not finite."""
+    if shapes is not None:
+        missing = [n for n in shapes if n not in scores]
+        extra = [n for n in scores if n not in shapes]
+        if missing:
+            raise MaskMismatchError(f"{source} returned no score for parameter(s): {', '.join(missing)}")
+        if extra:
+            raise MaskMismatchError(f"{source} returned scores for unknown parameter(s): {', '.join(extra)}")
+    for n, s in scores.items():
+        if not isinstance(s, torch.Tensor):
+            raise MaskMismatchError(f"{source} score for '{n}' is {type(s).__name__}, expected a tensor")
+        if shapes is not None and tuple(s.shape) != tuple(shapes[n]):
+            raise MaskMismatchError(
+                f"{source} score for '{n}' has shape {list(s.shape)}, parameter has {list(shapes[n])}"
+            )
+        if not bool(torch.isfinite(s).all()):
+            bad = "NaN" if bool(torch.isnan(s).any()) else "infinite"
+            raise MaskMismatchError(f"{source} returned {bad} scores for parameter '{n}'")
+
+
+def _masked_flat(scores: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor] | None, name: str):
+    s = scores[name].detach().flatten().to(torch.float64)
+    alive = None
+    if current is not None:
+        alive = current[name].flatten().to(s.device)
+    return s, alive
+
+
+def _topk_indices(values: torch.Tensor, alive: torch.Tensor | None, k: int) -> torch.Tensor:
+    """Indices of the k largest values among alive ones; ties → lower index first (stable sort)."""
+    if alive is not None:
+        idx_alive = torch.nonzero(alive, as_tuple=False).flatten()
+        vals = values[idx_alive]
+    else:
+        idx_alive = None
+        vals = values
+    if k > vals.numel():
+        raise ConfigError(f"cannot keep {k} weights: only {vals.numel()} are still unpruned")
+    order = torch.sort(vals, descending=True, stable=True).indices[:k]
+    return idx_alive[order] if idx_alive is not None else order
+
+
+def select_counts(
+    scores: Mapping[str, torch.Tensor], counts: Mapping[str, int], *, current: Mapping[str, torch.Tensor] | None = None
+) -> Mask:
+    """Layerwise top-k with an exact count per layer."""
+    out = {}
+    for name, t in scores.items():
+        k = int(counts[name])
+        values, alive = _masked_flat(scores, current, name)
+        m = torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
+        if k > 0:
+            m[_topk_indices(values, alive, k)] = True
+        out[name] = m.reshape(t.shape)
+    return Mask(out)
+
+
+def select_global(
+    scores: Mapping[str, torch.Tensor],
+    k: int,
+    *,
+    current: Mapping[str, torch.Tensor] | None = None,
+    fixed_counts: Mapping[str, int] | None = None,
+    min_counts: Mapping[str, int] | None = None,
+) -> Mask:
+    """Keep the ``k`` highest scores across all layers (one threshold).
+
+    ``fixed_counts`` layers are selected on their own with that count and excluded from the global pool
+    (``k`` counts only the pooled layers). ``min_counts`` guarantees each layer at least that many weights
+    (its best ones) before the rest of the budget is spent globally: the guard against emptying a layer.
+    """
+    fixed_counts = dict(fixed_counts or {})
+    min_counts = dict(min_counts or {})
+    pooled = [n for n in scores if n not in fixed_counts]
+    out: dict[str, torch.Tensor] = {}
+    if fixed_counts:
+        out.update(select_counts({n: scores[n] for n in fixed_counts}, fixed_counts, current=current))
+    if not pooled:
+        return Mask({n: out[n] for n in scores})
+    flats, alives, sizes = [], [], []
+    for n in pooled:
+        v, a = _masked_flat(scores, current, n)
+        flats.append(v.cpu())
+        alives.append(a.cpu() if a is not None else torch.ones(v.numel(), dtype=torch.bool))
+        sizes.append(v.numel())
+    values = torch.cat(flats)
+    alive = torch.cat(alives)
+    keep = torch.zeros(values.numel(), dtype=torch.bool)
+    # the guard: each layer's best min_counts[n] weights first
+    offset = 0
+    for n, size, a in zip(pooled, sizes, alives):
+        m = int(min_counts.get(n, 0))
+        if m > 0:
+            seg = values[offset : offset + size]
+            keep[offset + _topk_indices(seg, a, min(m, int(a.sum())))] = True
+        offset += size
+    remaining = k - int(keep.sum())
+    if remaining < 0:
+        raise ConfigError(
+            f"the per-layer minimum needs {int(keep.sum())} weights but the density allows only {k}; "
+            "lower --min-layer-density or raise --density"
+        )
+    if remaining > 0:
+        chosen = _topk_indices(values, alive & ~keep, remaining)
+        keep[chosen] = True
+    offset = 0
+    for n, size in zip(pooled, sizes):
+        out[n] = keep[offset : offset + size].reshape(scores[n].shape).to(scores[n].device)
+        offset += size
+    return Mask({n: out[n] for n in scores})
+
+
+def layer_densities(
+    shapes: Mapping[str, tuple[int, ...]], density: float, distribution: str = "uniform"
+) -> dict[str, float]:
+    """Per-layer densities whose weighted mean is ``density``.
+
+    ``uniform``: every layer the same. ``erk`` (Evci et al. 2020, RigL): density ∝ sum(dims)/prod(dims),
+    layers that would exceed 1 are made dense and the rest rescaled.
+    """
+    check_density(density)
+    if distribution == "uniform":
+        return {n: density for n in shapes}
+    if distribution != "erk":
+        raise ConfigError(f"unknown density distribution '{distribution}' (choose from: {', '.join(DISTRIBUTIONS)})")
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    raw = {n: sum(s) / math.prod(s) for n, s in shapes.items()}
+    total = sum(sizes.values())
+    dense: set[str] = set()
+    while True:
+        budget = density * total - sum(sizes[n] for n in dense)
+        denom = sum(raw[n] * sizes[n] for n in shapes if n not in dense)
+        eps = budget / denom if denom > 0 else 0.0
+        over = [n for n in shapes if n not in dense and eps * raw[n] > 1.0]
+        if not over:
+            break
+        dense.update(over)
+    return {n: (1.0 if n in dense else eps * raw[n]) for n in shapes}
+
+
+def select(
+    scores: Mapping[str, torch.Tensor],
+    density: float,
+    *,
+    scope: str = "global",
+    distribution: str = "uniform",
+    layer_density: Mapping[str, float] | None = None,
+    current: Mapping[str, torch.Tensor] | None = None,
+    min_layer_density: float = 0.0,
+) -> Mask:
+    """Make a mask keeping ``density`` of all scored weights.
+
+    ``scope='global'``: one ranking over all layers (except those in ``layer_density``, selected on their
+    own). ``scope='layerwise'``: each layer keeps its own density, from ``distribution`` (uniform or ERK)
+    unless overridden by ``layer_density``. ``min_layer_density`` is a floor for every layer.
+    Densities are fractions of each layer's full size, not of what ``current`` still keeps.
+    """
+    check_density(density)
+    if scope not in SCOPES:
+        raise ConfigError(f"unknown selection scope '{scope}' (choose from: {', '.join(SCOPES)})")
+    if not 0.0 <= min_layer_density <= 1.0:
+        raise ConfigError(f"min_layer_density must be in [0, 1], got {min_layer_density}")
+    if not scores:
+        raise ConfigError("no prunable parameters to select from (the model has no Linear/Conv weights)")
+    validate_scores(scores, None)
+    shapes = {n: tuple(t.shape) for n, t in scores.items()}
+    if current is not None:
+        Mask(current).check_shapes(shapes, what="scores")
+    overrides = {n: check_density(d, name=f"density of '{n}'") for n, d in (layer_density or {}).items()}
+    unknown = [n for n in overrides if n not in scores]
+    if unknown:
+        raise ConfigError(f"layer density given for unknown parameter(s): {', '.join(unknown)}")
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    min_counts = {n: min(sizes[n], math.ceil(min_layer_density * sizes[n])) for n in shapes}
+
+    if scope == "layerwise":
+        dens = layer_densities(shapes, density, distribution)
+        dens.update(overrides)
+        counts = {n: max(exact_count(dens[n], sizes[n]), min_counts[n]) for n in shapes}
+        mask = select_counts(scores, counts, current=current)
+    else:
+        fixed = {n: max(exact_count(d, sizes[n]), min_counts[n]) for n, d in overrides.items()}
+        pooled_total = sum(sizes[n] for n in shapes if n not in fixed)
+        k = exact_count(density, sum(sizes.values())) - sum(fixed.values()) if fixed else exact_count(density, pooled_total)
+        k = max(0, min(k, pooled_total))
+        mask = select_global(
+            scores, k, current=current, fixed_counts=fixed, min_counts={n: c for n, c in min_counts.items() if n not in fixed}
+        )
+    return mask.with_metadata(
+        density_requested=float(density), scope=scope, distribution=distribution if scope == "layerwise" else None
+    )

@@ -1,0 +1,227 @@
+"""Masked Linear/Conv2d layers and the one backend switch every masked layer goes through.
+
+Backends:
+
+``inplace`` (default)
+    Pruned weights are kept at exact zero and their gradients are zeroed after each backward pass
+    (one fused ``_foreach_mul_`` over all layers). The forward is the dense op, so a fixed mask costs only
+    that multiply per step. Exactness under SGD (momentum, weight decay), Adam and AdamW follows from zero
+    weights + zero gradients + fresh optimizer state: every update of a pruned weight is exactly 0.
+``reference``
+    ``W ⊙ M`` materialised in every forward: the spec and the oracle in tests, slow on purpose.
+``triton``
+    Fused masked kernels (GPU); registered by :mod:`ticketsearch.sparse.kernels` when Triton imports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..core.errors import ConfigError, MaskMismatchError
+from ..core.mask import Mask
+
+__all__ = [
+    "MaskedLinear",
+    "MaskedConv2d",
+    "MaskedLayer",
+    "BACKENDS",
+    "register_backend",
+    "set_backend",
+    "sparsify",
+    "prunable_parameters",
+    "prunable_shapes",
+    "output_parameter",
+    "apply_mask",
+    "get_mask",
+    "mask_gradients",
+    "enforce_mask",
+    "masked_layers",
+]
+
+# name -> function(layer, input) -> output; None means "handled inline" (inplace, reference)
+BACKENDS: dict[str, Callable[[MaskedLayer, torch.Tensor], torch.Tensor] | None] = {"inplace": None, "reference": None}
+
+
+def register_backend(name: str, fn: Callable[[MaskedLayer, torch.Tensor], torch.Tensor]) -> None:
+    """Add a kernel backend (used by the Triton kernels)."""
+    BACKENDS[name] = fn
+
+
+class MaskedLayer:
+    """Mixin holding a bool mask buffer (non-persistent: a model's state_dict is the same dense or sparse)."""
+
+    weight: nn.Parameter
+    weight_mask: torch.Tensor | None
+    _mask_f: torch.Tensor | None
+    backend: str
+
+    def _init_mask(self) -> None:
+        self.register_buffer("weight_mask", None, persistent=False)
+        self._mask_f = None
+        self.backend = "inplace"
+
+    def set_mask(self, mask: torch.Tensor | None) -> None:
+        if mask is None:
+            self.weight_mask = None
+            self._mask_f = None
+            return
+        if tuple(mask.shape) != tuple(self.weight.shape):
+            raise MaskMismatchError(f"mask of shape {list(mask.shape)} for weight of shape {list(self.weight.shape)}")
+        self.weight_mask = mask.to(device=self.weight.device, dtype=torch.bool)
+        self._mask_f = None
+        with torch.no_grad():
+            self.weight.mul_(self.mask_float())
+
+    def mask_float(self) -> torch.Tensor:
+        """The mask as the weight's dtype, cached: multiplying by it is the cheapest masking op."""
+        m = self.weight_mask
+        assert m is not None
+        if self._mask_f is None or self._mask_f.device != self.weight.device or self._mask_f.dtype != self.weight.dtype:
+            self._mask_f = m.to(device=self.weight.device, dtype=self.weight.dtype)
+        return self._mask_f
+
+    def effective_weight(self) -> torch.Tensor:
+        if self.weight_mask is None:
+            return self.weight
+        if self.backend == "reference":
+            return self.weight * self.weight_mask.to(self.weight.dtype)
+        return self.weight
+
+    def _apply(self, fn, recurse=True):  # keep the float mask cache on the right device/dtype
+        out = super()._apply(fn, recurse)  # type: ignore[misc]
+        self._mask_f = None
+        return out
+
+
+class MaskedLinear(MaskedLayer, nn.Linear):
+    """nn.Linear whose weight may carry a mask; the backend decides how the mask is enforced."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_mask()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_mask is not None:
+            fn = BACKENDS.get(self.backend)
+            if fn is not None:
+                return fn(self, x)
+        return F.linear(x, self.effective_weight(), self.bias)
+
+
+class MaskedConv2d(MaskedLayer, nn.Conv2d):
+    """nn.Conv2d whose weight may carry a mask."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_mask()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_mask is not None:
+            fn = BACKENDS.get(self.backend)
+            if fn is not None:
+                return fn(self, x)
+        return self._conv_forward(x, self.effective_weight(), self.bias)
+
+
+_SWAP = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
+
+
+def sparsify(model: nn.Module) -> nn.Module:
+    """Turn every plain nn.Linear/nn.Conv2d of a (third-party) model into its masked twin, in place."""
+    for module in model.modules():
+        cls = _SWAP.get(type(module))
+        if cls is not None:
+            module.__class__ = cls
+            module._init_mask()  # type: ignore[attr-defined]
+    return model
+
+
+def masked_layers(model: nn.Module) -> Iterator[tuple[str, MaskedLayer]]:
+    for name, module in model.named_modules():
+        if isinstance(module, MaskedLayer):
+            yield name, module
+
+
+def _pname(module_name: str) -> str:
+    return f"{module_name}.weight" if module_name else "weight"
+
+
+def prunable_parameters(model: nn.Module, *, include_output: bool = True) -> dict[str, nn.Parameter]:
+    """Weights of masked Linear/Conv layers, in module order. Biases and norms are never pruned."""
+    params = {_pname(n): m.weight for n, m in masked_layers(model)}
+    if not include_output:
+        params.pop(output_parameter(model), None)
+    return params
+
+
+def prunable_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in prunable_parameters(model).items()}
+
+
+def output_parameter(model: nn.Module) -> str:
+    """Name of the output layer's weight: ``model.output_layer`` if the model declares it, else the last one."""
+    declared = getattr(model, "output_layer", None)
+    if declared:
+        return declared if declared.endswith(".weight") else f"{declared}.weight"
+    names = list(prunable_parameters(model))
+    if not names:
+        raise ConfigError(f"model {type(model).__name__} has no prunable (Linear/Conv2d) layers")
+    return names[-1]
+
+
+def set_backend(model: nn.Module, backend: str) -> None:
+    if backend not in BACKENDS:
+        if backend == "triton":
+            from . import kernels  # noqa: F401  (registers triton if it imports)
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown sparse backend '{backend}' (choose from: {', '.join(BACKENDS)})")
+    for _, layer in masked_layers(model):
+        layer.backend = backend
+
+
+def apply_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], *, backend: str | None = None) -> nn.Module:
+    """Attach ``mask`` to the model's layers and zero the pruned weights. Checks names and shapes first."""
+    shapes = prunable_shapes(model)
+    m = mask if isinstance(mask, Mask) else Mask(mask)
+    m.check_shapes(shapes, what=f"model {type(model).__name__}")
+    for name, layer in masked_layers(model):
+        layer.set_mask(m[_pname(name)])
+    if backend is not None:
+        set_backend(model, backend)
+    return model
+
+
+def get_mask(model: nn.Module) -> Mask:
+    """The model's current mask (all-ones for layers without one)."""
+    out = {}
+    for name, layer in masked_layers(model):
+        wm = layer.weight_mask
+        out[_pname(name)] = wm.detach().cpu().clone() if wm is not None else torch.ones(layer.weight.shape, dtype=torch.bool)
+    return Mask(out)
+
+
+def mask_gradients(model: nn.Module) -> None:
+    """Zero the gradients of pruned weights (inplace backend): one fused multiply over all layers."""
+    grads, masks = [], []
+    for _, layer in masked_layers(model):
+        if layer.weight_mask is not None and layer.weight.grad is not None and layer.backend == "inplace":
+            grads.append(layer.weight.grad)
+            masks.append(layer.mask_float())
+    if grads:
+        torch._foreach_mul_(grads, masks)
+
+
+@torch.no_grad()
+def enforce_mask(model: nn.Module) -> None:
+    """Zero pruned weights (after loading a checkpoint or an optimizer that is not zero-preserving)."""
+    ws, masks = [], []
+    for _, layer in masked_layers(model):
+        if layer.weight_mask is not None:
+            ws.append(layer.weight)
+            masks.append(layer.mask_float())
+    if ws:
+        torch._foreach_mul_(ws, masks)
