@@ -1,0 +1,38 @@
+# Targets create .venv if missing and install into it. Plain `pip install torch` brings the standard build.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: demo test test-all bench lint venv clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## the main job on the embedded default data set (scikit-learn's digits): IMP next to a learned supermask
+demo: $(STAMP)
+	$(BIN)/python -m ticketsearch find --method imp --dataset digits --density 0.1 --controls reinit --root runs/demo --no-progress
+	$(BIN)/python -m ticketsearch find --method supermask --dataset digits --density 0.5 --then-train --root runs/demo --no-progress
+
+## the default test suite (CPU, < 10 minutes); exit 5 (no tests collected) is a failure
+test: $(STAMP)
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check ticketsearch tests benchmarks examples
+
+clean:
+	rm -rf runs/demo .pytest_cache

@@ -1,0 +1,230 @@
+"""The one training loop: weights (dense or masked) and learned scores (supermasks) all train here.
+
+Data stays on the training device as tensors and batches are a pure function of (seed, iteration) (see
+:class:`ticketsearch.data.Batcher`), so resuming from a checkpoint replays exactly the same steps. As in the
+lottery-ticket paper we record the early-stopping iteration (minimum validation loss) and the test accuracy
+there, next to the final accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..core.errors import ConfigError, DivergenceError
+from ..core.hparams import TrainingHparams, to_iterations
+from ..sparse import mask_gradients
+from .optim import LRSchedule, make_optimizer
+
+__all__ = ["train", "evaluate", "TrainResult", "TrainState"]
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds; only tensors, numbers, strings, lists and dicts (loads with weights_only)."""
+
+    iteration: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    history: list[dict[str, Any]]
+    best: dict[str, Any]
+    passes: dict[str, int]
+    elapsed: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(
+            iteration=self.iteration,
+            model=self.model,
+            optimizer=self.optimizer,
+            history=self.history,
+            best=self.best,
+            passes=self.passes,
+            elapsed=self.elapsed,
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        return cls(**d)
+
+
+@dataclass
+class TrainResult:
+    iterations: int
+    final: dict[str, float]
+    best: dict[str, Any]  # early-stop point: iteration, val_loss, val_acc, test_acc, test_loss
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_time: float = 0.0
+    passes: dict[str, int] = field(default_factory=dict)  # forward/backward passes over batches
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> dict[str, float]:
+    """Mean loss and accuracy, in eval mode; the caller's train/eval mode is restored."""
+    if x.shape[0] == 0:
+        return {"loss": float("nan"), "acc": float("nan")}
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for i in range(0, x.shape[0], batch_size):
+        out = model(x[i : i + batch_size])
+        yb = y[i : i + batch_size]
+        loss_sum += F.cross_entropy(out.float(), yb, reduction="sum").double()
+        correct += (out.argmax(1) == yb).sum()
+    model.train(was_training)
+    n = x.shape[0]
+    return {"loss": float(loss_sum) / n, "acc": float(correct) / n}
+
+
+def _progress(total: int, initial: int, enabled: bool | str, desc: str):
+    if enabled == "auto":
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def train(
+    model: nn.Module,
+    data: Any,
+    hp: TrainingHparams,
+    *,
+    seed: int,
+    start: TrainState | None = None,
+    checkpoint_every: int = 1,
+    save_checkpoint: Callable[[TrainState], None] | None = None,
+    on_step: Callable[[int, nn.Module], None] | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    after_step: Callable[[int, nn.Module], None] | None = None,
+    progress: bool | str = "auto",
+    desc: str = "train",
+    stop_at: int | None = None,
+) -> TrainResult:
+    """Train ``model`` (already on the data's device) on ``data`` (a :class:`ticketsearch.data.Dataset`).
+
+    ``on_step(it, model)`` runs before step ``it`` (IMP saves its rewind point there); ``after_step`` after
+    it (learned scorers use it). Checkpoints every ``checkpoint_every`` iterations go to ``save_checkpoint``;
+    ``start`` resumes from one. ``stop_at`` ends early at that iteration (tests of resume).
+    Raises DivergenceError on a NaN/inf loss.
+    """
+    from ..data import Batcher
+
+    if hp.batch_size <= 0:
+        raise ConfigError(f"batch_size must be a positive integer, got {hp.batch_size}")
+    batcher = Batcher(data.x_train, data.y_train, hp.batch_size, seed=seed)
+    spe = batcher.steps_per_epoch
+    total = to_iterations(hp.budget, spe, name="budget")
+    if total <= 0:
+        raise ConfigError(f"budget must be at least one iteration, got {hp.budget!r}")
+    eval_every = to_iterations(hp.eval_every, spe, name="eval_every") or total
+    schedule = LRSchedule(hp, spe, total)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, hp)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {}
+    passes = {"forward": 0, "backward": 0}
+    it = 0
+    elapsed = 0.0
+    if start is not None:
+        model.load_state_dict(start.model)
+        opt.load_state_dict(start.optimizer)
+        it, history, best, passes, elapsed = start.iteration, list(start.history), dict(start.best), dict(start.passes), start.elapsed
+    has_val = data.x_val.shape[0] > 0
+
+    def do_eval(at: int, train_loss: float) -> None:
+        nonlocal best
+        rec: dict[str, Any] = {"iteration": at, "epoch": at / spe, "train_loss": train_loss}
+        if has_val:
+            v = evaluate(model, data.x_val, data.y_val)
+            rec.update(val_loss=v["loss"], val_acc=v["acc"])
+        t = evaluate(model, data.x_test, data.y_test)
+        rec.update(test_loss=t["loss"], test_acc=t["acc"], lr=schedule(max(at - 1, 0)))
+        history.append(rec)
+        key = rec["val_loss"] if has_val else rec["test_loss"]
+        if not best or (math.isfinite(key) and key < best["_key"]):
+            best = {"_key": key, **rec}
+        if log is not None:
+            log(rec)
+
+    model.train()
+    bar = _progress(total, it, progress, desc)
+    t0 = time.perf_counter()
+    loss_acc = torch.zeros((), dtype=torch.float64, device=data.x_train.device)
+    n_acc = 0
+    end = total if stop_at is None else min(total, stop_at)
+    if it == 0 and not history:
+        do_eval(0, float("nan"))
+    try:
+        while it < end:
+            if on_step is not None:
+                on_step(it, model)
+            lr = schedule(it)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            xb, yb = batcher.batch(it)
+            out = model(xb)
+            loss = F.cross_entropy(out, yb, label_smoothing=hp.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            mask_gradients(model)
+            if hp.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
+            opt.step()
+            passes["forward"] += 1
+            passes["backward"] += 1
+            loss_acc += loss.detach()
+            n_acc += 1
+            it += 1
+            if after_step is not None:
+                after_step(it, model)
+            if bar is not None:
+                bar.update(1)
+            if it % eval_every == 0 or it == total:
+                train_loss = float(loss_acc) / max(n_acc, 1)
+                if not math.isfinite(train_loss):
+                    raise DivergenceError(
+                        f"training diverged: loss is {train_loss} at iteration {it} (lr={lr:g}); "
+                        "lower --lr or check the data"
+                    )
+                loss_acc.zero_()
+                n_acc = 0
+                do_eval(it, train_loss)
+                if bar is not None:
+                    bar.set_postfix(test_acc=f"{history[-1]['test_acc']:.4f}")
+            if (
+                save_checkpoint is not None
+                and it < total
+                and it % eval_every == 0
+                and (it // eval_every) % max(checkpoint_every, 1) == 0
+            ):
+                # checkpoints fall on eval points, where the running train-loss accumulator is empty
+                save_checkpoint(
+                    TrainState(
+                        it,
+                        {k: v.detach().clone() for k, v in model.state_dict().items()},
+                        opt.state_dict(),
+                        history,
+                        best,
+                        passes,
+                        elapsed + time.perf_counter() - t0,
+                    )
+                )
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed += time.perf_counter() - t0
+    final = dict(history[-1]) if history else {}
+    best_out = {k: v for k, v in best.items() if k != "_key"}
+    return TrainResult(
+        iterations=it, final=final, best=best_out, history=history, wall_time=elapsed, passes=passes
+    )
