@@ -191,6 +191,14 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _short_path(p: str) -> str:
+    """Relative to the working directory when below it: tables stay pasteable."""
+    try:
+        return str(Path(p).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
 def format_table(rows: list[dict[str, Any]], *, method: str) -> str:
     """One row per level: density, test accuracy (final and at early stop), early-stop iteration, mask."""
     head = ["level", "density", "test acc", "es iter", "es test acc"]
@@ -214,7 +222,7 @@ def format_table(rows: list[dict[str, Any]], *, method: str) -> str:
             cells.append(_fmt(r.get("controls", {}).get(c, {}).get("test_acc"), ".4f"))
         if "then-train acc" in head:
             cells.append(_fmt(r.get("then_train", {}).get("test_acc"), ".4f"))
-        cells.append(str(r["mask"]))
+        cells.append(_short_path(r["mask"]))
         lines.append(cells)
     widths = [max(len(h), *(len(row[i]) for row in lines)) if lines else len(h) for i, h in enumerate(head)]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]

@@ -120,10 +120,10 @@ class Mask(Mapping[str, torch.Tensor]):
         if missing:
             problems.append(f"missing from mask: {', '.join(missing)}")
         if extra:
-            problems.append(f"not in {what}: {', '.join(extra)}")
+            problems.append(f"not in the {what.split(' ')[0]}: {', '.join(extra)}")
         for n, s in expected.items():
             if n in self._t and tuple(self._t[n].shape) != s:
-                problems.append(f"'{n}' has shape {list(self._t[n].shape)} in mask but {list(s)} in {what}")
+                problems.append(f"'{n}' has shape {list(self._t[n].shape)} in the mask, {list(s)} in the {what.split(' ')[0]}")
         if problems:
             src = self.metadata.get("model")
             src_txt = f" (mask made for model '{src}')" if src else ""

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..core.errors import ConfigError, DivergenceError
 from ..core.hparams import TrainingHparams, to_iterations
-from ..sparse import mask_gradients
+from ..sparse import grad_masker
 from .optim import LRSchedule, make_optimizer
 
 __all__ = ["train", "evaluate", "TrainResult", "TrainState"]
@@ -141,7 +141,7 @@ def train(
         it, history, best, passes, elapsed = start.iteration, list(start.history), dict(start.best), dict(start.passes), start.elapsed
     has_val = data.x_val.shape[0] > 0
 
-    def do_eval(at: int, train_loss: float) -> None:
+    def do_eval(at: int, train_loss: float | None) -> None:
         nonlocal best
         rec: dict[str, Any] = {"iteration": at, "epoch": at / spe, "train_loss": train_loss}
         if has_val:
@@ -156,6 +156,7 @@ def train(
         if log is not None:
             log(rec)
 
+    mask_grads = grad_masker(model)  # masks are fixed while this loop runs
     model.train()
     bar = _progress(total, it, progress, desc)
     t0 = time.perf_counter()
@@ -163,7 +164,7 @@ def train(
     n_acc = 0
     end = total if stop_at is None else min(total, stop_at)
     if it == 0 and not history:
-        do_eval(0, float("nan"))
+        do_eval(0, None)  # before any step: no training loss yet (JSON has no NaN)
     try:
         while it < end:
             if on_step is not None:
@@ -176,7 +177,7 @@ def train(
             loss = F.cross_entropy(out, yb, label_smoothing=hp.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            mask_gradients(model)
+            mask_grads()
             if hp.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
             opt.step()

@@ -1,0 +1,145 @@
+"""Run directories, resume after a kill, controls, `train --mask`: end to end on digits (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ticketsearch.core import ConfigError, Mask
+from ticketsearch.core.hparams import DatasetHparams, ModelHparams, PruningHparams, RunHparams, TrainingHparams
+from ticketsearch.experiments.rundir import load_state
+from ticketsearch.experiments.runner import RunOptions, run_find, train_mask
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _hp(**pruning) -> RunHparams:
+    return RunHparams(
+        model=ModelHparams(model="mlp_digits"),
+        dataset=DatasetHparams(dataset="digits"),
+        training=TrainingHparams(optimizer="adam", lr=3e-3, batch_size=32, budget="4ep", eval_every="1ep"),
+        pruning=PruningHparams(**{"method": "imp", "rounds": 2, **pruning}),
+    )
+
+
+def _opts(root: Path, **kw) -> RunOptions:
+    return RunOptions(root=root, device="cpu", progress=False, **kw)
+
+
+def test_imp_levels_shrink_reset_is_bitwise_and_finished_levels_are_kept(tmp_path):
+    s = run_find(_hp(), seed=0, opts=_opts(tmp_path))
+    rep = s.run_dir / "replicate_0"
+    masks = [Mask.load(rep / f"level_{k}" / "mask.safetensors") for k in range(3)]
+    for a, b in zip(masks, masks[1:]):
+        assert b.is_subset_of(a) and b.num_kept < a.num_kept
+    # layerwise 20% / output 10% of the remaining, by hand
+    assert masks[1].layer_counts()["fc.weight"] == 640 - 64
+    assert [r["level"] for r in s.rows] == [0, 1, 2]
+    # the first recorded evaluation of level 2 equals an evaluation of init ⊙ mask, computed independently
+    from ticketsearch.data import load_dataset
+    from ticketsearch.models import create_model
+    from ticketsearch.sparse import apply_mask
+    from ticketsearch.training import evaluate
+
+    init = load_state(rep / "init.safetensors")
+    model = create_model("mlp_digits", (1, 8, 8), 10)
+    model.load_state_dict(init)
+    apply_mask(model, masks[2])
+    data = load_dataset("digits", seed=0)
+    first = json.loads((rep / "level_2" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["iteration"] == 0
+    assert first["test_acc"] == evaluate(model, data.x_test, data.y_test)["acc"]
+    # finished levels are never recomputed: a second call only reads
+    mtimes = {p: p.stat().st_mtime_ns for p in rep.rglob("*") if p.is_file()}
+    s2 = run_find(_hp(), seed=0, opts=_opts(tmp_path))
+    assert s2.rows == s.rows
+    assert mtimes == {p: p.stat().st_mtime_ns for p in rep.rglob("*") if p.is_file()}
+    assert not list(rep.rglob("checkpoint.pt")) and not list(rep.rglob("*.tmp"))
+
+
+def test_rewind_uses_stored_iteration(tmp_path):
+    s = run_find(_hp(rewind="10it"), seed=0, opts=_opts(tmp_path))
+    rep = s.run_dir / "replicate_0"
+    rewind = load_state(rep / "rewind.safetensors")
+    init = load_state(rep / "init.safetensors")
+    assert any(not torch.equal(rewind[k], init[k]) for k in init)
+    with pytest.raises(ConfigError, match="past the training budget"):
+        run_find(_hp(rewind="100ep"), seed=0, opts=_opts(tmp_path / "x"))
+
+
+def test_controls_recorded(tmp_path):
+    s = run_find(_hp(rounds=1), seed=0, opts=_opts(tmp_path, controls=("reinit", "random_mask")))
+    row = s.rows[1]
+    assert set(row["controls"]) == {"reinit", "random_mask"}
+    lvl = s.run_dir / "replicate_0" / "level_1"
+    ticket = Mask.load(lvl / "mask.safetensors")
+    rnd = Mask.load(lvl / "control_random_mask" / "mask.safetensors")
+    assert rnd.layer_counts() == ticket.layer_counts() and not rnd.equals(ticket)
+    reinit_init = load_state(lvl / "control_reinit" / "init.safetensors")
+    init = load_state(s.run_dir / "replicate_0" / "init.safetensors")
+    assert not torch.equal(reinit_init["fc.weight"], init["fc.weight"])
+
+
+def test_hash_separates_runs_and_seeds_share_dir(tmp_path):
+    a = run_find(_hp(rounds=1), seed=0, opts=_opts(tmp_path))
+    b = run_find(_hp(rounds=1), seed=1, opts=_opts(tmp_path))
+    c = run_find(_hp(rounds=1, rate=0.5), seed=0, opts=_opts(tmp_path))
+    assert a.run_dir == b.run_dir != c.run_dir
+    assert json.loads((a.run_dir / "hparams.json").read_text())["pruning"]["rate"] == 0.2
+
+
+def test_train_mask_from_source_init_reproduces_level(tmp_path):
+    s = run_find(_hp(rounds=1), seed=0, opts=_opts(tmp_path))
+    mask_file = s.run_dir / "replicate_0" / "level_1" / "mask.safetensors"
+    t = train_mask(mask_file, _hp(rounds=1).replace(pruning=PruningHparams(method="train")), seed=0, opts=_opts(tmp_path / "t"))
+    # same init, same mask, same data order and hparams → the very same training run
+    assert t.rows[0]["test_acc"] == s.rows[1]["test_acc"]
+    assert t.rows[0]["es_iteration"] == s.rows[1]["es_iteration"]
+    f = train_mask(mask_file, _hp().replace(pruning=PruningHparams(method="train")), seed=0, init="fresh", opts=_opts(tmp_path / "f"))
+    assert f.rows[0]["density"] == pytest.approx(Mask.load(mask_file).density)
+
+
+def _run_cli(args, root, **kw):
+    cmd = [sys.executable, "-m", "ticketsearch", "find", "--dataset", "digits", "--no-progress", "--root", str(root), *args]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_killed_run_resumes_to_identical_result(tmp_path):
+    args = ["--method", "imp", "--rounds", "2", "--budget", "15ep", "--device", "cpu", "--json"]
+    ref = _run_cli(args, tmp_path / "ref")
+    out_ref, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err
+    # start again in a fresh root, kill -9 once level 1 has a checkpoint mid-training
+    root = tmp_path / "killed"
+    p = _run_cli(args, root)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if list(root.glob("*/replicate_0/level_1/checkpoint.pt")):
+            break
+        if p.poll() is not None:
+            pytest.fail("run finished before it could be killed")
+        time.sleep(0.01)
+    else:
+        pytest.fail("no checkpoint appeared")
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not list(root.glob("*/replicate_0/level_2/result.json"))
+    q = _run_cli(args, root)
+    out, err = q.communicate(timeout=300)
+    assert q.returncode == 0, err
+    a_dir = Path(json.loads(out_ref)["run_dir"]) / "replicate_0"
+    b_dir = Path(json.loads(out)["run_dir"]) / "replicate_0"
+    for k in range(3):
+        la, lb = a_dir / f"level_{k}", b_dir / f"level_{k}"
+        assert Mask.load(la / "mask.safetensors").equals(Mask.load(lb / "mask.safetensors"))
+        assert (la / "metrics.jsonl").read_text() == (lb / "metrics.jsonl").read_text()
+        fa, fb = load_state(la / "model_final.safetensors"), load_state(lb / "model_final.safetensors")
+        assert all(torch.equal(fa[n], fb[n]) for n in fa)
