@@ -121,7 +121,7 @@ def test_check_shapes_names_every_difference():
     with pytest.raises(MaskMismatchError) as e:
         m.check_shapes({"a": (2, 3), "b": (4,)})
     msg = str(e.value)
-    assert "missing from mask: b" in msg and "not in model: x" in msg and "'a' has shape [2, 2]" in msg
+    assert "missing from mask: b" in msg and "not in the model: x" in msg and "'a' has shape [2, 2] in the mask, [2, 3]" in msg
 
 
 def test_shuffle_keeps_layer_counts():

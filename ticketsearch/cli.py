@@ -7,7 +7,6 @@ to resume it (rerun the same command: finished levels are kept, the level in pro
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -29,13 +28,20 @@ from .core.hparams import (
 __all__ = ["main", "build_parser"]
 
 _TRAIN_HELP = {
-    "optimizer": "sgd | adam | adamw (default: the model's recipe)",
-    "lr": "learning rate (default: the model's recipe)",
-    "budget": "training length per level, e.g. 10ep or 5000it (default: the model's recipe)",
+    "optimizer": "sgd | adam | adamw",
+    "lr": "learning rate",
+    "momentum": "SGD momentum",
+    "nesterov": "SGD Nesterov momentum",
+    "weight_decay": "L2 (sgd, adam) or decoupled (adamw) weight decay",
+    "batch_size": "training batch size",
+    "budget": "training length per level, e.g. 10ep or 5000it",
     "schedule": "constant | step | cosine",
     "warmup": "linear warm-up length, e.g. 1ep",
     "milestones": "step schedule milestones, e.g. 80ep,120ep",
+    "gamma": "step schedule factor",
     "eval_every": "evaluate (and checkpoint) every, e.g. 1ep or 1000it",
+    "label_smoothing": "cross-entropy label smoothing",
+    "grad_clip": "clip the gradient norm (0: off)",
 }
 _PRUNE_HELP = {
     "density": "fraction of weights KEPT, in (0, 1] (sparsity = 1 - density); default 0.2",
@@ -46,7 +52,7 @@ _PRUNE_HELP = {
     "scope": "layerwise | global top-k selection (default layerwise)",
     "distribution": "one-shot layerwise densities: uniform | erk",
     "min_layer_density": "guard: every layer keeps at least this fraction (default 0: no guard)",
-    "rewind": "IMP: rewind kept weights to this point of the dense run (0it = reset to init), e.g. 500it",
+    "rewind": "IMP: rewind kept weights to this point of the dense run (0 = reset to init), e.g. 500 or 1ep",
     "score_batches": "data-driven scorers: batches of real data used for scoring (default 1)",
     "score_batch_size": "data-driven scorers: batch size for scoring (0: training batch size)",
 }
@@ -67,17 +73,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_hparams(p: argparse.ArgumentParser, *, pruning: bool) -> None:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=None, help="model name (default: the dataset's default; see `list models`)")
-    g.add_argument("--init", default=None, help="weight init: kaiming_normal | kaiming_uniform | default")
+    g.add_argument("--init", default=None, help="weight init: kaiming_normal (default) | kaiming_uniform | signed_constant | default (PyTorch's)")
     g.add_argument("--dataset", default=None, help="dataset name (default: digits; see `list datasets`)")
     g.add_argument("--val-size", type=float, default=None, help="held-out validation: fraction (<1) or count")
-    t = p.add_argument_group("training (defaults: the model's recipe, see README)")
+    t = p.add_argument_group("training (every default comes from the model's recipe: see README, 'Training recipes')")
     add_dataclass_arguments(t, TrainingHparams, help_overrides=_TRAIN_HELP)
     if pruning:
         q = p.add_argument_group("pruning")
-        add_dataclass_arguments(q, PruningHparams, skip=("method", "density"), help_overrides=_PRUNE_HELP)
+        add_dataclass_arguments(q, PruningHparams, skip=("method", "density", "rewind"), help_overrides=_PRUNE_HELP)
         q.add_argument("--density", type=float, default=None, help=_PRUNE_HELP["density"])
         q.add_argument("--sparsity", type=float, default=None, help="fraction of weights REMOVED (= 1 - density)")
-        q.add_argument("--rewind-iter", dest="rewind_iter", default=None, help="alias of --rewind; a number means iterations")
+        q.add_argument("--rewind-iter", dest="rewind_iter", default=None, help=_PRUNE_HELP["rewind"] + " (a bare number means iterations)")
         q.add_argument(
             "--arg", action="append", default=[], metavar="KEY=VALUE", help="a method's own knob (repeatable)"
         )
@@ -165,7 +171,6 @@ def resolve_hparams(ns: argparse.Namespace, *, pruning: bool, method: str = "imp
     if ns.rewind_iter is not None:
         r = str(ns.rewind_iter).strip()
         values["rewind"] = f"{r}it" if r.isdigit() else r
-    if values.get("rewind") is not None:
         parse_duration(values["rewind"], name="--rewind-iter")
     from .core.select import check_density
 

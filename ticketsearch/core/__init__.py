@@ -1,6 +1,13 @@
 """Pure data and rules: Mask, selection, hparams, registries, errors. No nn.Module code here."""
 
-from .errors import ConfigError, DataError, DivergenceError, MaskMismatchError, TicketsearchError, UnknownNameError
+from .errors import (
+    ConfigError,
+    DataError,
+    DivergenceError,
+    MaskMismatchError,
+    TicketsearchError,
+    UnknownNameError,
+)
 from .mask import Mask
 from .registry import Registry
 from .select import check_density, layer_densities, select, select_counts, select_global, validate_scores

@@ -167,6 +167,8 @@ def add_dataclass_arguments(
         typ = _field_type(cls, f)
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = help_overrides.get(f.name, f"(default: {default})")
+        if help_text is None:
+            help_text = f"(default: {default})"
         if typ is bool:
             parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
