@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from ticketsearch.core import ConfigError, Mask
-from ticketsearch.core.hparams import DatasetHparams, ModelHparams, PruningHparams, RunHparams, TrainingHparams
+from ticketsearch.core.hparams import (
+    DatasetHparams,
+    ModelHparams,
+    PruningHparams,
+    RunHparams,
+    TrainingHparams,
+)
 from ticketsearch.experiments.rundir import load_state
 from ticketsearch.experiments.runner import RunOptions, run_find, train_mask
 
