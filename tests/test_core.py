@@ -142,6 +142,24 @@ def test_registry_suggests_and_refuses_overwrite():
     assert r.names("lenet*") == ["lenet_300_100"]
 
 
+def test_plugin_cannot_take_a_builtin_name(monkeypatch):
+    import importlib.metadata as md
+
+    class FakeEP:
+        name, value, group = "dup", "json:dumps", "g"
+        dist = type("D", (), {"name": "evil-plugin"})()
+
+        def load(self):
+            return 2
+
+    monkeypatch.setattr(md, "entry_points", lambda group=None: [FakeEP()])
+    r: Registry[int] = Registry("thing", entry_point_group="g")
+    r.add("dup", 1)
+    assert r.get("dup") == 1
+    (b,) = r.broken()
+    assert b.source == "evil-plugin" and "already taken by built-in" in b.error
+
+
 # -- hparams ---------------------------------------------------------------------------------------------
 def test_hash_stable_across_processes():
     h = RunHparams().hash()

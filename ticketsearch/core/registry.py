@@ -140,9 +140,15 @@ class Registry(Generic[T]):
         from importlib.metadata import entry_points
 
         for ep in entry_points(group=self.entry_point_group):
-            if ep.name in self._entries and not force:
-                continue
             source = ep.dist.name if getattr(ep, "dist", None) is not None else ep.value
+            taken = self._entries.get(ep.name)
+            if taken is not None and taken.source != source:  # a plugin never replaces another entry
+                self._broken[f"{ep.name} ({source})"] = BrokenEntry(
+                    ep.name, source, f"name '{ep.name}' is already taken by {taken.source}"
+                )
+                continue
+            if taken is not None and not force:
+                continue
             try:
                 obj = ep.load()
             except Exception as exc:  # a broken plugin must not take the registry down
