@@ -10,7 +10,7 @@ Built-ins: ``lenet_300_100``, ``lenet5``, ``conv2``, ``conv4``, ``conv6``, ``vgg
 
 from __future__ import annotations
 
-from . import conv, lenet, mlp, mnist1d, resnet, vgg  # noqa: F401  (registers the built-ins)
+from . import conv, lenet, mlp, mnist1d, resnet, torchvision_models, vgg  # noqa: F401  (registers the built-ins)
 from .conv import ConvNet
 from .init import INITS, init_weights
 from .lenet import LeNet5
