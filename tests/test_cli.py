@@ -19,18 +19,25 @@ def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 FAST = ["--dataset", "digits", "--budget", "2ep", "--no-progress", "--device", "cpu"]
 
 
-def test_help_everywhere():
+def test_help_everywhere(capsys):
+    from ticketsearch.cli import main
+
     for args in ([], ["find"], ["train"], ["list"]):
-        r = cli(*args, "--help")
-        assert r.returncode == 0 and "usage" in r.stdout
-    assert "fraction of weights KEPT" in cli("find", "--help").stdout
+        with pytest.raises(SystemExit) as e:
+            main([*args, "--help"])
+        assert e.value.code == 0 and "usage" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["find", "--help"])
+    assert "fraction of weights KEPT" in capsys.readouterr().out
+    r = cli("--help")  # and once through a real interpreter: `python -m ticketsearch`
+    assert r.returncode == 0 and "find" in r.stdout
 
 
-def test_list():
-    assert "lenet_300_100" in cli("list", "models").stdout
-    ds = cli("list", "datasets").stdout
+def test_list(capsys):
+    assert "lenet_300_100" in cli_inprocess(capsys, "list", "models").stdout
+    ds = cli_inprocess(capsys, "list", "datasets").stdout
     assert "digits" in ds and "mnist" in ds
-    methods = cli("list", "methods").stdout
+    methods = cli_inprocess(capsys, "list", "methods").stdout
     for m in ("imp", "snip", "grasp", "synflow", "magnitude", "random"):
         assert m in methods
     assert "built-in" in methods
@@ -58,6 +65,15 @@ def test_sparsity_flag_equals_density(tmp_path):
     assert json.loads(a.stdout)["run_dir"] == json.loads(b.stdout)["run_dir"]
 
 
+def cli_inprocess(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The same entry point without a new interpreter (start-up dominates these short checks)."""
+    from ticketsearch.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
 def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -81,21 +97,21 @@ def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
         (["--device", "tpu"], ["device 'tpu'"]),
     ],
 )
-def test_bad_flags(tmp_path, args, needles):
+def test_bad_flags(tmp_path, capsys, args, needles):
     base = ["find", "--dataset", "digits", "--no-progress", "--root", str(tmp_path)]
-    _one_line_error(cli(*base, *args), *needles)
+    _one_line_error(cli_inprocess(capsys, *base, *args), *needles)
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_missing_mnist_lists_where_it_looked(tmp_path):
-    r = cli("find", "--dataset", "mnist", "--data-root", str(tmp_path / "empty"), "--root", str(tmp_path / "runs"), "--no-progress")
+def test_missing_mnist_lists_where_it_looked(tmp_path, capsys):
+    r = cli_inprocess(capsys, "find", "--dataset", "mnist", "--data-root", str(tmp_path / "empty"), "--root", str(tmp_path / "runs"), "--no-progress")
     _one_line_error(r, "empty")
 
 
-def test_unwritable_root(tmp_path):
+def test_unwritable_root(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    _one_line_error(cli("find", "--root", str(blocker / "sub"), *FAST), "not writable", "--root")
+    _one_line_error(cli_inprocess(capsys, "find", "--root", str(blocker / "sub"), *FAST), "not writable", "--root")
 
 
 def test_mask_that_does_not_fit(tmp_path):
