@@ -341,7 +341,10 @@ def _learned(r: _Run) -> list[dict[str, Any]]:
         save_state(level.final_path, lr.model.state_dict())
         level.save_mask(mask, **r.mask_metadata(level=1, init="init.safetensors"))
         metrics = dict(lr.metrics)
+        best = metrics.get("supermask_best") or {}
         res = {
+            "es_iteration": best.get("iteration"),
+            "es_test_acc": best.get("test_acc"),
             "test_acc": untrained["acc"],
             "test_loss": untrained["loss"],
             "untrained_test_acc": untrained["acc"],

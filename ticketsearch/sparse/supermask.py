@@ -14,20 +14,28 @@ Two mask rules, both set up by :func:`to_supermask` on a model's masked layers (
     estimator (``∂m/∂p := 1``); in eval mode the expected mask ``sigmoid(s)`` multiplies the weights.
     ``rescale`` is Zhou's dynamic weight rescaling: weights × (layer size / number of kept weights).
 
-Kernels (``kernel=``): ``fast`` (default) and ``reference``. The reference is the straightforward
-algorithm, per layer and per forward: a full stable sort of ``|s|``, then ``W ⊙ M`` through autograd; it is the
-oracle in tests and the baseline in ``benchmarks/supermask_speed.py``. ``fast`` computes the same masks
-exactly (bitwise the same selection), for all layers at once:
+Kernels (``kernel=``), all computing bitwise the same selection:
 
-* ``|s|`` of every layer is written into one chunk-padded buffer (chunks of 64; padding holds −1);
-* each group (a layer, or all layers for ``global``) keeps a band ``[lo, hi)`` around last step's k-th value,
-  warm-started and widened/narrowed from how far the k-th value moved; two float compares with per-chunk
-  sums count the weights above ``hi`` and above ``lo``;
-* only the few chunks that hold band elements are gathered; a small stable sort picks the ``k − count(≥hi)``
-  largest band elements (lowest index first among equals) and sets them in the ``≥ hi`` mask;
-* if the k-th value left the band (or on the first step) the band is re-centred with ``kthvalue``;
-* ``W ⊙ M`` for every layer is one ``_foreach_mul``, and so is the straight-through backward, inside one
-  autograd Function per step (masks are computed once per forward and shared by forward and backward).
+``reference``
+    The straightforward algorithm, per layer and per forward: a full stable sort of ``|s|``, then ``W ⊙ M``
+    through autograd. The oracle in tests and the baseline in ``benchmarks/supermask_speed.py``.
+``compiled`` (CPU, float32)
+    A small C++ kernel built on first use with the system compiler (``torch.utils.cpp_extension``, about a
+    minute once, cached in ``~/.cache/torch_extensions``; ``TICKETSEARCH_NO_EXT=1`` disables it). Per group
+    (a layer, or all layers for ``global``) a band ``[lo, hi)`` is guessed around last step's k-th value
+    (warm start plus drift, width learned from how far the value moved); ONE parallel pass over ``s`` and
+    ``W`` writes ``W ⊙ [|s| ≥ hi]``, counts ``|s| ≥ hi`` and collects the band; ``nth_element`` in the band
+    finds the k-th of the stable order and the chosen band weights are set. A missed band is widened
+    twice, then resolved with ``nth_element`` over the layer. Backward is one fused pass
+    ``sign(s)·g·W``. Masks are computed once per forward, inside one autograd Function for all layers.
+``torch``
+    The same idea in PyTorch ops (for devices/dtypes the compiled kernel does not cover): ``|s|`` of all
+    layers in one chunk-padded buffer, one broadcast compare against ``(lo, hi)`` with per-chunk counts,
+    the band gathered from the few chunks holding it, one stable sort on it; ``_foreach_mul`` for
+    ``W ⊙ M`` and for the backward.
+``fast`` (default)
+    ``compiled`` on CPU float32 when the kernel is already built (``kernel=compiled`` builds it once; the
+    test suite builds it too), else ``torch``. A fused GPU kernel can join here.
 
 Frozen state: weights, biases and any other non-score parameter get ``requires_grad=False``; BatchNorm should
 be non-affine as in the paper (:func:`make_bn_nonaffine`). Running statistics of BatchNorm still update in
@@ -56,6 +64,8 @@ __all__ = [
     "SupermaskConv2d",
     "SupermaskController",
     "ExactTopK",
+    "CompiledTopK",
+    "cpu_extension",
     "to_supermask",
     "strip_supermask",
     "is_supermask",
@@ -71,7 +81,7 @@ __all__ = [
 ]
 
 SUPERMASK_KINDS = ("edge_popup", "bernoulli")
-SUPERMASK_KERNELS = ("fast", "reference")
+SUPERMASK_KERNELS = ("fast", "compiled", "torch", "reference")
 WEIGHT_INITS = ("signed_constant", "kaiming_normal")
 
 
@@ -82,7 +92,8 @@ class ExactTopK:
     ``shapes``: one per tensor; ``groups``: the group of each tensor (groups must be contiguous runs, e.g.
     ``[0, 1, 2]`` for layerwise or ``[0, 0, 0]`` for global); ``ks``: weights kept per group. :meth:`select`
     returns float 0/1 masks (views of an internal buffer, valid until the next call) equal to a stable
-    descending sort's first ``k`` of each group's concatenated ``|scores|``.
+    descending sort's first ``k`` of each group's concatenated ``|scores|``: ties go to the lower index.
+    NaN scores are never kept; :func:`check_scores_finite` is the divergence check.
     """
 
     CHUNK = 64
@@ -97,23 +108,24 @@ class ExactTopK:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        groups = list(groups)
         if len(shapes) != len(groups):
             raise ValueError("one group id per tensor")
-        if list(groups) != sorted(groups) or (groups and list(range(groups[-1] + 1)) != sorted(set(groups))):
+        if groups != sorted(groups) or (groups and list(range(groups[-1] + 1)) != sorted(set(groups))):
             raise ValueError("groups must be contiguous runs numbered 0, 1, ...")
         ch = self.CHUNK
         self.shapes = [tuple(int(d) for d in s) for s in shapes]
         self.sizes = [math.prod(s) for s in self.shapes]
         nchunks = [max(1, -(-n // ch)) for n in self.sizes]
         self.offsets = [ch * sum(nchunks[:i]) for i in range(len(nchunks))]
-        total_chunks = sum(nchunks)
+        C = sum(nchunks)
         self.G = (groups[-1] + 1) if groups else 0
         self.ks = [int(k) for k in ks]
         if len(self.ks) != self.G:
             raise ValueError("one k per group")
         self.group_n = [0] * self.G
-        self.group_chunks = [[total_chunks, 0] for _ in range(self.G)]
-        chunk_group = []
+        self.group_chunks = [[C, 0] for _ in range(self.G)]
+        chunk_group: list[int] = []
         start = 0
         for g, n, c in zip(groups, self.sizes, nchunks):
             self.group_n[g] += n
@@ -126,165 +138,504 @@ class ExactTopK:
                 raise ValueError(f"group {g}: cannot keep {self.ks[g]} of {self.group_n[g]}")
         self.device = torch.device(device)
         self.dtype = dtype
-        self.A = torch.full((total_chunks, ch), -1.0, device=device, dtype=dtype)  # |s|, padding −1
-        self.M = torch.zeros((total_chunks, ch), device=device, dtype=dtype)  # the mask (≥ hi, plus band picks)
-        self.S = torch.zeros((total_chunks, ch), device=device, dtype=dtype)  # scratch (≥ lo)
+        self.A = torch.full((C, ch), -1.0, device=device, dtype=dtype)  # |s|; padding −1 is never kept
+        # OUT[0]: |s| ≥ lo; OUT[1]: |s| ≥ hi, then the band picks: the mask
+        self.OUT = torch.zeros((2, C, ch), device=device, dtype=dtype)
         self.chunk_group = torch.tensor(chunk_group, device=device, dtype=torch.long)
-        flatA, flatM = self.A.view(-1), self.M.view(-1)
+        # (C, G): per-chunk counts → per-group counts in one matmul
+        self.onehot = F.one_hot(self.chunk_group, self.G).to(torch.float64)
+        flatA, flatM = self.A.view(-1), self.OUT[1].view(-1)
         self.a_views = [flatA[o : o + n].view(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
         self.m_views = [flatM[o : o + n].view(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
-        # trivial groups: keep nothing (hi = +inf) or everything (hi = −0.5: all |s| ≥ 0 > −0.5 > padding)
+        # trivial groups keep nothing (bounds +inf) or everything (bounds −0.5: every |s| ≥ 0 > −0.5 > padding)
         self.active = [0 < self.ks[g] < self.group_n[g] for g in range(self.G)]
-        # warm-start state per group: last k-th value, its drift, the band half-width; None = cold
+        self._fixed = {
+            g: ((-0.5, -0.5) if self.ks[g] == self.group_n[g] else (math.inf, math.inf))
+            for g in range(self.G)
+            if not self.active[g]
+        }
+        # warm start per group: centre (last k-th value estimate), drift per call, band half-width
         self.t: list[float | None] = [None] * self.G
         self.drift = [0.0] * self.G
         self.width = [0.0] * self.G
-        self.stats = {"calls": 0, "band_hits": 0, "refits": 0, "band_elems": 0}
+        self.stats = {"calls": 0, "band_picks": 0, "refits": 0, "kthvalue": 0, "band_elems": 0}
 
-    # -- helpers ------------------------------------------------------------------------------------
+    def forward(self, scores: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return list(torch._foreach_mul(list(weights), self.select(scores)))
+
+    def backward(self, grads, weights, scores) -> list[torch.Tensor]:
+        gs = torch._foreach_mul(list(grads), list(weights))
+        torch._foreach_mul_(gs, torch._foreach_sign([s.detach() for s in scores]))
+        return list(gs)
+
     def _kth_value(self, g: int) -> float:
+        self.stats["kthvalue"] += 1
         c0, c1 = self.group_chunks[g]
         vals = self.A[c0:c1].reshape(-1)  # padding (−1) never reaches the top k
-        return float(vals.kthvalue(vals.numel() - self.ks[g] + 1).values)
+        v = float(vals.kthvalue(vals.numel() - self.ks[g] + 1).values)
+        if math.isnan(v):
+            raise DivergenceError("supermask scores became NaN: the score training diverged; lower --lr")
+        return v
 
-    def _bounds(self, g: int) -> tuple[float, float]:
+    def _guess(self, g: int) -> tuple[float, float]:
         if not self.active[g]:
-            return (-0.5, -0.5) if self.ks[g] == self.group_n[g] else (math.inf, math.inf)
+            return self._fixed[g]
         t = self.t[g]
         assert t is not None
-        c = t + self.drift[g]
-        w = self.width[g]
+        c, w = t + self.drift[g], self.width[g]
         return max(c - w, -0.5), max(c + w, -0.5)
 
     @torch.no_grad()
-    def select(self, scores: Sequence[torch.Tensor], names: Sequence[str] | None = None) -> list[torch.Tensor]:
+    def select(self, scores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if len(scores) != len(self.sizes):
             raise ValueError(f"expected {len(self.sizes)} score tensors, got {len(scores)}")
         for s, a in zip(scores, self.a_views):
             torch.abs(s.detach(), out=a)
         self.stats["calls"] += 1
-        cold = [g for g in range(self.G) if self.active[g] and self.t[g] is None]
-        if cold:
-            self._check_finite(scores, names)
-            for g in cold:
+        for g in range(self.G):
+            if self.active[g] and self.t[g] is None:  # cold start: the exact value
                 self.t[g], self.drift[g], self.width[g] = self._kth_value(g), 0.0, 0.0
-        bounds = [self._bounds(g) for g in range(self.G)]
+        bounds = [self._guess(g) for g in range(self.G)]
         for attempt in range(self.MAX_TRIES + 1):
-            failed = self._pass(bounds, names, scores)
+            failed = self._pass(bounds)
             if not failed:
                 return self.m_views
             self.stats["refits"] += 1
             for g, above in failed:
                 lo, hi = bounds[g]
-                span = max(hi - lo, 1e-7 * abs(hi), 1e-30)
+                span = max(hi - lo, 1e-6 * abs(hi), 1e-30)
                 if attempt + 1 < self.MAX_TRIES:  # widen towards the side the k-th value went to
                     bounds[g] = (hi, hi + 4.0 * span) if above else (max(lo - 4.0 * span, -0.5), lo)
-                else:  # give up guessing: the exact value, a band holding only its ties
+                else:  # stop guessing: the exact value, a band holding only its ties
                     v = self._kth_value(g)
                     bounds[g] = (v, v)
                 self.width[g] = max(self.width[g], 2.0 * span)
         raise RuntimeError("supermask top-k did not converge (a bug: please report it)")  # pragma: no cover
 
-    def _check_finite(self, scores: Sequence[torch.Tensor], names: Sequence[str] | None) -> None:
-        total = self.A.sum()
-        if not bool(torch.isfinite(total)):
-            self._raise_nonfinite(scores, names)
-
-    @staticmethod
-    def _raise_nonfinite(scores: Sequence[torch.Tensor], names: Sequence[str] | None) -> None:
-        for i, s in enumerate(scores):
-            if not bool(torch.isfinite(s.detach()).all()):
-                what = "NaN" if bool(torch.isnan(s.detach()).any()) else "infinite"
-                name = names[i] if names is not None else f"#{i}"
-                raise DivergenceError(
-                    f"supermask scores became {what} in layer '{name}': the score training diverged; "
-                    "lower --lr (or the score init scale)"
-                )
-        raise DivergenceError("supermask scores became NaN or infinite; lower --lr")  # pragma: no cover
-
-    def _pass(self, bounds: list[tuple[float, float]], names, scores) -> list[tuple[int, bool]]:
-        """One compare pass; returns (group, k-th value is above the band) for every group that missed."""
+    def _pass(self, bounds: list[tuple[float, float]]) -> list[tuple[int, bool]]:
+        """One compare pass; returns (group, k-th value above the band) for each group that missed."""
         G = self.G
-        lohi = torch.tensor(bounds, dtype=self.dtype, device=self.device).T.contiguous()  # (2, G)
-        lohi[1] = torch.maximum(lohi[1], torch.nextafter(lohi[0], torch.full_like(lohi[0], math.inf)))
-        bounds[:] = [tuple(b) for b in lohi.T.tolist()]
-        per_chunk = lohi[:, self.chunk_group]  # (2, C)
-        t_lo, t_hi = per_chunk[0].unsqueeze(1), per_chunk[1].unsqueeze(1)
-        torch.ge(self.A, t_hi, out=self.M)
-        torch.ge(self.A, t_lo, out=self.S)
-        c_hi = self.M.sum(1)
-        c_lo = self.S.sum(1)
-        counts = torch.zeros((2, G), dtype=torch.float64, device=self.device)
-        counts.index_add_(1, self.chunk_group, torch.stack([c_hi, c_lo]).to(torch.float64))
-        flat = torch.cat([counts.view(-1), self.A.sum().view(1).to(torch.float64)]).tolist()
-        if not math.isfinite(flat[-1]):
-            self._raise_nonfinite(scores, names)
-        n_hi, n_lo = flat[:G], flat[G : 2 * G]
-        failed, band_groups, clean, need = [], [], [], [0] * G
+        bt = torch.tensor(bounds, dtype=self.dtype).T.contiguous()  # (2, G), rounded to the scores' dtype
+        bt[1] = torch.maximum(bt[1], torch.nextafter(bt[0], torch.full_like(bt[0], math.inf)))  # hi > lo
+        bounds[:] = [tuple(b) for b in bt.T.tolist()]
+        per_chunk = bt.to(self.device)[:, self.chunk_group].unsqueeze(2)  # (2, C, 1)
+        torch.ge(self.A.unsqueeze(0), per_chunk, out=self.OUT)
+        cs = self.OUT.sum(2)  # (2, C): per-chunk counts (exact in float)
+        counts = (cs.to(torch.float64) @ self.onehot).tolist()
+        n_lo, n_hi = counts[0], counts[1]
+        failed, need, band = [], [0] * G, 0
         for g in range(G):
             if not self.active[g]:
                 continue
-            k = self.ks[g]
-            if int(n_hi[g]) == k:  # a clean cut at hi (no tie crosses it)
-                clean.append(g)
-            elif int(n_hi[g]) < k <= int(n_lo[g]):
-                band_groups.append(g)
-                need[g] = k - int(n_hi[g])
+            k, lo_c, hi_c = self.ks[g], int(n_lo[g]), int(n_hi[g])
+            if hi_c == k:  # a clean cut at hi: no tie crosses it
+                need[g] = 0
+            elif hi_c < k <= lo_c:
+                need[g] = k - hi_c
+                band += 1
             else:
-                failed.append((g, int(n_hi[g]) > k))
+                failed.append((g, hi_c > k))
         if failed:
             return failed
-        for g in clean:
-            self._update(g, bounds[g][1])
-        if band_groups:
-            self._pick_band(band_groups, need, per_chunk, c_hi, c_lo, bounds)
+        if band:
+            self._pick_band(cs, need)
+        for g in range(G):
+            if self.active[g]:
+                lo, hi = bounds[g]
+                inside = n_lo[g] - n_hi[g]
+                # estimate of the k-th value: interpolate inside the band (exact enough for a warm start)
+                v = hi if need[g] == 0 else hi - (need[g] - 0.5) / max(inside, 1.0) * (hi - lo)
+                self._update(g, v)
         return []
 
-    def _pick_band(self, band_groups, need, per_chunk, c_hi, c_lo, bounds) -> None:
+    def _pick_band(self, cs: torch.Tensor, need: list[int]) -> None:
         ch = self.CHUNK
-        need_t = torch.tensor(need, device=self.device, dtype=torch.long)
-        chunk_need = need_t[self.chunk_group]
-        ids = torch.nonzero((c_lo > c_hi) & (chunk_need > 0)).view(-1)
-        a = self.A[ids]
-        inband = (a >= per_chunk[0, ids].unsqueeze(1)) & (a < per_chunk[1, ids].unsqueeze(1))
-        pos = torch.nonzero(inband)
-        rows, cols = pos[:, 0], pos[:, 1]
-        vals = a[rows, cols]
-        flat_idx = ids[rows] * ch + cols  # ascending (row-major over ascending chunk ids)
-        grp = self.chunk_group[ids[rows]]
-        # order: group ascending, then value descending, then flat index ascending (stable sorts)
-        o1 = torch.sort(vals, descending=True, stable=True).indices
-        o2 = torch.sort(grp[o1], stable=True).indices
-        order = o1[o2]
-        g_sorted = grp[order]
-        per_group = torch.bincount(g_sorted, minlength=self.G)
-        starts = torch.cumsum(per_group, 0) - per_group
-        rank = torch.arange(order.numel(), device=self.device) - starts[g_sorted]
-        r = need_t[g_sorted]
-        chosen = rank < r
-        self.M.view(-1)[flat_idx[order[chosen]]] = 1.0
-        last = rank == (r - 1)
-        kth = torch.full((self.G,), math.nan, dtype=torch.float64, device=self.device)
-        kth[g_sorted[last]] = vals[order[last]].to(torch.float64)
-        kth_l = kth.tolist()
-        self.stats["band_hits"] += 1
+        ids = torch.nonzero(cs[0] > cs[1]).view(-1)  # chunks holding band elements
+        pos = torch.nonzero(self.OUT[0, ids] - self.OUT[1, ids])
+        rows = ids[pos[:, 0]]
+        flat = rows * ch + pos[:, 1]  # ascending
+        vals = self.A.view(-1)[flat]
+        grp = self.chunk_group[rows]
+        # group ascending, value descending, index ascending: |s| ≥ 0 so its float bits sort like its value
+        bits = vals.view(torch.int32) if vals.dtype == torch.float32 else None
+        if bits is not None:
+            key = grp * (1 << 32) - bits.to(torch.int64)
+            order = torch.sort(key, stable=True).indices
+        else:
+            o1 = torch.sort(vals, descending=True, stable=True).indices
+            order = o1[torch.sort(grp[o1], stable=True).indices]
+        gs = grp[order]
+        starts = torch.cumsum(torch.bincount(gs, minlength=self.G), 0)
+        rank = (
+            torch.arange(order.numel(), device=self.device)
+            - (starts - torch.bincount(gs, minlength=self.G))[gs]
+        )
+        need_t = torch.tensor(need, dtype=torch.long).to(self.device)
+        self.OUT[1].view(-1)[flat[order[rank < need_t[gs]]]] = 1.0
+        self.stats["band_picks"] += 1
         self.stats["band_elems"] += int(order.numel())
-        for g in band_groups:
-            self._update(g, kth_l[g])
 
     def _update(self, g: int, v: float) -> None:
         """Learn where the k-th value will be next call and how wide the band must be."""
         prev = self.t[g]
         assert prev is not None
-        predicted = prev + self.drift[g]
-        err = abs(v - predicted)
-        step = v - prev
-        self.drift[g] = 0.5 * self.drift[g] + 0.5 * step
-        # a band ~3× the typical miss, shrinking slowly when the k-th value moves less
-        target = 3.0 * err + 1e-7 * abs(v)
+        err = abs(v - (prev + self.drift[g]))
+        self.drift[g] = 0.5 * self.drift[g] + 0.5 * (v - prev)
+        target = 3.0 * err + 1e-7 * abs(v)  # ~3× the last miss; shrink slowly when the value moves less
         w = self.width[g]
         self.width[g] = max(target, 0.8 * w) if w > 0 else target
         self.t[g] = v
+
+
+# -- compiled CPU kernel (optional) -------------------------------------------------------------------------
+# One pass counts |s| above the band and collects the band, nth_element picks the k-th (stable order), one
+# pass writes W ⊙ M, one pass the straight-through gradient. Built on first use with the system C++ compiler
+# (about a minute, cached under ~/.cache/torch_extensions); without a compiler the pure-PyTorch kernel runs.
+_CPP_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+struct Item { float a; int64_t i; };
+inline bool before(const Item& x, const Item& y) { return x.a > y.a || (x.a == y.a && x.i < y.i); }
+constexpr int64_t BLOCK = 32;
+constexpr int64_t GRAIN = 16384;
+
+// y = w where |s| > v (bitwise select, branch-free), else 0
+void write_above(const float* s, const float* w, float* y, int64_t m, float v) {
+  at::parallel_for(0, m, GRAIN, [=](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float a = std::fabs(s[i]);
+      uint32_t wb;
+      std::memcpy(&wb, w + i, 4);
+      wb &= -(uint32_t)(a > v);
+      std::memcpy(y + i, &wb, 4);
+    }
+  });
+}
+}  // namespace
+
+// Exact stable top-k of |s| per group (groups: contiguous runs of tensors), fused with W_eff = W * mask.
+// lo/hi: a guessed band around each group's k-th value. One pass (parallel) writes y = W * (|s| >= hi),
+// counts |s| >= hi and collects the band [lo, hi); nth_element in the band picks the k-th of the stable
+// descending order (value desc, index asc) and the chosen band elements are set in y.
+// Returns [info (G, 4) doubles: v, j, band size, status; y_0, y_1, ...]. status: 0 band hit, 1 clean cut at
+// hi, 2 exact (band missed, resolved by nth_element over the group), 3 trivial (k = 0 or n), 4/5 band missed
+// with the k-th above/below it (only when exact = false: outputs then invalid), -1 NaN seen.
+std::vector<at::Tensor> sm_forward(std::vector<at::Tensor> scores, std::vector<at::Tensor> weights,
+                                   std::vector<int64_t> group_of, std::vector<int64_t> ks,
+                                   std::vector<double> lo, std::vector<double> hi, bool exact) {
+  const int64_t G = (int64_t)ks.size();
+  const int64_t T = (int64_t)scores.size();
+  auto info = at::zeros({G, 4}, at::kDouble);
+  double* o = info.data_ptr<double>();
+  std::vector<at::Tensor> result;
+  result.reserve(T + 1);
+  result.push_back(info);
+  std::vector<float*> ys(T);
+  for (int64_t t = 0; t < T; ++t) {
+    TORCH_CHECK(scores[t].is_contiguous() && weights[t].is_contiguous(), "supermask: tensors must be contiguous");
+    TORCH_CHECK(scores[t].scalar_type() == at::kFloat && weights[t].scalar_type() == at::kFloat, "supermask: float32 only");
+    result.push_back(at::empty_like(weights[t]));
+    ys[t] = result.back().data_ptr<float>();
+  }
+  const int nthreads = at::get_num_threads();
+  std::vector<std::vector<Item>> bands(nthreads);
+  std::vector<int64_t> hi_counts(nthreads), nan_counts(nthreads);
+  std::vector<Item> band;
+  int64_t t0 = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    int64_t t1 = t0, n = 0;
+    while (t1 < T && group_of[t1] == g) { n += scores[t1].numel(); ++t1; }
+    const int64_t k = ks[g];
+    double* og = o + 4 * g;
+    if (k <= 0 || k >= n) {
+      og[0] = k <= 0 ? std::numeric_limits<double>::infinity() : -1.0;
+      og[1] = -1; og[3] = 3;
+      for (int64_t t = t0; t < t1; ++t)
+        write_above(scores[t].data_ptr<float>(), weights[t].data_ptr<float>(), ys[t], scores[t].numel(), (float)og[0]);
+      t0 = t1;
+      continue;
+    }
+    const float flo = (float)lo[g];
+    const float fhi = (float)hi[g];
+    for (auto& b : bands) b.clear();
+    std::fill(hi_counts.begin(), hi_counts.end(), 0);
+    std::fill(nan_counts.begin(), nan_counts.end(), 0);
+    int64_t off = 0;
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* p = scores[t].data_ptr<float>();
+      const float* w = weights[t].data_ptr<float>();
+      float* y = ys[t];
+      const int64_t m = scores[t].numel();
+      const int64_t nblocks = (m + BLOCK - 1) / BLOCK;
+      const int64_t toff = off;
+      at::parallel_for(0, nblocks, GRAIN / BLOCK, [&, p, w, y, m, toff, flo, fhi](int64_t bb, int64_t be) {
+        const int tid = at::get_thread_num();
+        std::vector<Item>& mine = bands[tid];
+        int64_t c_hi_total = 0, c_nan_total = 0;
+        for (int64_t blk = bb; blk < be; ++blk) {
+          const int64_t b = blk * BLOCK, e = std::min(m, b + BLOCK);
+          int32_t c_hi = 0, c_band = 0, c_nan = 0;
+          for (int64_t i = b; i < e; ++i) {
+            const float a = std::fabs(p[i]);
+            const uint32_t keep = -(uint32_t)(a >= fhi);
+            uint32_t wb;
+            std::memcpy(&wb, w + i, 4);
+            wb &= keep;
+            std::memcpy(y + i, &wb, 4);
+            c_hi += (a >= fhi);
+            c_band += (a >= flo) & (a < fhi);
+            c_nan += (a != a);
+          }
+          c_hi_total += c_hi;
+          c_nan_total += c_nan;
+          if (c_band) {  // branch-free compaction of the block's band elements
+            Item q[BLOCK];
+            int64_t c = 0;
+            for (int64_t i = b; i < e; ++i) {
+              const float a = std::fabs(p[i]);
+              q[c] = {a, toff + i};
+              c += (a >= flo) & (a < fhi);
+            }
+            mine.insert(mine.end(), q, q + c);
+          }
+        }
+        hi_counts[tid] += c_hi_total;
+        nan_counts[tid] += c_nan_total;
+      });
+      off += m;
+    }
+    int64_t count_hi = 0, nan_count = 0;
+    band.clear();
+    for (int th = 0; th < nthreads; ++th) {
+      count_hi += hi_counts[th];
+      nan_count += nan_counts[th];
+      band.insert(band.end(), bands[th].begin(), bands[th].end());
+    }
+    og[2] = (double)band.size();
+    if (nan_count) { og[3] = -1; t0 = t1; continue; }
+    if (count_hi == k) {  // clean cut: y already holds W * (|s| >= hi)
+      og[0] = std::nextafter(fhi, -std::numeric_limits<float>::infinity());
+      og[1] = -1; og[3] = 1; t0 = t1;
+      continue;
+    }
+    if (count_hi < k && k <= count_hi + (int64_t)band.size()) {
+      const int64_t r = k - count_hi;
+      std::nth_element(band.begin(), band.begin() + (r - 1), band.end(), before);
+      og[0] = band[r - 1].a; og[1] = (double)band[r - 1].i; og[3] = 0;
+      // set the r chosen band elements (they precede the k-th in the stable order)
+      for (int64_t q = 0; q < r; ++q) {
+        int64_t idx = band[q].i, t = t0;
+        while (idx >= scores[t].numel()) { idx -= scores[t].numel(); ++t; }
+        ys[t][idx] = weights[t].data_ptr<float>()[idx];
+      }
+      t0 = t1;
+      continue;
+    }
+    if (!exact) { og[3] = count_hi > k ? 4 : 5; t0 = t1; continue; }
+    // the band missed: exact k-th over the whole group, then rewrite the outputs
+    std::vector<Item> all;
+    all.reserve(n);
+    off = 0;
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* p = scores[t].data_ptr<float>();
+      const int64_t m = scores[t].numel();
+      for (int64_t i = 0; i < m; ++i) all.push_back({std::fabs(p[i]), off + i});
+      off += m;
+    }
+    std::nth_element(all.begin(), all.begin() + (k - 1), all.end(), before);
+    const Item kth = all[k - 1];
+    og[0] = kth.a; og[1] = (double)kth.i; og[3] = 2;
+    for (int64_t t = t0; t < t1; ++t)
+      write_above(scores[t].data_ptr<float>(), weights[t].data_ptr<float>(), ys[t], scores[t].numel(), kth.a);
+    for (int64_t q = 0; q < k; ++q) {
+      if (all[q].a == kth.a) {  // ties at the k-th value up to its index
+        int64_t idx = all[q].i, t = t0;
+        while (idx >= scores[t].numel()) { idx -= scores[t].numel(); ++t; }
+        ys[t][idx] = weights[t].data_ptr<float>()[idx];
+      }
+    }
+    t0 = t1;
+  }
+  return result;
+}
+
+// straight-through backward: dL/ds = dL/dW_eff * W * sign(s)
+std::vector<at::Tensor> sm_backward(std::vector<at::Tensor> grads, std::vector<at::Tensor> weights,
+                                    std::vector<at::Tensor> scores) {
+  std::vector<at::Tensor> outs;
+  outs.reserve(grads.size());
+  for (size_t t = 0; t < grads.size(); ++t) {
+    auto g = grads[t].contiguous();
+    auto out = at::empty_like(weights[t]);
+    const float* gp = g.data_ptr<float>();
+    const float* w = weights[t].data_ptr<float>();
+    const float* s = scores[t].data_ptr<float>();
+    float* y = out.data_ptr<float>();
+    const int64_t m = g.numel();
+    at::parallel_for(0, m, GRAIN, [=](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const float sg = (float)(s[i] > 0.0f) - (float)(s[i] < 0.0f);
+        y[i] = gp[i] * w[i] * sg;
+      }
+    });
+    outs.push_back(out);
+  }
+  return outs;
+}
+"""
+
+_EXT: Any = None
+_EXT_ERROR: str | None = None
+
+
+def _ext_name() -> str:
+    import hashlib
+
+    return "ticketsearch_supermask_" + hashlib.sha256(_CPP_SOURCE.encode()).hexdigest()[:10]
+
+
+def cpu_extension(*, build: bool = True) -> Any:
+    """The compiled CPU kernel, or None (no compiler, disabled by TICKETSEARCH_NO_EXT=1, or not built yet
+    with ``build=False``)."""
+    global _EXT, _EXT_ERROR
+    if _EXT is not None or _EXT_ERROR is not None:
+        return _EXT
+    import os
+
+    if os.environ.get("TICKETSEARCH_NO_EXT", "") not in ("", "0"):
+        _EXT_ERROR = "disabled by TICKETSEARCH_NO_EXT"
+        return None
+    try:
+        import logging
+
+        # silence the module's import-time warning about CUDA before importing it
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        from torch.utils import cpp_extension
+
+        name = _ext_name()
+        d = cpp_extension._get_build_directory(name, verbose=False)
+        built = any(f.startswith(name) and f.endswith(".so") for f in os.listdir(d))
+        if not built:
+            if not build:
+                return None
+            import sys
+
+            print(
+                "ticketsearch: building the supermask CPU kernel (once per machine, about a minute; "
+                "TICKETSEARCH_NO_EXT=1 skips it)",
+                file=sys.stderr,
+                flush=True,
+            )
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        _EXT = cpp_extension.load_inline(
+            name=name,
+            cpp_sources=[_CPP_SOURCE],
+            functions=["sm_forward", "sm_backward"],
+            extra_cflags=["-O3"],
+            verbose=False,
+        )
+    except Exception as exc:  # no compiler, no ninja, ...: the PyTorch kernel is used
+        _EXT_ERROR = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        import warnings
+
+        warnings.warn(
+            f"supermask: compiled CPU kernel unavailable ({_EXT_ERROR}); using the PyTorch kernel",
+            stacklevel=2,
+        )
+        _EXT = None
+    return _EXT
+
+
+class CompiledTopK:
+    """The same exact selection as :class:`ExactTopK`, in the compiled CPU kernel (float32, CPU)."""
+
+    def __init__(
+        self, shapes: Sequence[Sequence[int]], groups: Sequence[int], ks: Sequence[int], ext: Any
+    ) -> None:
+        self.ext = ext
+        self.groups = [int(g) for g in groups]
+        self.ks = [int(k) for k in ks]
+        self.G = len(self.ks)
+        sizes = [math.prod(tuple(s)) for s in shapes]
+        self.offsets = []
+        seen: dict[int, int] = {}
+        for g, n in zip(self.groups, sizes):
+            self.offsets.append(seen.get(g, 0))
+            seen[g] = seen.get(g, 0) + n
+        self.t: list[float | None] = [None] * self.G
+        self.drift = [0.0] * self.G
+        self.width = [0.0] * self.G
+        self.stats = {"calls": 0, "band_hits": 0, "clean": 0, "retries": 0, "fallbacks": 0, "band_elems": 0}
+
+    def _bounds(self) -> tuple[list[float], list[float]]:
+        lo, hi = [], []
+        for g in range(self.G):
+            t = self.t[g]
+            if t is None:
+                lo.append(-1.0)
+                hi.append(-1.0)  # empty band → exact fallback
+            else:
+                c = t + self.drift[g]
+                lo.append(max(c - self.width[g], -0.5))
+                hi.append(
+                    max(c + self.width[g], -0.5)
+                    if self.width[g] > 0
+                    else math.nextafter(max(c, -0.5), math.inf)
+                )
+        return lo, hi
+
+    def forward(self, scores: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        s = [x if x.is_contiguous() else x.contiguous() for x in scores]
+        w = [x if x.is_contiguous() else x.contiguous() for x in weights]
+        lo, hi = self._bounds()
+        self.stats["calls"] += 1
+        # a missed band is widened towards the k-th value twice, then resolved exactly
+        for attempt in range(3):
+            out = self.ext.sm_forward(s, w, self.groups, self.ks, lo, hi, attempt == 2)
+            rows = out[0].tolist()
+            missed = [g for g, r in enumerate(rows) if r[3] in (4.0, 5.0)]
+            if not missed:
+                break
+            self.stats["retries"] += 1
+            for g in missed:
+                span = max(hi[g] - lo[g], 1e-6 * abs(hi[g]), 1e-30)
+                if rows[g][3] == 4.0:
+                    lo[g], hi[g] = hi[g], hi[g] + 4.0 * span
+                else:
+                    lo[g], hi[g] = max(lo[g] - 4.0 * span, -0.5), lo[g]
+                self.width[g] = max(self.width[g], 2.0 * span)
+        for g, (v, _j, band_n, status) in enumerate(rows):
+            if status < 0:
+                raise DivergenceError("supermask scores became NaN: the score training diverged; lower --lr")
+            if status == 3:
+                continue
+            prev = self.t[g]
+            if status == 2:
+                self.stats["fallbacks"] += 1
+                miss = abs(v - (prev + self.drift[g])) if prev is not None else 0.0
+                self.width[g] = max(2.0 * self.width[g], 3.0 * miss)
+                self.t[g], self.drift[g] = v, 0.0
+                continue
+            self.stats["band_hits" if status == 0 else "clean"] += 1
+            self.stats["band_elems"] += int(band_n)
+            assert prev is not None
+            err = abs(v - (prev + self.drift[g]))
+            self.drift[g] = 0.5 * self.drift[g] + 0.5 * (v - prev)
+            target = 4.0 * err + 1e-7 * abs(v)
+            width = self.width[g]
+            self.width[g] = max(target, 0.9 * width) if width > 0 else target
+            self.t[g] = v
+        return out[1:]
+
+    def backward(self, grads, weights, scores) -> list[torch.Tensor]:
+        return self.ext.sm_backward(list(grads), list(weights), [x.contiguous() for x in scores])
 
 
 def _straight_through_reference(abs_scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -313,20 +664,18 @@ class _EdgePopupFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, ctrl: SupermaskController, *scores: torch.Tensor):  # type: ignore[override]
-        masks = ctrl.selector.select(scores, ctrl.names)
         weights = ctrl.weights()
-        out = torch._foreach_mul(weights, masks)
-        signs = torch._foreach_sign([s.detach() for s in scores])
-        ctx.save_for_backward(*weights, *signs)
+        sel = ctrl.selector
+        out = sel.forward(scores, weights)
+        ctx.sel = sel
+        ctx.save_for_backward(*weights, *scores)
         return tuple(out)
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):  # type: ignore[override]
         saved = ctx.saved_tensors
         n = len(saved) // 2
-        gs = torch._foreach_mul(list(grads), list(saved[:n]))
-        torch._foreach_mul_(gs, list(saved[n:]))
-        return (None, *gs)
+        return (None, *ctx.sel.backward(grads, saved[:n], saved[n:]))
 
 
 # -- layers -----------------------------------------------------------------------------------------------
@@ -357,7 +706,11 @@ def _pname(module_name: str) -> str:
 
 
 def topk_counts(
-    shapes: dict[str, tuple[int, ...]], density: float, *, scope: str = "layerwise", distribution: str = "uniform"
+    shapes: dict[str, tuple[int, ...]],
+    density: float,
+    *,
+    scope: str = "layerwise",
+    distribution: str = "uniform",
 ) -> tuple[list[int], list[int]]:
     """(group of each layer, k of each group) for ``density``, with the counts :func:`core.select` uses."""
     density = check_density(density)
@@ -399,7 +752,8 @@ class SupermaskController:
         self.groups, self.ks = topk_counts(shapes, density, scope=scope, distribution=distribution)
         for i, m in enumerate(self.layers):
             m._supermask_index = i  # type: ignore[attr-defined]
-        self._selector: ExactTopK | None = None
+        self._selector: ExactTopK | CompiledTopK | None = None
+        self._selector_key: Any = None
         self._cache: list[torch.Tensor] | None = None
         self._cache_key: Any = None
         self._consumed: list[bool] = []
@@ -407,13 +761,38 @@ class SupermaskController:
 
     # the selector lives on the scores' device and is rebuilt if they move
     @property
-    def selector(self) -> ExactTopK:
+    def selector(self) -> ExactTopK | CompiledTopK:
         s0 = self.layers[0].scores
-        if self._selector is None or self._selector.device != s0.device or self._selector.dtype != s0.dtype:
-            self._selector = ExactTopK(
-                [tuple(m.weight.shape) for m in self.layers], self.groups, self.ks, device=s0.device, dtype=s0.dtype
+        key = (s0.device, s0.dtype)
+        if self._selector is None or self._selector_key != key:
+            shapes = [tuple(m.weight.shape) for m in self.layers]
+            use_ext = self.kernel == "compiled" or (
+                self.kernel == "fast" and s0.device.type == "cpu" and s0.dtype == torch.float32
             )
+            # `fast` uses the compiled kernel only once built (`kernel=compiled` builds it): a first run
+            # never waits a minute for a compiler
+            ext = cpu_extension(build=self.kernel == "compiled") if use_ext else None
+            if self.kernel == "compiled" and (
+                ext is None or s0.device.type != "cpu" or s0.dtype != torch.float32
+            ):
+                raise ConfigError(
+                    f"supermask kernel 'compiled' needs float32 CPU tensors and a C++ compiler ({_EXT_ERROR or 'not built'})"
+                )
+            if ext is not None:
+                self._selector = CompiledTopK(shapes, self.groups, self.ks, ext)
+            else:
+                self._selector = ExactTopK(shapes, self.groups, self.ks, device=s0.device, dtype=s0.dtype)
+            self._selector_key = key
         return self._selector
+
+    @property
+    def backend(self) -> str:
+        """What actually runs: 'reference', 'compiled', 'torch' or 'bernoulli'."""
+        if self.kind == "bernoulli":
+            return "bernoulli"
+        if self.kernel == "reference":
+            return "reference"
+        return "compiled" if isinstance(self.selector, CompiledTopK) else "torch"
 
     def weights(self) -> list[torch.Tensor]:
         return [m.weight.detach() for m in self.layers]
@@ -434,8 +813,7 @@ class SupermaskController:
             if grad:
                 self._cache = list(_EdgePopupFn.apply(self, *scores))
             else:
-                masks = self.selector.select([s.detach() for s in scores], self.names)
-                self._cache = torch._foreach_mul(self.weights(), masks)
+                self._cache = self.selector.forward([s.detach() for s in scores], self.weights())
             self._cache_key = key
             self._consumed = [False] * len(self.layers)
         self._consumed[i] = True
@@ -457,7 +835,7 @@ class SupermaskController:
         if layer.training and torch.is_grad_enabled():
             with torch.no_grad():
                 sample = torch.bernoulli(p.detach(), generator=self._generator_for(p.device))
-            m = sample + p - p.detach()  # value: the sample; gradient: straight through to p
+            m = sample + (p - p.detach())  # value: exactly the sample; gradient: straight through to p
             kept = sample.sum()
         else:
             m = p
@@ -485,11 +863,22 @@ class SupermaskController:
 
     @torch.no_grad()
     def current_mask(self) -> Mask:
-        """The mask the forward uses now (edge-popup: exact top-k; Bernoulli: sigmoid(s) > 0.5)."""
+        """The mask the forward uses now (edge-popup: exact top-k by the reference rule; Bernoulli:
+        sigmoid(s) > 0.5, the mode of the sampled mask)."""
         if self.kind == "bernoulli":
             return Mask({n: torch.sigmoid(m.scores) > 0.5 for n, m in zip(self.names, self.layers)})
-        masks = self.selector.select([m.scores.detach() for m in self.layers], self.names)
-        return Mask({n: mk.detach().clone().bool() for n, mk in zip(self.names, masks)})
+        out = {}
+        for g in sorted(set(self.groups)):
+            idx = [i for i, gg in enumerate(self.groups) if gg == g]
+            flat = torch.cat([self.layers[i].scores.detach().abs().reshape(-1) for i in idx])
+            keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+            keep[torch.sort(flat, descending=True, stable=True).indices[: self.ks[g]]] = True
+            off = 0
+            for i in idx:
+                n = self.layers[i].weight.numel()
+                out[self.names[i]] = keep[off : off + n].view(self.layers[i].weight.shape).clone()
+                off += n
+        return Mask({n: out[n] for n in self.names})
 
 
 # -- conversion -------------------------------------------------------------------------------------------
@@ -589,11 +978,15 @@ def to_supermask(
     if kind not in SUPERMASK_KINDS:
         raise ConfigError(f"unknown supermask kind '{kind}' (choose from: {', '.join(SUPERMASK_KINDS)})")
     if kernel not in SUPERMASK_KERNELS:
-        raise ConfigError(f"unknown supermask kernel '{kernel}' (choose from: {', '.join(SUPERMASK_KERNELS)})")
+        raise ConfigError(
+            f"unknown supermask kernel '{kernel}' (choose from: {', '.join(SUPERMASK_KERNELS)})"
+        )
     density = check_density(density)
     layers = list(masked_layers(model))
     if not layers:
-        raise ConfigError(f"model {type(model).__name__} has no prunable (Linear/Conv2d) layers for a supermask")
+        raise ConfigError(
+            f"model {type(model).__name__} has no prunable (Linear/Conv2d) layers for a supermask"
+        )
     if is_supermask(model):
         raise ConfigError("model is already in supermask mode")
     for name, m in layers:
@@ -602,7 +995,9 @@ def to_supermask(
         if m.weight_mask is not None:
             raise ConfigError(f"layer '{name}' already carries a mask; supermasks start from a dense net")
     if scores is None:
-        scores = init_scores(layers, kind=kind, scale=score_init_scale, init_logit=init_logit, generator=generator)
+        scores = init_scores(
+            layers, kind=kind, scale=score_init_scale, init_logit=init_logit, generator=generator
+        )
     if len(scores) != len(layers):
         raise ConfigError(f"got {len(scores)} score tensors for {len(layers)} layers")
     frozen = {}
@@ -610,12 +1005,20 @@ def to_supermask(
         frozen[n] = p.requires_grad
         p.requires_grad_(False)
     ctrl = SupermaskController(
-        layers, kind=kind, kernel=kernel, density=density, scope=scope, distribution=distribution,
-        rescale=rescale, generator=generator,
+        layers,
+        kind=kind,
+        kernel=kernel,
+        density=density,
+        scope=scope,
+        distribution=distribution,
+        rescale=rescale,
+        generator=generator,
     )
     for (name, m), s in zip(layers, scores):
         if tuple(s.shape) != tuple(m.weight.shape):
-            raise ConfigError(f"scores for '{name}' have shape {list(s.shape)}, weight has {list(m.weight.shape)}")
+            raise ConfigError(
+                f"scores for '{name}' have shape {list(s.shape)}, weight has {list(m.weight.shape)}"
+            )
         m.__class__ = _TO_SM[type(m)]
         m.scores = nn.Parameter(s.detach().clone().to(device=m.weight.device, dtype=m.weight.dtype))
         m._supermask = ctrl  # type: ignore[attr-defined]
@@ -655,8 +1058,15 @@ def check_scores_finite(model: nn.Module) -> None:
     """Raise DivergenceError naming the first layer whose scores hold NaN or inf (one fused norm per call)."""
     ctrl = supermask_controller(model)
     norms = torch._foreach_norm([s.detach() for s in ctrl.scores()], 1)
-    if not math.isfinite(float(torch.stack(norms).sum())):
-        ExactTopK._raise_nonfinite(list(ctrl.scores()), ctrl.names)
+    if math.isfinite(float(torch.stack(norms).sum())):
+        return
+    for name, s in zip(ctrl.names, ctrl.scores()):
+        if not bool(torch.isfinite(s.detach()).all()):
+            what = "NaN" if bool(torch.isnan(s.detach()).any()) else "infinite"
+            raise DivergenceError(
+                f"supermask scores became {what} in layer '{name}': the score training diverged; "
+                "lower --lr (or --arg score_init_scale)"
+            )
 
 
 def strip_supermask(model: nn.Module) -> dict[str, torch.Tensor]:

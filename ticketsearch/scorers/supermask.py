@@ -1,0 +1,409 @@
+"""Learned supermasks: ``supermask`` (edge-popup, Ramanujan et al. 2020) and ``supermask-bernoulli`` (Zhou et al. 2019).
+
+The weights are never trained: they are redrawn (signed Kaiming constant by default) and frozen, and only a
+score per weight learns, through the one training loop (:func:`ticketsearch.training.train`). The result is
+an ordinary score dict (higher = keep: ``|s|`` for edge-popup, ``sigmoid(s)`` for Bernoulli), so
+``core.select`` makes the Mask and every other command (train --mask, transfer, bench) works on it.
+
+``density`` is the fraction of weights KEPT, as everywhere in ticketsearch (edge-popup's code calls it
+"prune rate" and uses it as the kept fraction k; we use one meaning only). For edge-popup it is the k that
+training keeps; Bernoulli masks learn their own density (reported as ``learned_density``) and ``density``
+then picks the top-k of ``sigmoid(s)`` for a fixed budget.
+
+Method knobs come from ``--arg key=value`` (:class:`SupermaskKnobs`, :class:`BernoulliKnobs`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..core.errors import ConfigError
+from ..core.hparams import RunHparams, TrainingHparams
+from ..core.mask import Mask
+from ..core.select import check_density, select
+from ..sparse import apply_mask, masked_layers
+from ..sparse.supermask import (
+    SUPERMASK_KERNELS,
+    WEIGHT_INITS,
+    check_scores_finite,
+    init_frozen_weights,
+    keep_scores,
+    make_bn_nonaffine,
+    strip_supermask,
+    supermask_controller,
+    to_supermask,
+)
+from .base import Batch, Scorer, ScoringContext, register_method
+
+__all__ = [
+    "SupermaskKnobs",
+    "BernoulliKnobs",
+    "knobs_from_args",
+    "default_training",
+    "run_learned",
+    "LearnedResult",
+    "EdgePopup",
+    "BernoulliSupermask",
+    "LEARNED_METHODS",
+]
+
+
+@dataclass(frozen=True)
+class SupermaskKnobs:
+    """Edge-popup knobs (``--arg key=value``).
+
+    weight_init: ``signed_constant`` (±√2/√fan_in, the paper's best) or ``kaiming_normal``.
+    scale_fan: fan_in × density in the weight scale (edge-popup's ``scale_fan``; the kept weights then have
+    the variance of a dense Kaiming layer). score_init_scale: scores ~ U(±scale/√fan_in) (the paper's
+    Kaiming-uniform, a=√5, is scale 1). nonaffine_bn: turn affine BatchNorm into non-affine BatchNorm (the
+    paper's NonAffineBatchNorm); otherwise its affine parameters stay frozen at their init. kernel: ``fast``
+    (compiled CPU kernel when it builds, else PyTorch), ``compiled``, ``torch`` or ``reference`` (a sort per
+    forward: the spec). check_every: steps between NaN checks of the scores.
+    """
+
+    weight_init: str = "signed_constant"
+    scale_fan: bool = True
+    score_init_scale: float = 1.0
+    nonaffine_bn: bool = True
+    kernel: str = "fast"
+    check_every: int = 50
+
+    def validate(self) -> None:
+        if self.weight_init not in WEIGHT_INITS:
+            raise ConfigError(
+                f"weight_init must be one of {', '.join(WEIGHT_INITS)}, got {self.weight_init!r}"
+            )
+        if self.kernel not in SUPERMASK_KERNELS:
+            raise ConfigError(f"kernel must be one of {', '.join(SUPERMASK_KERNELS)}, got {self.kernel!r}")
+        if not (self.score_init_scale > 0 and math.isfinite(self.score_init_scale)):
+            raise ConfigError(f"score_init_scale must be a positive number, got {self.score_init_scale}")
+        if self.check_every < 1:
+            raise ConfigError(f"check_every must be ≥ 1, got {self.check_every}")
+
+
+@dataclass(frozen=True)
+class BernoulliKnobs(SupermaskKnobs):
+    """Bernoulli-mask knobs: those of :class:`SupermaskKnobs` plus
+
+    rescale: Zhou et al.'s dynamic weight rescaling (weights × layer size / kept count, in training and
+    eval; the final factor of each layer is baked into the returned weights). init_logit: scores start
+    around this logit (0 → keep probability 0.5).
+    """
+
+    rescale: bool = False
+    init_logit: float = 0.0
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        low = str(value).strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"method argument {name}={value!r} is not a boolean (true/false)")
+    try:
+        if isinstance(default, int):
+            f = float(value)
+            if f != int(f):
+                raise ValueError
+            return int(f)
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"method argument {name}={value!r} is not a valid {type(default).__name__}"
+        ) from None
+    return str(value)
+
+
+def knobs_from_args(
+    args: dict[str, Any] | None, cls: type[SupermaskKnobs] = SupermaskKnobs
+) -> SupermaskKnobs:
+    """Knobs from ``hparams.args``; unknown keys are a one-line ConfigError naming the allowed ones."""
+    args = dict(args or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(k for k in args if k not in fields)
+    if unknown:
+        raise ConfigError(
+            f"unknown method argument(s) {', '.join(unknown)} for {cls.__name__} (allowed: {', '.join(fields)})"
+        )
+    base = cls()
+    knobs = cls(**{k: _coerce(k, v, getattr(base, k)) for k, v in args.items()})
+    knobs.validate()
+    return knobs
+
+
+_MNIST_LIKE = ("mnist", "fashion_mnist", "digits", "mnist1d", "kmnist", "emnist")
+
+
+def default_training(dataset_name: str, method: str = "supermask") -> TrainingHparams:
+    """The recipe a supermask trains its scores with (the weights never train).
+
+    Edge-popup: SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine, batch 128 (Ramanujan et al. 2020);
+    10 epochs on MNIST-like data (digits: 30, it is tiny), 100 on CIFAR-like data. Bernoulli (Zhou et
+    al. 2019): Adam lr 0.1, no weight decay, same batch and budget.
+    """
+    name = (dataset_name or "").lower()
+    if name == "digits":
+        budget = "30ep"
+    elif name in _MNIST_LIKE or "mnist" in name:
+        budget = "10ep"
+    else:
+        budget = "100ep"
+    if method in ("supermask-bernoulli", "bernoulli"):
+        return TrainingHparams(
+            optimizer="adam",
+            lr=0.1,
+            momentum=0.0,
+            weight_decay=0.0,
+            batch_size=128,
+            budget=budget,
+            schedule="cosine",
+            eval_every="1ep",
+        )
+    return TrainingHparams(
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        batch_size=128,
+        budget=budget,
+        schedule="cosine",
+        eval_every="1ep",
+    )
+
+
+@dataclass
+class LearnedResult:
+    """What a learned method hands the runner.
+
+    ``scores``: keep-scores keyed like ``prunable_parameters(model)`` (|s| or sigmoid(s)); ``model``: the
+    frozen-weight model with plain masked layers and no mask attached (weights = the supermask's weights,
+    BatchNorm statistics as trained), so ``apply_mask(model, mask)`` + ``evaluate`` is the supermask's own
+    accuracy; ``init_state``: its state_dict before score training (the ticket's init for then-train; it
+    fits ``model``); ``mask``: ``core.select`` of the scores with the run's density/scope/distribution.
+    """
+
+    scores: dict[str, torch.Tensor]
+    model: nn.Module
+    init_state: dict[str, torch.Tensor]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    mask: Mask | None = None
+    raw_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+LEARNED_METHODS = {
+    "supermask": ("edge_popup", SupermaskKnobs),
+    "supermask-bernoulli": ("bernoulli", BernoulliKnobs),
+}
+
+
+def run_learned(
+    method_name: str,
+    model: nn.Module,
+    data: Any,
+    hparams: RunHparams,
+    *,
+    seed: int,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool | str = "auto",
+) -> LearnedResult:
+    """Learn a supermask of ``model`` on ``data`` with ``hparams.training``; ``model`` is changed in place.
+
+    In place: BatchNorm made non-affine (knob), weights redrawn from ``seed`` (knob ``weight_init``),
+    frozen; then scores train and the model comes back with plain masked layers (no mask attached).
+    Deterministic on CPU for a given seed. Raises ConfigError on bad density/knobs/model and
+    DivergenceError when the scores become NaN/inf.
+    """
+    from ..training import evaluate, train
+
+    if method_name not in LEARNED_METHODS:
+        raise ConfigError(
+            f"unknown learned method '{method_name}' (choose from: {', '.join(LEARNED_METHODS)})"
+        )
+    kind, knob_cls = LEARNED_METHODS[method_name]
+    knobs = knobs_from_args(hparams.args, knob_cls)
+    density = check_density(hparams.pruning.density)
+    scope = hparams.pruning.scope
+    if scope not in ("layerwise", "global"):
+        raise ConfigError(f"unknown selection scope '{scope}' (choose from: global, layerwise)")
+    if not list(masked_layers(model)):
+        raise ConfigError(
+            f"model {type(model).__name__} has no prunable (Linear/Conv2d) layers for a supermask"
+        )
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(int(seed))
+    converted = make_bn_nonaffine(model) if knobs.nonaffine_bn else 0
+    init_frozen_weights(model, knobs.weight_init, density=density, scale_fan=knobs.scale_fan, generator=gen)
+    init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    to_supermask(
+        model,
+        density=density,
+        kind=kind,
+        scope=scope,
+        distribution=hparams.pruning.distribution,
+        kernel=knobs.kernel,
+        score_init_scale=knobs.score_init_scale,
+        init_logit=getattr(knobs, "init_logit", 0.0),
+        rescale=getattr(knobs, "rescale", False),
+        generator=gen,
+    )
+    ctrl = supermask_controller(model)
+
+    def after_step(it: int, m: nn.Module) -> None:
+        if it % knobs.check_every == 0:
+            check_scores_finite(m)
+
+    t0 = time.perf_counter()
+    res = train(
+        model,
+        data,
+        hparams.training,
+        seed=seed,
+        after_step=after_step,
+        log=log,
+        progress=progress,
+        desc=method_name,
+    )
+    wall = time.perf_counter() - t0
+    check_scores_finite(model)
+    scores = keep_scores(model)
+    metrics: dict[str, Any] = {
+        "wall_time": wall,
+        "passes": dict(res.passes),
+        "iterations": res.iterations,
+        "supermask_final_test_acc": res.final.get("test_acc"),
+        "supermask_best": {k: v for k, v in res.best.items() if k in ("iteration", "val_acc", "test_acc")},
+        "weights_trained": False,
+        "weight_init": knobs.weight_init,
+        "bn_made_nonaffine": converted,
+        "kernel": ctrl.backend,
+    }
+    if kind == "bernoulli":
+        total = sum(s.numel() for s in scores.values())
+        metrics["learned_density"] = float(sum(float(s.sum()) for s in scores.values()) / total)
+        metrics["learned_density_p50"] = float(sum(int((s > 0.5).sum()) for s in scores.values()) / total)
+        metrics["expected_mask_test_acc"] = res.final.get("test_acc")
+    raw = strip_supermask(model)
+    if kind == "bernoulli" and getattr(knobs, "rescale", False):
+        _bake_rescale(model, scores, density, hparams)
+    mask = select(
+        scores,
+        density,
+        scope=scope,
+        distribution=hparams.pruning.distribution,
+        min_layer_density=hparams.pruning.min_layer_density,
+    )
+    probe = copy.deepcopy(model)
+    apply_mask(probe, mask)
+    metrics["supermask_test_acc"] = evaluate(probe, data.x_test, data.y_test)["acc"]
+    metrics["density"] = mask.density
+    del probe
+    model.to(device)
+    return LearnedResult(
+        scores=scores,
+        model=model,
+        init_state=init_state,
+        metrics=metrics,
+        history=res.history,
+        mask=mask,
+        raw_scores=raw,
+    )
+
+
+@torch.no_grad()
+def _bake_rescale(
+    model: nn.Module, scores: dict[str, torch.Tensor], density: float, hparams: RunHparams
+) -> None:
+    """Dynamic weight rescaling: the final per-layer factor (size / kept) goes into the returned weights."""
+    mask = select(scores, density, scope=hparams.pruning.scope, distribution=hparams.pruning.distribution)
+    for name, layer in masked_layers(model):
+        key = f"{name}.weight" if name else "weight"
+        kept = max(int(mask[key].sum()), 1)
+        layer.weight.mul_(layer.weight.numel() / kept)
+
+
+class _LearnedScorer(Scorer):
+    """Shared: ``score`` runs :func:`run_learned` on a copy of the model and returns its keep-scores."""
+
+    kind: ClassVar[str] = "learned"
+    knobs: ClassVar[type[SupermaskKnobs]] = SupermaskKnobs
+
+    @staticmethod
+    def default_training(dataset_name: str) -> TrainingHparams:
+        return default_training(dataset_name, "supermask")
+
+    def score(
+        self,
+        model: nn.Module,
+        batches: Sequence[Batch],
+        *,
+        hparams: RunHparams,
+        context: ScoringContext | None = None,
+    ) -> dict[str, torch.Tensor]:
+        if context is None or context.data is None:
+            raise ConfigError(
+                f"method '{self.name}' learns scores on the training data: pass a ScoringContext with data"
+            )
+        work = copy.deepcopy(model)
+        for n, layer in masked_layers(work):
+            if layer.weight_mask is not None:
+                raise ConfigError(
+                    f"method '{self.name}' starts from a dense network, but layer '{n}' carries a mask"
+                )
+        result = run_learned(
+            self.name,
+            work,
+            context.data,
+            hparams,
+            seed=context.seed,
+            log=context.log,
+            progress=context.progress,
+        )
+        return result.scores
+
+
+@register_method(
+    "supermask",
+    description="edge-popup supermask: scores learned on frozen random weights (Ramanujan et al. 2020)",
+)
+class EdgePopup(_LearnedScorer):
+    """Edge-popup (Ramanujan et al., "What's Hidden in a Randomly Weighted Neural Network?", CVPR 2020).
+
+    Frozen signed-Kaiming-constant weights; each weight has a score; the forward keeps the top ``density``
+    of |scores| per layer (``--scope global``: over all layers); straight-through gradient to the scores.
+    """
+
+    citation = "Ramanujan et al., CVPR 2020 (arXiv:1911.13299)"
+    knobs = SupermaskKnobs
+
+
+@register_method(
+    "supermask-bernoulli", description="Bernoulli supermask: sampled masks, sigmoid scores (Zhou et al. 2019)"
+)
+class BernoulliSupermask(_LearnedScorer):
+    """Zhou et al., "Deconstructing Lottery Tickets: Zeros, Signs, and the Supermask", NeurIPS 2019.
+
+    Masks sampled from sigmoid(scores) in training (straight-through), the expected mask in eval; the density
+    is learned (reported), and ``density`` selects the top-k of sigmoid(scores) for the final Mask.
+    """
+
+    citation = "Zhou et al., NeurIPS 2019 (arXiv:1905.01067)"
+    knobs = BernoulliKnobs
+
+    @staticmethod
+    def default_training(dataset_name: str) -> TrainingHparams:
+        return default_training(dataset_name, "supermask-bernoulli")
