@@ -6,7 +6,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])"
-python3 -m pytest tests/gpu -q -p no:cacheprovider -x 2>&1 | tee "$OUT/gpu_tests.log"
+python3 -m pytest tests/gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
 for dev in cuda cpu; do
   rm -rf /tmp/olt_$dev
   /usr/bin/time -f "%e s wall ($dev)" python3 -m ticketsearch find --method imp --dataset mnist --data-root build/data \
