@@ -39,6 +39,7 @@ __all__ = [
     "get_mask",
     "mask_gradients",
     "grad_masker",
+    "mask_pairs",
     "enforce_mask",
     "masked_layers",
 ]
@@ -216,16 +217,22 @@ def mask_gradients(model: nn.Module) -> None:
         torch._foreach_mul_(grads, masks)
 
 
+def mask_pairs(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """(weight, float mask) of every trainable layer whose mask the ``inplace`` backend enforces through
+    its gradient; an optimizer can fold these into its update."""
+    return [
+        (layer.weight, layer.mask_float())
+        for _, layer in masked_layers(model)
+        if layer.weight_mask is not None and layer.backend == "inplace" and layer.weight.requires_grad
+    ]
+
+
 def grad_masker(model: nn.Module) -> Callable[[], None]:
     """:func:`mask_gradients` with the layer walk done once: the per-step cost is the fused multiply alone.
 
     For a training loop whose masks do not change while it runs (the masks are captured now).
     """
-    pairs = [
-        (layer.weight, layer.mask_float())
-        for _, layer in masked_layers(model)
-        if layer.weight_mask is not None and layer.backend == "inplace" and layer.weight.requires_grad
-    ]
+    pairs = mask_pairs(model)
     if not pairs:
         return lambda: None
     params = [p for p, _ in pairs]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..core.errors import ConfigError, DivergenceError
 from ..core.hparams import TrainingHparams, to_iterations
-from ..sparse import grad_masker
+from ..sparse import grad_masker, mask_pairs
 from .optim import LRSchedule, make_optimizer
 
 __all__ = ["train", "evaluate", "TrainResult", "TrainState"]
@@ -63,6 +63,10 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_time: float = 0.0
     passes: dict[str, int] = field(default_factory=dict)  # forward/backward passes over batches
+
+
+def _noop() -> None:
+    return None
 
 
 @torch.no_grad()
@@ -156,7 +160,13 @@ def train(
         if log is not None:
             log(rec)
 
-    mask_grads = grad_masker(model)  # masks are fixed while this loop runs
+    # masks are fixed while this loop runs: the optimizer folds grad ⊙ mask into its update, unless the
+    # gradient norm is clipped (the norm must not count pruned weights), then grads are masked first
+    if hp.grad_clip > 0:
+        mask_grads = grad_masker(model)
+    else:
+        opt.set_grad_masks({id(p): m for p, m in mask_pairs(model)})
+        mask_grads = _noop
     model.train()
     bar = _progress(total, it, progress, desc)
     t0 = time.perf_counter()
