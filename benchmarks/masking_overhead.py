@@ -26,7 +26,14 @@ from common import interleaved_medians, md_table, write_results
 from ticketsearch.core import select
 from ticketsearch.core.hparams import TrainingHparams
 from ticketsearch.models import create_model
-from ticketsearch.sparse import apply_mask, enforce_mask, grad_masker, mask_pairs, masked_layers, prunable_parameters
+from ticketsearch.sparse import (
+    apply_mask,
+    enforce_mask,
+    grad_masker,
+    mask_pairs,
+    masked_layers,
+    prunable_parameters,
+)
 from ticketsearch.training.optim import make_optimizer
 
 MODES = ("dense", "fused", "grad_mask_pass", "weight_mul_after_step", "reference", "torch_prune")
