@@ -149,3 +149,20 @@ def test_killed_run_resumes_to_identical_result(tmp_path):
         assert (la / "metrics.jsonl").read_text() == (lb / "metrics.jsonl").read_text()
         fa, fb = load_state(la / "model_final.safetensors"), load_state(lb / "model_final.safetensors")
         assert all(torch.equal(fa[n], fb[n]) for n in fa)
+
+
+def test_supermask_then_train_resumes_on_a_bn_model(tmp_path):
+    """A finished supermask level on a net with BatchNorm (made non-affine by the method) can get
+    --then-train in a later call: the fresh model is given the structure of the stored init."""
+    hp = RunHparams(
+        model=ModelHparams(model="resnet20"),
+        dataset=DatasetHparams(dataset="digits"),
+        training=TrainingHparams(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=128, budget="5it", eval_every="5it", schedule="cosine"),
+        pruning=PruningHparams(method="supermask", density=0.5),
+    )
+    first = run_find(hp, seed=0, opts=_opts(tmp_path))
+    assert "then_train" not in first.rows[0]
+    short = TrainingHparams(optimizer="adam", lr=1e-3, batch_size=128, budget="5it", eval_every="5it")
+    again = run_find(hp, seed=0, opts=_opts(tmp_path, then_train=True, then_train_hp=short))
+    assert again.rows[0]["test_acc"] == first.rows[0]["test_acc"]  # the finished level is reused
+    assert again.rows[0]["then_train"]["iterations"] > 0

@@ -43,6 +43,7 @@ class RunOptions:
     controls: tuple[str, ...] = ()
     then_train: bool = False
     baseline: bool = False  # one-shot/learned methods: also train the dense net (level_0)
+    then_train_hp: TrainingHparams | None = None  # learned methods: None = the model's recipe
 
 
 @dataclass
@@ -327,6 +328,12 @@ def _learned(r: _Run) -> list[dict[str, Any]]:
         mask = level.load_mask()
         res = level.result()
         init_state = load_state(level.path / "init.safetensors", r.device)
+        if any(k.endswith("running_mean") for k in init_state):  # BN made non-affine by the method
+            from ..sparse.supermask import make_bn_nonaffine
+
+            bn_affine = [n for n, m in r.model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+            if bn_affine and f"{bn_affine[0]}.weight" not in init_state:
+                make_bn_nonaffine(r.model)
     else:
         torch.manual_seed(r.seed)
         lr = run_learned(hp.pruning.method, r.model, r.data, hp, seed=r.seed, log=level.log, progress=r.opts.progress)
@@ -368,7 +375,8 @@ def _learned(r: _Run) -> list[dict[str, Any]]:
             model = copy.deepcopy(r.model)
             reset_to(model, init_state, mask)
             tres = r.finish_level(
-                sub, model, r.train_level(sub, model, default_training(hp.model.model), desc="then-train"),
+                sub, model,
+                r.train_level(sub, model, r.opts.then_train_hp or default_training(hp.model.model), desc="then-train"),
                 density=mask.density,
             )
         res = {**res, "then_train": tres}
