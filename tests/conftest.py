@@ -9,11 +9,17 @@ import pytest
 
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
-    """The canonical MNIST / Fashion-MNIST IDX files beside the checkout (``../shared/datasets``)."""
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-    if not (path / "mnist").is_dir():
-        pytest.skip(f"shared datasets not found at {path}")
-    return path
+    """The canonical MNIST / Fashion-MNIST IDX files: ``../shared/datasets`` beside the checkout, else
+    ``$TICKETSEARCH_SHARED_DATA``. Tests never download."""
+    import os
+
+    candidates = [Path(__file__).resolve().parents[1].parent / "shared" / "datasets"]
+    if os.environ.get("TICKETSEARCH_SHARED_DATA"):
+        candidates.insert(0, Path(os.environ["TICKETSEARCH_SHARED_DATA"]))
+    for path in candidates:
+        if (path / "mnist").is_dir():
+            return path
+    pytest.skip(f"real MNIST files not found (looked in {', '.join(map(str, candidates))})")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -66,6 +66,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--data-root", default=None, help="where datasets live (default: $TICKETSEARCH_DATA, else ./data)"
     )
+    g.add_argument(
+        "--download", action="store_true", help="download missing MNIST/Fashion-MNIST files (needs torchvision)"
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--json", action="store_true", help="print the result rows as JSON instead of a table")
 
@@ -243,6 +246,7 @@ def _opts(ns: argparse.Namespace, **extra: Any):
     return RunOptions(
         root=Path(ns.root),
         data_root=ns.data_root,
+        download=ns.download,
         device=ns.device,
         progress=False if ns.no_progress else "auto",
         **extra,

@@ -213,7 +213,7 @@ def missing_message(root: Path, dataset: str, missing: list[str]) -> str:
         f"{_PRETTY[dataset]} files not found: {files}; looked in {where} (also uncompressed, without .gz); "
         f"pass --download (needs torchvision: pip install 'ticketsearch[vision]') or copy the four "
         f"{_PRETTY[dataset]} .gz files into {root / _SHARED_DIRS[dataset][0]} "
-        f"(the data root comes from the root argument, else $TICKETSEARCH_DATA, else ./data)"
+        f"(the data root comes from --data-root, else $TICKETSEARCH_DATA, else ./data)"
     )
 
 

@@ -38,6 +38,7 @@ class RunOptions:
 
     root: Path = Path("runs")
     data_root: str | None = None
+    download: bool = False  # fetch missing MNIST/Fashion-MNIST through torchvision (only when asked)
     device: str = "auto"
     progress: bool | str = "auto"
     controls: tuple[str, ...] = ()
@@ -86,7 +87,9 @@ def _load_data(hp: RunHparams, seed: int, opts: RunOptions, device: torch.device
 
     val = hp.dataset.val_size
     kwargs: dict[str, Any] = {} if val < 0 else {"val_size": int(val) if val >= 1 else float(val)}
-    return load_dataset(hp.dataset.dataset, root=opts.data_root, seed=seed, device=device, **kwargs)
+    return load_dataset(
+        hp.dataset.dataset, root=opts.data_root, seed=seed, device=device, download=opts.download, **kwargs
+    )
 
 
 def _row(level: int, mask: Mask, res: dict[str, Any], path: Path) -> dict[str, Any]:
