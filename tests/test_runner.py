@@ -109,6 +109,11 @@ def test_train_mask_from_source_init_reproduces_level(tmp_path):
     # same init, same mask, same data order and hparams → the very same training run
     assert t.rows[0]["test_acc"] == s.rows[1]["test_acc"]
     assert t.rows[0]["es_iteration"] == s.rows[1]["es_iteration"]
+    # the new ticket's metadata points at the init it really trained from (the source run's)
+    tmask = Path(t.rows[0]["mask"])
+    used = load_state(tmask.parent / Mask.load(tmask).metadata["init"])
+    source = load_state(s.run_dir / "replicate_0" / "init.safetensors")
+    assert all(torch.equal(used[k], source[k]) for k in source)
     f = train_mask(mask_file, _hp().replace(pruning=PruningHparams(method="train")), seed=0, init="fresh", opts=_opts(tmp_path / "f"))
     assert f.rows[0]["density"] == pytest.approx(Mask.load(mask_file).density)
 

@@ -437,6 +437,9 @@ def train_mask(
             raise ConfigError(f"the mask's init file '{p}' is missing; use --init fresh")
         state = load_state(p, r.device)
     reset_to(r.model, state, mask)
-    level.save_mask(get_mask(r.model), **r.mask_metadata(level=1, source_mask=str(mask_path), init_mode=init))
+    save_state(level.path / "init.safetensors", state)  # the init this ticket trained from, whichever it was
+    level.save_mask(
+        get_mask(r.model), **r.mask_metadata(level=1, source_mask=str(mask_path), init_mode=init, init="init.safetensors")
+    )
     res = r.finish_level(level, r.model, r.train_level(level, r.model, desc="train ticket"), density=mask.density)
     return RunSummary(r.run.path, seed, [_row(1, mask, res, level.mask_path)])
