@@ -291,6 +291,7 @@ def _cmd_list(ns: argparse.Namespace) -> int:
         from .scorers import METHODS
 
         rows = [(e.name, getattr(e.obj, "kind", "?"), e.source, e.description) for e in METHODS.entries()]
+        print(f"{'method':<22} {'kind':<8} {'source':<24} description")
         for name, kind, source, desc in rows:
             print(f"{name:<22} {kind:<8} {source:<24} {desc}")
         for b in METHODS.broken():
