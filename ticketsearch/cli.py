@@ -321,6 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TicketsearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ticketsearch list methods | head`: the reader left, nothing to report
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume (finished levels are kept)", file=sys.stderr)
         return 130
