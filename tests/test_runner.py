@@ -116,6 +116,11 @@ def test_train_mask_from_source_init_reproduces_level(tmp_path):
     assert all(torch.equal(used[k], source[k]) for k in source)
     f = train_mask(mask_file, _hp().replace(pruning=PruningHparams(method="train")), seed=0, init="fresh", opts=_opts(tmp_path / "f"))
     assert f.rows[0]["density"] == pytest.approx(Mask.load(mask_file).density)
+    # a fresh init is a different init, even with the seed that made the ticket (the reinit control)
+    fmask = Path(f.rows[0]["mask"])
+    fresh = load_state(fmask.parent / Mask.load(fmask).metadata["init"])
+    assert not any(torch.equal(fresh[k], source[k]) for k in source if k.endswith("weight"))
+    assert Mask.load(fmask).equals(Mask.load(mask_file))
 
 
 def _run_cli(args, root, **kw):

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a given ticket (mask file) from its init", description="Train the weights kept by a mask file.")
     t.add_argument("--mask", required=True, help="a mask.safetensors written by `find`")
-    t.add_argument("--init-from", dest="init_from", default="source", choices=("source", "fresh"), help="the mask's own init, or a fresh one from --seed")
+    t.add_argument("--init-from", dest="init_from", default="source", choices=("source", "fresh"), help="the mask's own init, or a fresh one (drawn from a seed derived from --seed, so never the ticket's own)")
     _add_hparams(t, pruning=False)
     _add_common(t)
 

@@ -30,6 +30,7 @@ __all__ = ["RunOptions", "RunSummary", "run_find", "train_mask", "resolve_device
 
 CONTROLS = ("reinit", "random_mask")
 _CONTROL_SEED_OFFSET = 1_000_003
+_FRESH_INIT_SEED_OFFSET = 7_000_001
 
 
 @dataclass
@@ -99,13 +100,13 @@ def _row(level: int, mask: Mask, res: dict[str, Any], path: Path) -> dict[str, A
 class _Run:
     """State shared by the methods' level loops."""
 
-    def __init__(self, hp: RunHparams, seed: int, opts: RunOptions) -> None:
+    def __init__(self, hp: RunHparams, seed: int, opts: RunOptions, *, init_seed: int | None = None) -> None:
         self.hp, self.seed, self.opts = hp, seed, opts
         self.device = resolve_device(opts.device)
         self.run = RunDir(opts.root, hp).create()
         self.rep = self.run.replicate(seed)
         self.data = _load_data(hp, seed, opts, self.device)
-        self.model = _build_model(hp, self.data, seed, self.device)
+        self.model = _build_model(hp, self.data, seed if init_seed is None else init_seed, self.device)
         init_path = self.rep / "init.safetensors"
         if init_path.is_file():  # resume: the stored init, bit for bit
             self.model.load_state_dict(load_state(init_path, self.device))
@@ -420,9 +421,14 @@ def train_mask(
     if init not in ("source", "fresh"):
         raise ConfigError(f"unknown init '{init}' (choose from: source, fresh)")
     mask = Mask.load(mask_path)
-    mask_hash = stable_hash({"mask": mask.layer_counts(), "file": mask.metadata.get("hparams_hash"), "init": init})
+    # a fresh init must differ from the ticket's own even when --seed equals the seed that made the mask
+    # (model init is drawn from the seed): it comes from a seed derived from --seed, never --seed itself
+    init_seed = seed + _FRESH_INIT_SEED_OFFSET if init == "fresh" else None
+    mask_hash = stable_hash(
+        {"mask": mask.layer_counts(), "file": mask.metadata.get("hparams_hash"), "init": init, "init_seed": init_seed}
+    )
     hp = hp.replace(method_args=tuple(sorted({**dict(hp.method_args), "mask": mask_hash}.items())))
-    r = _Run(hp, seed, opts)
+    r = _Run(hp, seed, opts, init_seed=init_seed)
     mask.check_shapes(r.shapes, what=f"model '{hp.model.model}' on '{hp.dataset.dataset}'")
     level = r.run.level(seed, 1)
     if level.done():
