@@ -339,6 +339,8 @@ def _learned(r: _Run) -> list[dict[str, Any]]:
             if bn_affine and f"{bn_affine[0]}.weight" not in init_state:
                 make_bn_nonaffine(r.model)
     else:
+        # a learned level restarts from scratch after a crash (no mid-run checkpoint yet): drop the old log
+        level.reset_metrics([])
         torch.manual_seed(r.seed)
         lr = run_learned(hp.pruning.method, r.model, r.data, hp, seed=r.seed, log=level.log, progress=r.opts.progress)
         mask = select(
