@@ -128,8 +128,16 @@ def _run_cli(args, root, **kw):
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def test_killed_run_resumes_to_identical_result(tmp_path):
-    args = ["--method", "imp", "--rounds", "2", "--budget", "15ep", "--device", "cpu", "--json"]
+@pytest.mark.parametrize(
+    "args,level",
+    [
+        (["--method", "imp", "--rounds", "2", "--budget", "15ep"], 1),
+        (["--method", "supermask", "--density", "0.5", "--budget", "15ep", "--arg", "kernel=torch"], 1),
+    ],
+    ids=["imp", "supermask"],
+)
+def test_killed_run_resumes_to_identical_result(tmp_path, args, level):
+    args = [*args, "--device", "cpu", "--json"]
     ref = _run_cli(args, tmp_path / "ref")
     out_ref, err = ref.communicate(timeout=300)
     assert ref.returncode == 0, err
@@ -138,7 +146,7 @@ def test_killed_run_resumes_to_identical_result(tmp_path):
     p = _run_cli(args, root)
     deadline = time.time() + 240
     while time.time() < deadline:
-        if list(root.glob("*/replicate_0/level_1/checkpoint.pt")):
+        if list(root.glob(f"*/replicate_0/level_{level}/checkpoint.pt")):
             break
         if p.poll() is not None:
             pytest.fail("run finished before it could be killed")
@@ -147,14 +155,16 @@ def test_killed_run_resumes_to_identical_result(tmp_path):
         pytest.fail("no checkpoint appeared")
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    assert not list(root.glob("*/replicate_0/level_2/result.json"))
+    assert not list(root.glob(f"*/replicate_0/level_{level}/result.json"))
     q = _run_cli(args, root)
     out, err = q.communicate(timeout=300)
     assert q.returncode == 0, err
     a_dir = Path(json.loads(out_ref)["run_dir"]) / "replicate_0"
     b_dir = Path(json.loads(out)["run_dir"]) / "replicate_0"
-    for k in range(3):
-        la, lb = a_dir / f"level_{k}", b_dir / f"level_{k}"
+    levels = sorted(p.name for p in a_dir.glob("level_*"))
+    assert levels == sorted(p.name for p in b_dir.glob("level_*"))
+    for name in levels:
+        la, lb = a_dir / name, b_dir / name
         assert Mask.load(la / "mask.safetensors").equals(Mask.load(lb / "mask.safetensors"))
         assert (la / "metrics.jsonl").read_text() == (lb / "metrics.jsonl").read_text()
         fa, fb = load_state(la / "model_final.safetensors"), load_state(lb / "model_final.safetensors")

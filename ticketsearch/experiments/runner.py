@@ -339,10 +339,14 @@ def _learned(r: _Run) -> list[dict[str, Any]]:
             if bn_affine and f"{bn_affine[0]}.weight" not in init_state:
                 make_bn_nonaffine(r.model)
     else:
-        # a learned level restarts from scratch after a crash (no mid-run checkpoint yet): drop the old log
-        level.reset_metrics([])
+        ck = level.load_checkpoint()  # scores + optimizer state of a run in progress
+        start = TrainState.from_dict(ck) if ck is not None else None
+        level.reset_metrics(start.history if start is not None else [])
         torch.manual_seed(r.seed)
-        lr = run_learned(hp.pruning.method, r.model, r.data, hp, seed=r.seed, log=level.log, progress=r.opts.progress)
+        lr = run_learned(
+            hp.pruning.method, r.model, r.data, hp, seed=r.seed, log=level.log, progress=r.opts.progress,
+            start=start, save_checkpoint=lambda st: level.save_checkpoint(st.to_dict()),
+        )
         mask = select(
             lr.scores, hp.pruning.density, scope=hp.pruning.scope, distribution=hp.pruning.distribution,
             min_layer_density=hp.pruning.min_layer_density,

@@ -220,6 +220,8 @@ def run_learned(
     seed: int,
     log: Callable[[dict[str, Any]], None] | None = None,
     progress: bool | str = "auto",
+    start: Any = None,
+    save_checkpoint: Callable[[Any], None] | None = None,
 ) -> LearnedResult:
     """Learn a supermask of ``model`` on ``data`` with ``hparams.training``; ``model`` is changed in place.
 
@@ -227,6 +229,10 @@ def run_learned(
     frozen; then scores train and the model comes back with plain masked layers (no mask attached).
     Deterministic on CPU for a given seed. Raises ConfigError on bad density/knobs/model and
     DivergenceError when the scores become NaN/inf.
+
+    ``start`` / ``save_checkpoint`` go to the training loop: checkpoints hold the scores (parameters of the
+    supermask layers) and the optimizer state, so a killed run resumes, and a divergence keeps the last
+    good checkpoint.
     """
     from ..training import evaluate, train
 
@@ -277,6 +283,8 @@ def run_learned(
         log=log,
         progress=progress,
         desc=method_name,
+        start=start,
+        save_checkpoint=save_checkpoint,
     )
     wall = time.perf_counter() - t0
     check_scores_finite(model)
