@@ -20,7 +20,7 @@ import torch.nn as nn
 from ..core.errors import ConfigError
 from ..core.hparams import RunHparams, TrainingHparams, to_iterations
 from ..core.mask import Mask
-from ..core.select import check_density, select
+from ..core.select import check_density
 from ..sparse import apply_mask, get_mask, output_parameter, prunable_shapes
 from ..training.imp import check_rates, levels_for_density, prune, reset_to
 from ..training.loop import TrainResult, TrainState, evaluate, train
@@ -347,10 +347,9 @@ def _learned(r: _Run) -> list[dict[str, Any]]:
             hp.pruning.method, r.model, r.data, hp, seed=r.seed, log=level.log, progress=r.opts.progress,
             start=start, save_checkpoint=lambda st: level.save_checkpoint(st.to_dict()),
         )
-        mask = select(
-            lr.scores, hp.pruning.density, scope=hp.pruning.scope, distribution=hp.pruning.distribution,
-            min_layer_density=hp.pruning.min_layer_density,
-        )
+        # run_learned already selected with core.select (same density, scope, distribution, guard)
+        assert lr.mask is not None
+        mask = lr.mask
         apply_mask(lr.model, mask)
         untrained = evaluate(lr.model, r.data.x_test, r.data.y_test)
         init_state = {k: v.detach().clone() for k, v in lr.init_state.items()}
