@@ -39,7 +39,9 @@ def environment() -> dict[str, Any]:
     }
 
 
-def time_fn(fn: Callable[[], Any], *, warmup: int = 20, repeats: int = 200, sync: bool = False) -> dict[str, float]:
+def time_fn(
+    fn: Callable[[], Any], *, warmup: int = 20, repeats: int = 200, sync: bool = False
+) -> dict[str, float]:
     """Median and spread of ``fn`` wall time in ms after warm-up."""
     for _ in range(warmup):
         fn()
@@ -52,11 +54,20 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 20, repeats: int = 200, sync
         if sync:
             torch.cuda.synchronize()
         samples.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": statistics.median(samples), "p10_ms": sorted(samples)[len(samples) // 10], "p90_ms": sorted(samples)[9 * len(samples) // 10]}
+    return {
+        "median_ms": statistics.median(samples),
+        "p10_ms": sorted(samples)[len(samples) // 10],
+        "p90_ms": sorted(samples)[9 * len(samples) // 10],
+    }
 
 
 def interleaved_medians(
-    fns: dict[str, Callable[[], Any]], *, rounds: int = 5, repeats: int = 200, warmup: int = 20, sync: bool = False
+    fns: dict[str, Callable[[], Any]],
+    *,
+    rounds: int = 5,
+    repeats: int = 200,
+    warmup: int = 20,
+    sync: bool = False,
 ) -> dict[str, float]:
     """Median ms per function, sampled round-robin (one call of each in turn) so drift and noise hit all
     alike: ratios between them are then meaningful even on a busy 2-core machine."""
@@ -66,7 +77,7 @@ def interleaved_medians(
             fns[k]()
     samples: dict[str, list[float]] = {k: [] for k in keys}
     for r in range(rounds * repeats):
-        order = keys[r % len(keys):] + keys[: r % len(keys)]
+        order = keys[r % len(keys) :] + keys[: r % len(keys)]
         for k in order:
             t0 = time.perf_counter()
             fns[k]()

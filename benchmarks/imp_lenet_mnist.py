@@ -52,7 +52,9 @@ def main() -> None:
         training=TrainingHparams(
             optimizer="adam", lr=1.2e-3, batch_size=60, budget=f"{args.iterations}it", eval_every="500it"
         ),
-        pruning=PruningHparams(method="imp", rounds=max(TARGET_LEVELS), rate=0.2, output_rate=0.1, scope="layerwise"),
+        pruning=PruningHparams(
+            method="imp", rounds=max(TARGET_LEVELS), rate=0.2, output_rate=0.1, scope="layerwise"
+        ),
     )
     opts = RunOptions(root=Path(args.root), data_root=data_root(), device="cpu", progress=False)
     per_level: dict[int, dict[str, list[float]]] = {}
@@ -63,15 +65,30 @@ def main() -> None:
             k = row["level"]
             if k != 0 and k not in TARGET_LEVELS:
                 continue
-            d = per_level.setdefault(k, {"density": [], "es_acc": [], "final_acc": [], "es_it": [], "reinit_es": [], "reinit_final": []})
+            d = per_level.setdefault(
+                k,
+                {
+                    "density": [],
+                    "es_acc": [],
+                    "final_acc": [],
+                    "es_it": [],
+                    "reinit_es": [],
+                    "reinit_final": [],
+                },
+            )
             d["density"].append(row["density"])
             d["es_acc"].append(row["es_test_acc"])
             d["final_acc"].append(row["test_acc"])
             d["es_it"].append(row["es_iteration"])
             if k:
                 ctl = train_mask(
-                    Path(row["mask"]), hp.replace(pruning=PruningHparams(method="train")), seed=seed, init="fresh",
-                    opts=RunOptions(root=Path(args.root) / "reinit", data_root=data_root(), device="cpu", progress=False),
+                    Path(row["mask"]),
+                    hp.replace(pruning=PruningHparams(method="train")),
+                    seed=seed,
+                    init="fresh",
+                    opts=RunOptions(
+                        root=Path(args.root) / "reinit", data_root=data_root(), device="cpu", progress=False
+                    ),
                 )
                 d["reinit_es"].append(ctl.rows[0]["es_test_acc"])
                 d["reinit_final"].append(ctl.rows[0]["test_acc"])
@@ -88,23 +105,43 @@ def main() -> None:
     for k in sorted(per_level):
         d = per_level[k]
         paper = PAPER[1.0] if k == 0 else PAPER[TARGET_LEVELS[k]]
-        rows.append([
-            k, f"{100 * statistics.mean(d['density']):.1f}%", ms(d["es_acc"]), ms(d["final_acc"]),
-            f"{statistics.mean(d['es_it']):.0f}", ms(d["reinit_es"]), ms(d["reinit_final"]), paper,
-        ])
+        rows.append(
+            [
+                k,
+                f"{100 * statistics.mean(d['density']):.1f}%",
+                ms(d["es_acc"]),
+                ms(d["final_acc"]),
+                f"{statistics.mean(d['es_it']):.0f}",
+                ms(d["reinit_es"]),
+                ms(d["reinit_final"]),
+                paper,
+            ]
+        )
     md = (
         "# IMP on LeNet-300-100, real MNIST (reset to init)\n\n"
         f"Adam 1.2e-3, batch 60, 20%/10% per round (layerwise), {args.iterations} iterations per level "
         f"(paper: 50,000; shortened for CPU), validation 5,000 held out of training, seeds {seeds}, CPU.\n"
         "Accuracy in %, mean ± std over seeds. *es* = at the early-stopping iteration (min validation loss).\n\n"
         + md_table(
-            ["level", "weights kept", "ticket es acc", "ticket final acc", "es iter", "reinit es acc", "reinit final acc",
-             "paper (Frankle & Carbin 2019, §2)"],
+            [
+                "level",
+                "weights kept",
+                "ticket es acc",
+                "ticket final acc",
+                "es iter",
+                "reinit es acc",
+                "reinit final acc",
+                "paper (Frankle & Carbin 2019, §2)",
+            ],
             rows,
         )
         + "\n\nThe paper column restates the paper's text (its figures give curves, not a table).\n"
     )
-    write_results("imp_lenet_mnist", {"hparams": hp.to_dict(), "seeds": seeds, "levels": per_level, "wall_s": time.time() - t0}, md)
+    write_results(
+        "imp_lenet_mnist",
+        {"hparams": hp.to_dict(), "seeds": seeds, "levels": per_level, "wall_s": time.time() - t0},
+        md,
+    )
     print(md)
 
 

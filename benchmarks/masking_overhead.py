@@ -88,13 +88,28 @@ def main() -> None:
         for rname, hp in recipes.items():
             base = create_model("lenet_300_100", (1, 28, 28), 10)
             g = torch.Generator().manual_seed(0)
-            mask = select({n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(base).items()}, 0.2, scope="layerwise")
+            mask = select(
+                {n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(base).items()},
+                0.2,
+                scope="layerwise",
+            )
             x, y = torch.randn(bs, 1, 28, 28), torch.randint(0, 10, (bs,))
             steps = {k: make_step(build(base, mask, k), x, y, k, hp) for k in MODES}
             med = interleaved_medians(steps, rounds=args.rounds, repeats=args.repeats)
             for k in MODES:
-                results.append({"batch": bs, "optimizer": rname, "mode": k, "step_ms": med[k], "ratio_vs_dense": med[k] / med["dense"]})
-    rows = [[r["batch"], r["optimizer"], r["mode"], f"{r['step_ms']:.3f}", f"{r['ratio_vs_dense']:.3f}"] for r in results]
+                results.append(
+                    {
+                        "batch": bs,
+                        "optimizer": rname,
+                        "mode": k,
+                        "step_ms": med[k],
+                        "ratio_vs_dense": med[k] / med["dense"],
+                    }
+                )
+    rows = [
+        [r["batch"], r["optimizer"], r["mode"], f"{r['step_ms']:.3f}", f"{r['ratio_vs_dense']:.3f}"]
+        for r in results
+    ]
     md = "# Masking overhead per training step (CPU, LeNet-300-100, density 0.2)\n\n"
     md += f"Median of {args.rounds}×{args.repeats} steps per mode, sampled round-robin in one run.\n\n"
     md += md_table(["batch", "optimizer", "mode", "step ms (median)", "× dense"], rows)

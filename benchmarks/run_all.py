@@ -12,7 +12,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 QUICK = [
     ["masking_overhead.py", "--rounds", "3", "--repeats", "100"],
-    ["supermask_speed.py", "--models", "lenet_300_100", "--threads", "2", "--out", "results/supermask_speed_2threads"],
+    [
+        "supermask_speed.py",
+        "--models",
+        "lenet_300_100",
+        "--threads",
+        "2",
+        "--out",
+        "results/supermask_speed_2threads",
+    ],
 ]
 OPENLTH = Path("/tmp/open_lth")  # a checkout of facebookresearch/open_lth (see openlth_speed.py's docstring)
 if OPENLTH.is_dir():

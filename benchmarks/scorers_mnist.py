@@ -63,27 +63,40 @@ def training_hparams(optimizer: str, epochs: int, schedule: str = "constant") ->
     return TrainingHparams(optimizer="adam", lr=1e-3, **common)
 
 
-def one_run(method: str, density: float, optimizer: str, seed: int, data: Any, args: argparse.Namespace) -> dict[str, Any]:
+def one_run(
+    method: str, density: float, optimizer: str, seed: int, data: Any, args: argparse.Namespace
+) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = create_model("lenet_300_100", data.input_shape, data.num_classes).to(args.device)
     scorer = METHODS.get(method)()
     hp = RunHparams(
         model=ModelHparams(model="lenet_300_100"),
         training=training_hparams(optimizer, args.epochs, args.schedule),
-        pruning=PruningHparams(method=method, density=density, scope="global", score_batches=1, score_batch_size=100),
+        pruning=PruningHparams(
+            method=method, density=density, scope="global", score_batches=1, score_batch_size=100
+        ),
     )
     xb, yb = Batcher(data.x_train, data.y_train, 100, seed=seed + 7).batch(0)
     batches = [] if scorer.data_free else [(xb, yb)]
     torch.manual_seed(seed)
-    mask, cost = find_mask(scorer, model, batches, hp, context=ScoringContext(data=data, seed=seed, progress=False))
+    mask, cost = find_mask(
+        scorer, model, batches, hp, context=ScoringContext(data=data, seed=seed, progress=False)
+    )
     apply_mask(model, mask)
     res = train(model, data, hp.training, seed=seed, progress=False, desc=f"{method} {density}")
     acc = res.final["test_acc"]
     return {
-        "method": method, "density": density, "optimizer": optimizer, "seed": seed,
-        "test_error": 100.0 * (1.0 - acc), "kept": mask.num_kept, "layer_density": mask.layer_density(),
+        "method": method,
+        "density": density,
+        "optimizer": optimizer,
+        "seed": seed,
+        "test_error": 100.0 * (1.0 - acc),
+        "kept": mask.num_kept,
+        "layer_density": mask.layer_density(),
         "empty_layers": mask.metadata.get("empty_layers", []),
-        "cost_to_find": cost, "train_wall_time": res.wall_time, "iterations": res.iterations,
+        "cost_to_find": cost,
+        "train_wall_time": res.wall_time,
+        "iterations": res.iterations,
     }
 
 
@@ -110,16 +123,22 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not rs:
                 continue
             errs = [r["test_error"] for r in rs]
-            out.append({
-                "optimizer": opt, "density": dens, "sparsity": 1 - dens, "method": m, "n": len(rs),
-                "test_error_mean": statistics.fmean(errs),
-                "test_error_std": statistics.stdev(errs) if len(errs) > 1 else 0.0,
-                "paper_snip": PAPER.get((opt, dens)) if m == "snip" else None,
-                "find_seconds": statistics.fmean(r["cost_to_find"]["wall_time"] for r in rs),
-                "find_forward": rs[0]["cost_to_find"].get("forward_passes", 0),
-                "find_backward": rs[0]["cost_to_find"].get("backward_passes", 0),
-                "rounds": rs[0]["cost_to_find"].get("rounds", 1),
-            })
+            out.append(
+                {
+                    "optimizer": opt,
+                    "density": dens,
+                    "sparsity": 1 - dens,
+                    "method": m,
+                    "n": len(rs),
+                    "test_error_mean": statistics.fmean(errs),
+                    "test_error_std": statistics.stdev(errs) if len(errs) > 1 else 0.0,
+                    "paper_snip": PAPER.get((opt, dens)) if m == "snip" else None,
+                    "find_seconds": statistics.fmean(r["cost_to_find"]["wall_time"] for r in rs),
+                    "find_forward": rs[0]["cost_to_find"].get("forward_passes", 0),
+                    "find_backward": rs[0]["cost_to_find"].get("backward_passes", 0),
+                    "rounds": rs[0]["cost_to_find"].get("rounds", 1),
+                }
+            )
     return out
 
 
@@ -145,9 +164,13 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{s['find_seconds']:.2f} | {s['find_forward']}/{s['find_backward']} | {s['rounds']} |"
         )
     if meta.get("collapse"):
-        lines += ["", "Layer collapse (global, single shot unless stated): largest density at which a layer is emptied",
-                  "(None: no layer emptied down to the smallest density tried, "
-                  f"{min(meta['collapse_densities']):g}).", ""]
+        lines += [
+            "",
+            "Layer collapse (global, single shot unless stated): largest density at which a layer is emptied",
+            "(None: no layer emptied down to the smallest density tried, "
+            f"{min(meta['collapse_densities']):g}).",
+            "",
+        ]
         for m, d in meta["collapse"].items():
             lines.append(f"- {m}: {d}")
     return "\n".join(lines) + "\n"
@@ -155,17 +178,29 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=3, help="training epochs per run (default 3: minutes on CPU)")
-    ap.add_argument("--schedule", choices=["constant", "step"], default="constant",
-                    help="lr schedule: constant, or step (×0.1 at 1/2 and 3/4 of the budget)")
+    ap.add_argument(
+        "--epochs", type=int, default=3, help="training epochs per run (default 3: minutes on CPU)"
+    )
+    ap.add_argument(
+        "--schedule",
+        choices=["constant", "step"],
+        default="constant",
+        help="lr schedule: constant, or step (×0.1 at 1/2 and 3/4 of the budget)",
+    )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--methods", default=",".join(METHOD_ORDER))
-    ap.add_argument("--sgd-densities", default="0.05,0.02", help="densities trained with SGD (SNIP: 95%%, 98%% sparsity)")
-    ap.add_argument("--adam-densities", default="0.1", help="densities trained with Adam (SNIP: 90%% sparsity)")
+    ap.add_argument(
+        "--sgd-densities", default="0.05,0.02", help="densities trained with SGD (SNIP: 95%%, 98%% sparsity)"
+    )
+    ap.add_argument(
+        "--adam-densities", default="0.1", help="densities trained with Adam (SNIP: 90%% sparsity)"
+    )
     ap.add_argument("--data-root", default=str(DEFAULT_ROOT))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process and one CPU thread each")
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="runs in parallel, one process and one CPU thread each"
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--name", default="scorers_mnist")
     ap.add_argument("--no-collapse", action="store_true", help="skip the layer-collapse record")
@@ -183,16 +218,20 @@ def main(argv: list[str] | None = None) -> int:
 
     def report(r: dict[str, Any]) -> None:
         runs.append(r)
-        print(f"seed {r['seed']} {r['optimizer']:4s} density {r['density']:<5g} {r['method']:10s} "
-              f"error {r['test_error']:.2f}% (find {r['cost_to_find']['wall_time']:.2f}s, "
-              f"train {r['train_wall_time']:.1f}s)", flush=True)
+        print(
+            f"seed {r['seed']} {r['optimizer']:4s} density {r['density']:<5g} {r['method']:10s} "
+            f"error {r['test_error']:.2f}% (find {r['cost_to_find']['wall_time']:.2f}s, "
+            f"train {r['train_wall_time']:.1f}s)",
+            flush=True,
+        )
 
     if args.jobs > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(args,)) as ex:
+        with ProcessPoolExecutor(
+            args.jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(args,)
+        ) as ex:
             futures = [ex.submit(_worker_run, *j) for j in jobs]
             for f in as_completed(futures):
                 report(f.result())
@@ -215,9 +254,18 @@ def main(argv: list[str] | None = None) -> int:
             )
     spe = math.ceil(data.train_size / 100)
     meta = {
-        "epochs": args.epochs, "schedule": args.schedule, "iterations": args.epochs * spe, "seeds": args.seeds, "device": str(args.device),
-        "platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "jobs": args.jobs, "wall_minutes": (time.perf_counter() - t0) / 60, "collapse": collapse, "collapse_densities": cdens,
+        "epochs": args.epochs,
+        "schedule": args.schedule,
+        "iterations": args.epochs * spe,
+        "seeds": args.seeds,
+        "device": str(args.device),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "jobs": args.jobs,
+        "wall_minutes": (time.perf_counter() - t0) / 60,
+        "collapse": collapse,
+        "collapse_densities": cdens,
         "paper": {f"{k[0]}@{k[1]}": v for k, v in PAPER.items()},
     }
     summary = summarize(runs)

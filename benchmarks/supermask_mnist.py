@@ -58,7 +58,11 @@ TARGETS = {
     ("supermask", 0.7): 0.975,
 }
 DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "mnist1d": "MNIST-1D"}
-MODEL_NAMES = {"lenet_300_100": "LeNet-300-100", "mlp_mnist1d": "MLP 100-100", "cnn_mnist1d": "CNN (Greydanus 2020)"}
+MODEL_NAMES = {
+    "lenet_300_100": "LeNet-300-100",
+    "mlp_mnist1d": "MLP 100-100",
+    "cnn_mnist1d": "CNN (Greydanus 2020)",
+}
 
 
 def _recipe(hp) -> str:
@@ -79,8 +83,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--model", default=None, help="default: the dataset's default model")
-    ap.add_argument("--epochs", type=int, default=None, help="default: the supermask recipe's (10 on MNIST-like)")
-    ap.add_argument("--dense-baseline", action="store_true", help="also train the dense weights (paper recipe)")
+    ap.add_argument(
+        "--epochs", type=int, default=None, help="default: the supermask recipe's (10 on MNIST-like)"
+    )
+    ap.add_argument(
+        "--dense-baseline", action="store_true", help="also train the dense weights (paper recipe)"
+    )
     ap.add_argument("--densities", default="0.1,0.3,0.5,0.7")
     ap.add_argument("--bernoulli-density", type=float, default=0.5)
     ap.add_argument("--no-bernoulli", action="store_true")

@@ -13,7 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ticketsearch", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "ticketsearch", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 FAST = ["--dataset", "digits", "--budget", "2ep", "--no-progress", "--device", "cpu"]
@@ -53,7 +55,9 @@ def test_find_imp_table_and_train_mask(tmp_path):
     assert float(rows[1][1]) == pytest.approx(0.8, abs=0.01)
     mask = rows[2][-1]
     assert Path(mask).is_file()
-    t = cli("train", "--mask", mask, "--root", str(tmp_path / "t"), "--budget", "2ep", "--no-progress", "--json")
+    t = cli(
+        "train", "--mask", mask, "--root", str(tmp_path / "t"), "--budget", "2ep", "--no-progress", "--json"
+    )
     assert t.returncode == 0, t.stderr
     assert json.loads(t.stdout)["rows"][0]["density"] == pytest.approx(float(rows[2][1]), abs=1e-4)
 
@@ -104,29 +108,60 @@ def test_bad_flags(tmp_path, capsys, args, needles):
 
 
 def test_missing_mnist_lists_where_it_looked(tmp_path, capsys):
-    r = cli_inprocess(capsys, "find", "--dataset", "mnist", "--data-root", str(tmp_path / "empty"), "--root", str(tmp_path / "runs"), "--no-progress")
+    r = cli_inprocess(
+        capsys,
+        "find",
+        "--dataset",
+        "mnist",
+        "--data-root",
+        str(tmp_path / "empty"),
+        "--root",
+        str(tmp_path / "runs"),
+        "--no-progress",
+    )
     _one_line_error(r, "empty")
 
 
 def test_unwritable_root(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    _one_line_error(cli_inprocess(capsys, "find", "--root", str(blocker / "sub"), *FAST), "not writable", "--root")
+    _one_line_error(
+        cli_inprocess(capsys, "find", "--root", str(blocker / "sub"), *FAST), "not writable", "--root"
+    )
 
 
 def test_mask_that_does_not_fit(tmp_path):
     r = cli("find", "--method", "magnitude", "--density", "0.5", "--json", "--root", str(tmp_path), *FAST)
     mask = json.loads(r.stdout)["rows"][-1]["mask"]
-    bad = cli("train", "--mask", mask, "--model", "lenet_300_100", "--root", str(tmp_path / "t"), "--no-progress")
-    _one_line_error(bad, "mask does not fit", "'layers.0.weight' has shape [128, 64] in the mask, [300, 64] in the model")
+    bad = cli(
+        "train", "--mask", mask, "--model", "lenet_300_100", "--root", str(tmp_path / "t"), "--no-progress"
+    )
+    _one_line_error(
+        bad, "mask does not fit", "'layers.0.weight' has shape [128, 64] in the mask, [300, 64] in the model"
+    )
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(Path(mask).read_bytes()[:40])
-    _one_line_error(cli("train", "--mask", str(corrupt), "--root", str(tmp_path / "c")), "corrupt.safetensors")
+    _one_line_error(
+        cli("train", "--mask", str(corrupt), "--root", str(tmp_path / "c")), "corrupt.safetensors"
+    )
 
 
 def test_nan_loss_keeps_earlier_levels(tmp_path):
     # level 0 trains fine; then a huge lr from level 1 on cannot be set per level, so diverge from the start
     # and check that nothing but the inputs was written for the failed level
-    r = cli("find", "--method", "imp", "--rounds", "1", "--optimizer", "sgd", "--lr", "1e12", "--root", str(tmp_path), *FAST)
+    r = cli(
+        "find",
+        "--method",
+        "imp",
+        "--rounds",
+        "1",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e12",
+        "--root",
+        str(tmp_path),
+        *FAST,
+    )
     _one_line_error(r, "diverged", "--lr")
     assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("*.tmp"))

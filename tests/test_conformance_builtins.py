@@ -7,7 +7,9 @@ import pytest
 from ticketsearch.scorers import METHODS
 from ticketsearch.testing import ScorerConformance
 
-ONESHOT = [e.name for e in METHODS.entries() if getattr(e.obj, "kind", "") == "oneshot" and e.source == "built-in"]
+ONESHOT = [
+    e.name for e in METHODS.entries() if getattr(e.obj, "kind", "") == "oneshot" and e.source == "built-in"
+]
 
 
 def test_builtins_present() -> None:

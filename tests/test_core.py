@@ -121,7 +121,11 @@ def test_check_shapes_names_every_difference():
     with pytest.raises(MaskMismatchError) as e:
         m.check_shapes({"a": (2, 3), "b": (4,)})
     msg = str(e.value)
-    assert "missing from mask: b" in msg and "not in the model: x" in msg and "'a' has shape [2, 2] in the mask, [2, 3]" in msg
+    assert (
+        "missing from mask: b" in msg
+        and "not in the model: x" in msg
+        and "'a' has shape [2, 2] in the mask, [2, 3]" in msg
+    )
 
 
 def test_shuffle_keeps_layer_counts():
@@ -164,7 +168,13 @@ def test_plugin_cannot_take_a_builtin_name(monkeypatch):
 def test_hash_stable_across_processes():
     h = RunHparams().hash()
     code = "from ticketsearch.core.hparams import RunHparams; print(RunHparams().hash())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+    )
     assert out.stdout.strip() == h
     assert stable_hash({"b": 1, "a": 2}) == stable_hash({"a": 2, "b": 1})
 
@@ -199,7 +209,9 @@ def test_every_hparam_changes_the_hash(group):
 
 
 def test_hparams_roundtrip():
-    hp = RunHparams(training=TrainingHparams(lr=0.5), pruning=PruningHparams(method="snip"), method_args=(("a", 1),))
+    hp = RunHparams(
+        training=TrainingHparams(lr=0.5), pruning=PruningHparams(method="snip"), method_args=(("a", 1),)
+    )
     assert RunHparams.from_dict(json.loads(json.dumps(hp.to_dict()))) == hp
 
 

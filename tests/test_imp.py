@@ -14,7 +14,9 @@ from ticketsearch.training.imp import levels_for_density, prune, reset_to
 
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(MaskedLinear(20, 30), nn.ReLU(), MaskedLinear(30, 10), nn.ReLU(), MaskedLinear(10, 5))
+    return nn.Sequential(
+        MaskedLinear(20, 30), nn.ReLU(), MaskedLinear(30, 10), nn.ReLU(), MaskedLinear(10, 5)
+    )
 
 
 def test_layerwise_rates_prune_fraction_of_remaining():
@@ -25,9 +27,7 @@ def test_layerwise_rates_prune_fraction_of_remaining():
     for _ in range(4):
         new = prune(hp, model, mask)
         # hand rule: keep = remaining − round_half_up(rate × remaining); output layer at 10%
-        expected = {
-            n: c - int(((0.1 if n == "4.weight" else 0.2) * c) + 0.5) for n, c in expected.items()
-        }
+        expected = {n: c - int(((0.1 if n == "4.weight" else 0.2) * c) + 0.5) for n, c in expected.items()}
         assert new.layer_counts() == expected
         assert new.is_subset_of(mask)  # masks only shrink
         mask = new

@@ -10,8 +10,16 @@ from ticketsearch.training.optim import make_optimizer
 
 CASES = [
     ("sgd", dict(momentum=0.0, weight_decay=0.0), lambda p: torch.optim.SGD(p, lr=0.05)),
-    ("sgd", dict(momentum=0.9, weight_decay=5e-4), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4)),
-    ("sgd", dict(momentum=0.9, nesterov=True, weight_decay=1e-3), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    (
+        "sgd",
+        dict(momentum=0.9, weight_decay=5e-4),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4),
+    ),
+    (
+        "sgd",
+        dict(momentum=0.9, nesterov=True, weight_decay=1e-3),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    ),
     ("adam", dict(weight_decay=0.0), lambda p: torch.optim.Adam(p, lr=0.05)),
     ("adam", dict(weight_decay=1e-2), lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=1e-2)),
     ("adamw", dict(weight_decay=0.1), lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1)),
@@ -51,7 +59,14 @@ def test_zero_weight_with_zero_grad_stays_exactly_zero(kind):
 
 @pytest.mark.parametrize(
     "kind,kw,ref",
-    [c for c in CASES] + [("sgd", dict(momentum=0.0, weight_decay=1e-2), lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=1e-2))],
+    [c for c in CASES]
+    + [
+        (
+            "sgd",
+            dict(momentum=0.0, weight_decay=1e-2),
+            lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=1e-2),
+        )
+    ],
     ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)] + ["sgd-wd-no-momentum"],
 )
 def test_fused_grad_masks_match_masking_first(kind, kw, ref):

@@ -39,8 +39,19 @@ def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp / "src"
     shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = tmp / "site"
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-           "--quiet", "--target", str(target), str(src)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "--quiet",
+        "--target",
+        str(target),
+        str(src),
+    ]
     proc = _run(cmd, dict(os.environ))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert list(target.glob("ticketsearch_plugin_example-*.dist-info"))
@@ -77,7 +88,11 @@ def test_example_plugin_is_listed_and_usable(installed_plugin: Path) -> None:
 def test_example_plugin_passes_the_conformance_suite(installed_plugin: Path, tmp_path: Path) -> None:
     tests = tmp_path / "tests"
     shutil.copytree(EXAMPLE / "tests", tests)
-    proc = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)], _env(installed_plugin), cwd=tmp_path)
+    proc = _run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+        _env(installed_plugin),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
 
@@ -88,7 +103,9 @@ def test_broken_plugin_is_listed_and_builtins_still_work(tmp_path: Path) -> None
     dist = site / "broken_scorer_plugin-0.1.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-scorer-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[ticketsearch.scorers]\nbroken_thing = broken_scorer_mod:Scorer\n")
+    (dist / "entry_points.txt").write_text(
+        "[ticketsearch.scorers]\nbroken_thing = broken_scorer_mod:Scorer\n"
+    )
     (site / "broken_scorer_mod.py").write_text("raise RuntimeError('plugin exploded on import')\n")
     env = _env(site)
     listing = _run([sys.executable, "-m", "ticketsearch", "list", "methods"], env)

@@ -105,7 +105,12 @@ def test_hash_separates_runs_and_seeds_share_dir(tmp_path):
 def test_train_mask_from_source_init_reproduces_level(tmp_path):
     s = run_find(_hp(rounds=1), seed=0, opts=_opts(tmp_path))
     mask_file = s.run_dir / "replicate_0" / "level_1" / "mask.safetensors"
-    t = train_mask(mask_file, _hp(rounds=1).replace(pruning=PruningHparams(method="train")), seed=0, opts=_opts(tmp_path / "t"))
+    t = train_mask(
+        mask_file,
+        _hp(rounds=1).replace(pruning=PruningHparams(method="train")),
+        seed=0,
+        opts=_opts(tmp_path / "t"),
+    )
     # same init, same mask, same data order and hparams → the very same training run
     assert t.rows[0]["test_acc"] == s.rows[1]["test_acc"]
     assert t.rows[0]["es_iteration"] == s.rows[1]["es_iteration"]
@@ -114,7 +119,13 @@ def test_train_mask_from_source_init_reproduces_level(tmp_path):
     used = load_state(tmask.parent / Mask.load(tmask).metadata["init"])
     source = load_state(s.run_dir / "replicate_0" / "init.safetensors")
     assert all(torch.equal(used[k], source[k]) for k in source)
-    f = train_mask(mask_file, _hp().replace(pruning=PruningHparams(method="train")), seed=0, init="fresh", opts=_opts(tmp_path / "f"))
+    f = train_mask(
+        mask_file,
+        _hp().replace(pruning=PruningHparams(method="train")),
+        seed=0,
+        init="fresh",
+        opts=_opts(tmp_path / "f"),
+    )
     assert f.rows[0]["density"] == pytest.approx(Mask.load(mask_file).density)
     # a fresh init is a different init, even with the seed that made the ticket (the reinit control)
     fmask = Path(f.rows[0]["mask"])
@@ -124,7 +135,18 @@ def test_train_mask_from_source_init_reproduces_level(tmp_path):
 
 
 def _run_cli(args, root, **kw):
-    cmd = [sys.executable, "-m", "ticketsearch", "find", "--dataset", "digits", "--no-progress", "--root", str(root), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ticketsearch",
+        "find",
+        "--dataset",
+        "digits",
+        "--no-progress",
+        "--root",
+        str(root),
+        *args,
+    ]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -177,7 +199,15 @@ def test_supermask_then_train_resumes_on_a_bn_model(tmp_path):
     hp = RunHparams(
         model=ModelHparams(model="resnet20"),
         dataset=DatasetHparams(dataset="digits"),
-        training=TrainingHparams(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=128, budget="5it", eval_every="5it", schedule="cosine"),
+        training=TrainingHparams(
+            optimizer="sgd",
+            lr=0.1,
+            momentum=0.9,
+            batch_size=128,
+            budget="5it",
+            eval_every="5it",
+            schedule="cosine",
+        ),
         pruning=PruningHparams(method="supermask", density=0.5),
     )
     first = run_find(hp, seed=0, opts=_opts(tmp_path))

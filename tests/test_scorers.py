@@ -37,17 +37,24 @@ from ticketsearch.sparse import (
 
 def hp(method: str = "snip", args: dict | None = None, **pruning) -> RunHparams:
     pruning.setdefault("scope", "global")
-    return RunHparams(pruning=PruningHparams(method=method, **pruning), method_args=tuple(sorted((args or {}).items())))
+    return RunHparams(
+        pruning=PruningHparams(method=method, **pruning), method_args=tuple(sorted((args or {}).items()))
+    )
 
 
 def linear2(d_in=4, d_hidden=3, d_out=2, seed=0, dtype=torch.float64) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(MaskedLinear(d_in, d_hidden, bias=False), MaskedLinear(d_hidden, d_out, bias=False)).to(dtype)
+    return nn.Sequential(
+        MaskedLinear(d_in, d_hidden, bias=False), MaskedLinear(d_hidden, d_out, bias=False)
+    ).to(dtype)
 
 
 def batches_for(d_in, n_classes, sizes=(5, 3), seed=1, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(n, d_in, generator=g, dtype=dtype), torch.randint(0, n_classes, (n,), generator=g)) for n in sizes]
+    return [
+        (torch.randn(n, d_in, generator=g, dtype=dtype), torch.randint(0, n_classes, (n,), generator=g))
+        for n in sizes
+    ]
 
 
 def score(name: str, model, batches, **kw):
@@ -185,7 +192,11 @@ def test_grasp_sign_on_a_case_worked_by_hand() -> None:
 def test_synflow_equals_brute_force_path_sums() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
-        MaskedLinear(3, 2, bias=False), nn.ReLU(), MaskedLinear(2, 2, bias=False), nn.ReLU(), MaskedLinear(2, 1, bias=False)
+        MaskedLinear(3, 2, bias=False),
+        nn.ReLU(),
+        MaskedLinear(2, 2, bias=False),
+        nn.ReLU(),
+        MaskedLinear(2, 1, bias=False),
     )
     w1, w2, w3 = (m.weight.detach().double().abs() for m in (model[0], model[2], model[4]))
     expected = {"0.weight": torch.zeros(2, 3), "2.weight": torch.zeros(2, 2), "4.weight": torch.zeros(1, 2)}
@@ -216,7 +227,9 @@ def test_synflow_needs_no_data_but_an_input_shape() -> None:
 
 def test_synflow_iterative_hits_density_exactly_and_masks_nest() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), MaskedLinear(16, 12), nn.ReLU(), MaskedLinear(12, 8), nn.ReLU(), MaskedLinear(8, 3))
+    model = nn.Sequential(
+        nn.Flatten(), MaskedLinear(16, 12), nn.ReLU(), MaskedLinear(12, 8), nn.ReLU(), MaskedLinear(8, 3)
+    )
     total = sum(math.prod(s) for s in prunable_shapes(model).values())
     seen: list[Mask] = []
 
@@ -271,7 +284,9 @@ def test_layer_collapse_synflow_keeps_every_layer_on_lenet() -> None:
     collapse = {}
     for name in ("snip", "magnitude", "grasp", "random"):
         collapse[name] = first_collapse_density(METHODS.get(name)(), net, batches, hp(name), dens)
-        print(f"single-shot {name} (global) first empties a layer of lenet_300_100 at density {collapse[name]}")
+        print(
+            f"single-shot {name} (global) first empties a layer of lenet_300_100 at density {collapse[name]}"
+        )
     assert collapse["magnitude"] is not None and collapse["magnitude"] >= d
 
 
@@ -322,7 +337,9 @@ def test_same_scores_give_the_same_mask_whoever_produced_them() -> None:
 @pytest.mark.parametrize("name", ["snip", "grasp", "synflow", "random", "magnitude"])
 def test_find_mask_leaves_a_batchnorm_model_bitwise_untouched(name: str) -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(MaskedConv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), MaskedLinear(3 * 4 * 4, 3))
+    model = nn.Sequential(
+        MaskedConv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), MaskedLinear(3 * 4 * 4, 3)
+    )
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batches = [(torch.randn(6, 1, 6, 6), torch.arange(6) % 3)]
@@ -399,7 +416,10 @@ def _bad_scorer(fn):
         (lambda s: {**s, "2.weight": torch.ones(2)}, "unknown parameter.*2.weight"),
         (lambda s: {**s, "0.weight": s["0.weight"].flatten()}, "'0.weight' has shape"),
         (lambda s: {**s, "1.weight": s["1.weight"] * float("nan")}, "NaN scores for parameter '1.weight'"),
-        (lambda s: {**s, "0.weight": s["0.weight"] + float("inf")}, "infinite scores for parameter '0.weight'"),
+        (
+            lambda s: {**s, "0.weight": s["0.weight"] + float("inf")},
+            "infinite scores for parameter '0.weight'",
+        ),
     ],
 )
 def test_bad_scorer_output_names_the_parameter(fn, match) -> None:
@@ -414,7 +434,9 @@ def test_min_layer_density_guard_raises_when_density_cannot_cover_it() -> None:
     # 80 weights; min_layer_density 0.5 needs ≥ 32 + 8 = 40 but density 0.1 allows only 8
     with pytest.raises(ConfigError, match="min-layer-density"):
         find_mask(METHODS.get("magnitude")(), model, [], hp("magnitude", density=0.1, min_layer_density=0.5))
-    mask, _ = find_mask(METHODS.get("magnitude")(), model, [], hp("magnitude", density=0.6, min_layer_density=0.5))
+    mask, _ = find_mask(
+        METHODS.get("magnitude")(), model, [], hp("magnitude", density=0.6, min_layer_density=0.5)
+    )
     assert all(d >= 0.5 for d in mask.layer_density().values())
 
 

@@ -25,13 +25,21 @@ from ticketsearch.sparse import (
 
 def _net() -> nn.Module:
     return nn.Sequential(
-        MaskedConv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), MaskedLinear(4 * 6 * 6, 10), nn.ReLU(), MaskedLinear(10, 3)
+        MaskedConv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        MaskedLinear(4 * 6 * 6, 10),
+        nn.ReLU(),
+        MaskedLinear(10, 3),
     )
 
 
 def _random_mask(model, density=0.3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return select({n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(model).items()}, density)
+    return select(
+        {n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(model).items()}, density
+    )
 
 
 def test_prunable_excludes_bias_and_norm():
@@ -77,7 +85,10 @@ def test_inplace_matches_reference_training():
     b = copy.deepcopy(a)
     apply_mask(a, mask, backend="inplace")
     apply_mask(b, mask, backend="reference")
-    oa, ob = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9), torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9)
+    oa, ob = (
+        torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9),
+        torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9),
+    )
     x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
     for _ in range(3):
         for m, o in ((a, oa), (b, ob)):
@@ -103,7 +114,14 @@ def test_reference_forward_ignores_pruned_values():
 def test_mask_mismatch_message_names_layer():
     model = _net()
     with pytest.raises(MaskMismatchError, match="'4.weight' has shape"):
-        apply_mask(model, {"0.weight": torch.ones(4, 1, 3, 3, dtype=torch.bool), "4.weight": torch.ones(10, 3, dtype=torch.bool), "6.weight": torch.ones(3, 10, dtype=torch.bool)})
+        apply_mask(
+            model,
+            {
+                "0.weight": torch.ones(4, 1, 3, 3, dtype=torch.bool),
+                "4.weight": torch.ones(10, 3, dtype=torch.bool),
+                "6.weight": torch.ones(3, 10, dtype=torch.bool),
+            },
+        )
 
 
 def test_sparsify_third_party_model_and_get_mask():

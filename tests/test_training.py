@@ -48,7 +48,15 @@ def test_early_stop_is_min_val_loss(digits):
 
 @pytest.mark.parametrize("opt", ["sgd", "adam", "adamw"])
 def test_resume_from_checkpoint_is_bitwise(digits, opt):
-    hp = TrainingHparams(optimizer=opt, lr=0.01, momentum=0.9, weight_decay=1e-3, batch_size=32, budget="4ep", schedule="cosine")
+    hp = TrainingHparams(
+        optimizer=opt,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=1e-3,
+        batch_size=32,
+        budget="4ep",
+        schedule="cosine",
+    )
     full = _model()
     ref = train(full, digits, hp, seed=3, progress=False)
     saved: list[TrainState] = []
@@ -57,7 +65,15 @@ def test_resume_from_checkpoint_is_bitwise(digits, opt):
     assert saved and saved[-1].iteration == 82
     steps = []
     resumed = _model(seed=99)  # different weights: the checkpoint must overwrite them
-    res = train(resumed, digits, hp, seed=3, progress=False, start=saved[-1], after_step=lambda it, m: steps.append(it))
+    res = train(
+        resumed,
+        digits,
+        hp,
+        seed=3,
+        progress=False,
+        start=saved[-1],
+        after_step=lambda it, m: steps.append(it),
+    )
     assert steps[0] == 83 and len(steps) == ref.iterations - 82
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)

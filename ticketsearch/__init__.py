@@ -27,7 +27,18 @@ _LAZY = {
     "Mask": ("ticketsearch.core.mask", "Mask"),
     "select": ("ticketsearch.core.select", "select"),
 }
-_SUBPACKAGES = {"core", "sparse", "models", "data", "scorers", "training", "experiments", "search", "bench", "testing"}
+_SUBPACKAGES = {
+    "core",
+    "sparse",
+    "models",
+    "data",
+    "scorers",
+    "training",
+    "experiments",
+    "search",
+    "bench",
+    "testing",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -67,7 +67,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--data-root", default=None, help="where datasets live (default: $TICKETSEARCH_DATA, else ./data)"
     )
     g.add_argument(
-        "--download", action="store_true", help="download missing MNIST/Fashion-MNIST files (needs torchvision)"
+        "--download",
+        action="store_true",
+        help="download missing MNIST/Fashion-MNIST files (needs torchvision)",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--json", action="store_true", help="print the result rows as JSON instead of a table")
@@ -75,18 +77,35 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_hparams(p: argparse.ArgumentParser, *, pruning: bool) -> None:
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default=None, help="model name (default: the dataset's default; see `list models`)")
-    g.add_argument("--init", default=None, help="weight init: kaiming_normal (default) | kaiming_uniform | signed_constant | default (PyTorch's)")
+    g.add_argument(
+        "--model", default=None, help="model name (default: the dataset's default; see `list models`)"
+    )
+    g.add_argument(
+        "--init",
+        default=None,
+        help="weight init: kaiming_normal (default) | kaiming_uniform | signed_constant | default (PyTorch's)",
+    )
     g.add_argument("--dataset", default=None, help="dataset name (default: digits; see `list datasets`)")
     g.add_argument("--val-size", type=float, default=None, help="held-out validation: fraction (<1) or count")
-    t = p.add_argument_group("training (every default comes from the model's recipe: see README, 'Training recipes')")
+    t = p.add_argument_group(
+        "training (every default comes from the model's recipe: see README, 'Training recipes')"
+    )
     add_dataclass_arguments(t, TrainingHparams, help_overrides=_TRAIN_HELP)
     if pruning:
         q = p.add_argument_group("pruning")
-        add_dataclass_arguments(q, PruningHparams, skip=("method", "density", "rewind"), help_overrides=_PRUNE_HELP)
+        add_dataclass_arguments(
+            q, PruningHparams, skip=("method", "density", "rewind"), help_overrides=_PRUNE_HELP
+        )
         q.add_argument("--density", type=float, default=None, help=_PRUNE_HELP["density"])
-        q.add_argument("--sparsity", type=float, default=None, help="fraction of weights REMOVED (= 1 - density)")
-        q.add_argument("--rewind-iter", dest="rewind_iter", default=None, help=_PRUNE_HELP["rewind"] + " (a bare number means iterations)")
+        q.add_argument(
+            "--sparsity", type=float, default=None, help="fraction of weights REMOVED (= 1 - density)"
+        )
+        q.add_argument(
+            "--rewind-iter",
+            dest="rewind_iter",
+            default=None,
+            help=_PRUNE_HELP["rewind"] + " (a bare number means iterations)",
+        )
         q.add_argument(
             "--arg", action="append", default=[], metavar="KEY=VALUE", help="a method's own knob (repeatable)"
         )
@@ -105,16 +124,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find a ticket with --method, train it from its init, write a resumable run directory "
         "root/<method>_<hash>/replicate_<seed>/level_<k>/, and print one row per level.",
     )
-    f.add_argument("--method", default="imp", help="imp | snip | grasp | synflow | magnitude | random | supermask | ... (see `list methods`)")
+    f.add_argument(
+        "--method",
+        default="imp",
+        help="imp | snip | grasp | synflow | magnitude | random | supermask | ... (see `list methods`)",
+    )
     _add_hparams(f, pruning=True)
     f.add_argument("--controls", default="", help="comma-separated controls per level: reinit, random_mask")
-    f.add_argument("--then-train", action="store_true", help="learned supermasks: also train the kept weights from their init")
-    f.add_argument("--baseline", action="store_true", help="one-shot/learned methods: also train the dense network")
+    f.add_argument(
+        "--then-train",
+        action="store_true",
+        help="learned supermasks: also train the kept weights from their init",
+    )
+    f.add_argument(
+        "--baseline", action="store_true", help="one-shot/learned methods: also train the dense network"
+    )
     _add_common(f)
 
-    t = sub.add_parser("train", help="train a given ticket (mask file) from its init", description="Train the weights kept by a mask file.")
+    t = sub.add_parser(
+        "train",
+        help="train a given ticket (mask file) from its init",
+        description="Train the weights kept by a mask file.",
+    )
     t.add_argument("--mask", required=True, help="a mask.safetensors written by `find`")
-    t.add_argument("--init-from", dest="init_from", default="source", choices=("source", "fresh"), help="the mask's own init, or a fresh one (drawn from a seed derived from --seed, so never the ticket's own)")
+    t.add_argument(
+        "--init-from",
+        dest="init_from",
+        default="source",
+        choices=("source", "fresh"),
+        help="the mask's own init, or a fresh one (drawn from a seed derived from --seed, so never the ticket's own)",
+    )
     _add_hparams(t, pruning=False)
     _add_common(t)
 
@@ -163,7 +202,9 @@ def resolve_hparams(ns: argparse.Namespace, *, pruning: bool, method: str = "imp
     for name in ("budget", "warmup", "eval_every"):
         parse_duration(getattr(training, name), name=f"--{name.replace('_', '-')}")
     if not pruning:
-        return RunHparams(model=model_hp, dataset=data_hp, training=training, pruning=PruningHparams(method="train"))
+        return RunHparams(
+            model=model_hp, dataset=data_hp, training=training, pruning=PruningHparams(method="train")
+        )
     if ns.density is not None and ns.sparsity is not None:
         raise ConfigError("give --density or --sparsity, not both")
     values = vars(ns).copy()
@@ -181,7 +222,13 @@ def resolve_hparams(ns: argparse.Namespace, *, pruning: bool, method: str = "imp
         check_density(values["density"], name="--density")
     prune = dataclass_from_args(PruningHparams, values, PruningHparams(method=method))
     args = _parse_kv(ns.arg)
-    return RunHparams(model=model_hp, dataset=data_hp, training=training, pruning=prune, method_args=tuple(sorted(args.items())))
+    return RunHparams(
+        model=model_hp,
+        dataset=data_hp,
+        training=training,
+        pruning=prune,
+        method_args=tuple(sorted(args.items())),
+    )
 
 
 def _method_training(method: str, model: str, dataset: str) -> TrainingHparams | None:
@@ -255,7 +302,13 @@ def _opts(ns: argparse.Namespace, **extra: Any):
 
 def _emit(summary: Any, ns: argparse.Namespace, method: str) -> None:
     if ns.json:
-        print(json.dumps({"run_dir": str(summary.run_dir), "seed": summary.seed, "rows": summary.rows}, indent=2, default=str))
+        print(
+            json.dumps(
+                {"run_dir": str(summary.run_dir), "seed": summary.seed, "rows": summary.rows},
+                indent=2,
+                default=str,
+            )
+        )
     else:
         print(f"run: {summary.run_dir}/replicate_{summary.seed}")
         print(format_table(summary.rows, method=method))
@@ -268,7 +321,9 @@ def _cmd_find(ns: argparse.Namespace) -> int:
     METHODS.entry(ns.method)
     hp = resolve_hparams(ns, pruning=True, method=ns.method)
     controls = tuple(c.strip() for c in ns.controls.split(",") if c.strip())
-    summary = run_find(hp, seed=ns.seed, opts=_opts(ns, controls=controls, then_train=ns.then_train, baseline=ns.baseline))
+    summary = run_find(
+        hp, seed=ns.seed, opts=_opts(ns, controls=controls, then_train=ns.then_train, baseline=ns.baseline)
+    )
     _emit(summary, ns, ns.method)
     return 0
 

@@ -36,7 +36,11 @@ def _lenet5_pair():
     torch.manual_seed(0)
     cpu = create_model("lenet5", (1, 28, 28), 10)
     g = torch.Generator().manual_seed(0)
-    mask = select({n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(cpu).items()}, 0.1, scope="layerwise")
+    mask = select(
+        {n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(cpu).items()},
+        0.1,
+        scope="layerwise",
+    )
     gpu = copy.deepcopy(cpu).cuda()
     apply_mask(cpu, mask)
     apply_mask(gpu, mask)
@@ -103,7 +107,15 @@ def test_supermask_on_cuda(tmp_path):
     hp = RunHparams(
         model=ModelHparams(model="mlp_digits"),
         dataset=DatasetHparams(dataset="digits"),
-        training=TrainingHparams(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=64, budget="10ep", schedule="cosine"),
+        training=TrainingHparams(
+            optimizer="sgd",
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=5e-4,
+            batch_size=64,
+            budget="10ep",
+            schedule="cosine",
+        ),
         pruning=PruningHparams(method="supermask", density=0.5),
     )
     s = run_find(hp, seed=0, opts=RunOptions(root=tmp_path, device="cuda", progress=False))

@@ -170,10 +170,18 @@ def add_dataclass_arguments(
         if help_text is None:
             help_text = f"(default: {default})"
         if typ is bool:
-            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
         else:
             conv = typ if typ in (int, float) else str
-            parser.add_argument(_flag(f.name), dest=f.name, type=conv, default=None, metavar=f.name.upper(), help=help_text)
+            parser.add_argument(
+                _flag(f.name), dest=f.name, type=conv, default=None, metavar=f.name.upper(), help=help_text
+            )
 
 
 def dataclass_from_args(cls: type, ns: argparse.Namespace | dict[str, Any], base: Any = None) -> Any:

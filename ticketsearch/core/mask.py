@@ -27,7 +27,9 @@ _FORMAT = "ticketsearch-mask/1"
 class Mask(Mapping[str, torch.Tensor]):
     """An immutable-by-convention mapping of parameter names to bool tensors, plus metadata."""
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+    ) -> None:
         self._t: dict[str, torch.Tensor] = {}
         for name, t in tensors.items():
             if not isinstance(t, torch.Tensor):
@@ -93,7 +95,9 @@ class Mask(Mapping[str, torch.Tensor]):
         return all(not bool((t & ~other[n].to(t.device)).any()) for n, t in self._t.items())
 
     def equals(self, other: Mapping[str, torch.Tensor]) -> bool:
-        return set(self) == set(other) and all(torch.equal(t.cpu(), other[n].cpu()) for n, t in self._t.items())
+        return set(self) == set(other) and all(
+            torch.equal(t.cpu(), other[n].cpu()) for n, t in self._t.items()
+        )
 
     def with_metadata(self, **metadata: Any) -> Mask:
         return Mask(self._t, {**self.metadata, **metadata})
@@ -123,7 +127,9 @@ class Mask(Mapping[str, torch.Tensor]):
             problems.append(f"not in the {what.split(' ')[0]}: {', '.join(extra)}")
         for n, s in expected.items():
             if n in self._t and tuple(self._t[n].shape) != s:
-                problems.append(f"'{n}' has shape {list(self._t[n].shape)} in the mask, {list(s)} in the {what.split(' ')[0]}")
+                problems.append(
+                    f"'{n}' has shape {list(self._t[n].shape)} in the mask, {list(s)} in the {what.split(' ')[0]}"
+                )
         if problems:
             src = self.metadata.get("model")
             src_txt = f" (mask made for model '{src}')" if src else ""
@@ -146,7 +152,9 @@ class Mask(Mapping[str, torch.Tensor]):
         )
         meta.setdefault("ticketsearch_version", _version())
         tensors = {n: t.detach().cpu().to(torch.uint8).contiguous() for n, t in self._t.items()}
-        header = {"ticketsearch": json.dumps({k: meta[k] for k in ("format", "model", "density") if k in meta})}
+        header = {
+            "ticketsearch": json.dumps({k: meta[k] for k in ("format", "model", "density") if k in meta})
+        }
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
         atomic_write_json(sidecar_path(path), meta)
         return path

@@ -41,7 +41,10 @@ def check_density(density: float, *, name: str = "density") -> float:
 
 
 def validate_scores(
-    scores: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]] | None = None, *, source: str = "scorer"
+    scores: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    *,
+    source: str = "scorer",
 ) -> None:
     """Raise naming the parameter if scores are missing, extra, misshaped or not finite."""
     if shapes is not None:
@@ -86,7 +89,10 @@ def _topk_indices(values: torch.Tensor, alive: torch.Tensor | None, k: int) -> t
 
 
 def select_counts(
-    scores: Mapping[str, torch.Tensor], counts: Mapping[str, int], *, current: Mapping[str, torch.Tensor] | None = None
+    scores: Mapping[str, torch.Tensor],
+    counts: Mapping[str, int],
+    *,
+    current: Mapping[str, torch.Tensor] | None = None,
 ) -> Mask:
     """Layerwise top-k with an exact count per layer."""
     out = {}
@@ -167,7 +173,9 @@ def layer_densities(
     if distribution == "uniform":
         return {n: density for n in shapes}
     if distribution != "erk":
-        raise ConfigError(f"unknown density distribution '{distribution}' (choose from: {', '.join(DISTRIBUTIONS)})")
+        raise ConfigError(
+            f"unknown density distribution '{distribution}' (choose from: {', '.join(DISTRIBUTIONS)})"
+        )
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     raw = {n: sum(s) / math.prod(s) for n, s in shapes.items()}
     total = sum(sizes.values())
@@ -226,11 +234,21 @@ def select(
     else:
         fixed = {n: max(exact_count(d, sizes[n]), min_counts[n]) for n, d in overrides.items()}
         pooled_total = sum(sizes[n] for n in shapes if n not in fixed)
-        k = exact_count(density, sum(sizes.values())) - sum(fixed.values()) if fixed else exact_count(density, pooled_total)
+        k = (
+            exact_count(density, sum(sizes.values())) - sum(fixed.values())
+            if fixed
+            else exact_count(density, pooled_total)
+        )
         k = max(0, min(k, pooled_total))
         mask = select_global(
-            scores, k, current=current, fixed_counts=fixed, min_counts={n: c for n, c in min_counts.items() if n not in fixed}
+            scores,
+            k,
+            current=current,
+            fixed_counts=fixed,
+            min_counts={n: c for n, c in min_counts.items() if n not in fixed},
         )
     return mask.with_metadata(
-        density_requested=float(density), scope=scope, distribution=distribution if scope == "layerwise" else None
+        density_requested=float(density),
+        scope=scope,
+        distribution=distribution if scope == "layerwise" else None,
     )

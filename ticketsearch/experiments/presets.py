@@ -14,11 +14,19 @@ __all__ = ["default_training", "PRESETS"]
 
 PRESETS: dict[str, TrainingHparams] = {
     # Frankle & Carbin 2019: Adam 1.2e-3, batch 60, 50K iterations
-    "lenet_300_100": TrainingHparams(optimizer="adam", lr=1.2e-3, batch_size=60, budget="50000it", eval_every="1000it"),
+    "lenet_300_100": TrainingHparams(
+        optimizer="adam", lr=1.2e-3, batch_size=60, budget="50000it", eval_every="1000it"
+    ),
     # SNIP (Lee et al. 2019): SGD momentum 0.9, batch 100, wd 5e-4
     "lenet5": TrainingHparams(
-        optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=100, budget="20ep",
-        schedule="step", milestones="10ep,15ep",
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        batch_size=100,
+        budget="20ep",
+        schedule="step",
+        milestones="10ep,15ep",
     ),
     # Frankle & Carbin 2019, Conv-2/4/6 on CIFAR-10: Adam 2e-4 / 3e-4 / 3e-4, batch 60
     "conv2": TrainingHparams(optimizer="adam", lr=2e-4, batch_size=60, budget="20000it", eval_every="1000it"),
@@ -26,18 +34,36 @@ PRESETS: dict[str, TrainingHparams] = {
     "conv6": TrainingHparams(optimizer="adam", lr=3e-4, batch_size=60, budget="30000it", eval_every="1000it"),
     # open_lth cifar_resnet_20 / cifar_vgg_16
     "resnet20": TrainingHparams(
-        optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128, budget="160ep",
-        schedule="step", milestones="80ep,120ep", warmup="0it",
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        batch_size=128,
+        budget="160ep",
+        schedule="step",
+        milestones="80ep,120ep",
+        warmup="0it",
     ),
     "vgg16": TrainingHparams(
-        optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128, budget="160ep",
-        schedule="step", milestones="80ep,120ep", warmup="0it",
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        batch_size=128,
+        budget="160ep",
+        schedule="step",
+        milestones="80ep,120ep",
+        warmup="0it",
     ),
     # embedded default: seconds on a laptop CPU
     "mlp_digits": TrainingHparams(optimizer="adam", lr=3e-3, batch_size=32, budget="20ep", eval_every="1ep"),
     # Greydanus 2020 (MNIST-1D): Adam 1e-2, batch 100, 6000 steps
-    "mlp_mnist1d": TrainingHparams(optimizer="adam", lr=1e-2, batch_size=100, budget="6000it", eval_every="500it"),
-    "cnn_mnist1d": TrainingHparams(optimizer="adam", lr=1e-2, batch_size=100, budget="6000it", eval_every="500it"),
+    "mlp_mnist1d": TrainingHparams(
+        optimizer="adam", lr=1e-2, batch_size=100, budget="6000it", eval_every="500it"
+    ),
+    "cnn_mnist1d": TrainingHparams(
+        optimizer="adam", lr=1e-2, batch_size=100, budget="6000it", eval_every="500it"
+    ),
 }
 
 

@@ -30,7 +30,9 @@ def check_writable(root: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"results root '{root}' is not writable ({exc.strerror or exc}); choose another --root") from None
+        raise ConfigError(
+            f"results root '{root}' is not writable ({exc.strerror or exc}); choose another --root"
+        ) from None
 
 
 def save_state(path: Path, state: dict[str, torch.Tensor]) -> Path:

@@ -157,7 +157,9 @@ class _Run:
             desc=desc,
         )
 
-    def finish_level(self, level: LevelDir, model: nn.Module, res: TrainResult, **extra: Any) -> dict[str, Any]:
+    def finish_level(
+        self, level: LevelDir, model: nn.Module, res: TrainResult, **extra: Any
+    ) -> dict[str, Any]:
         save_state(level.final_path, model.state_dict())
         out = {
             "test_acc": res.final.get("test_acc"),
@@ -174,7 +176,9 @@ class _Run:
         level.write_result(out)
         return out
 
-    def run_controls(self, k: int, level: LevelDir, mask: Mask, start_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def run_controls(
+        self, k: int, level: LevelDir, mask: Mask, start_state: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
         """Controls of Frankle & Carbin / Frankle et al. 2021 beside a ticket: same mask + fresh init, and
         a random mask with the same per-layer densities on the ticket's init."""
         out: dict[str, Any] = {}
@@ -212,7 +216,9 @@ def _imp(r: _Run) -> list[dict[str, Any]]:
     rewind_it = to_iterations(hp.pruning.rewind, _steps_per_epoch(r), name="rewind")
     budget = to_iterations(hp.training.budget, _steps_per_epoch(r), name="budget")
     if rewind_it > budget:
-        raise ConfigError(f"rewind point {hp.pruning.rewind!r} is past the training budget {hp.training.budget!r}")
+        raise ConfigError(
+            f"rewind point {hp.pruning.rewind!r} is past the training budget {hp.training.budget!r}"
+        )
 
     def save_rewind(it: int, model: nn.Module) -> None:
         if it == rewind_it and not rewind_path.is_file():
@@ -242,7 +248,10 @@ def _imp(r: _Run) -> list[dict[str, Any]]:
             reset_to(r.model, start_state, mask)
             level.save_mask(mask, **r.mask_metadata(level=k))
             result = r.train_level(
-                level, r.model, desc=f"level {k} ({mask.density:.1%})", on_step=save_rewind if k == 0 and rewind_it > 0 else None
+                level,
+                r.model,
+                desc=f"level {k} ({mask.density:.1%})",
+                on_step=save_rewind if k == 0 and rewind_it > 0 else None,
             )
             c = {
                 "wall_time": cost["wall_time"] + result.wall_time,
@@ -309,9 +318,16 @@ def _oneshot(r: _Run) -> list[dict[str, Any]]:
             batches = [] if scorer.data_free else _score_batches(r)
             t0 = time.perf_counter()
             mask, find_cost = find_mask(
-                scorer, r.model, batches, hp, context=ScoringContext(data=r.data, seed=r.seed, progress=r.opts.progress)
+                scorer,
+                r.model,
+                batches,
+                hp,
+                context=ScoringContext(data=r.data, seed=r.seed, progress=r.opts.progress),
             )
-            find_cost = {"wall_time": time.perf_counter() - t0, **{k: v for k, v in find_cost.items() if k != "wall_time"}}
+            find_cost = {
+                "wall_time": time.perf_counter() - t0,
+                **{k: v for k, v in find_cost.items() if k != "wall_time"},
+            }
             level.save_mask(mask, **r.mask_metadata(level=1, cost_to_find=find_cost))
         reset_to(r.model, r.init_state, mask)
         result = r.train_level(level, r.model, desc=f"{hp.pruning.method} ({mask.density:.1%})")
@@ -335,7 +351,11 @@ def _learned(r: _Run) -> list[dict[str, Any]]:
         if any(k.endswith("running_mean") for k in init_state):  # BN made non-affine by the method
             from ..sparse.supermask import make_bn_nonaffine
 
-            bn_affine = [n for n, m in r.model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+            bn_affine = [
+                n
+                for n, m in r.model.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
+            ]
             if bn_affine and f"{bn_affine[0]}.weight" not in init_state:
                 make_bn_nonaffine(r.model)
     else:
@@ -344,8 +364,15 @@ def _learned(r: _Run) -> list[dict[str, Any]]:
         level.reset_metrics(start.history if start is not None else [])
         torch.manual_seed(r.seed)
         lr = run_learned(
-            hp.pruning.method, r.model, r.data, hp, seed=r.seed, log=level.log, progress=r.opts.progress,
-            start=start, save_checkpoint=lambda st: level.save_checkpoint(st.to_dict()),
+            hp.pruning.method,
+            r.model,
+            r.data,
+            hp,
+            seed=r.seed,
+            log=level.log,
+            progress=r.opts.progress,
+            start=start,
+            save_checkpoint=lambda st: level.save_checkpoint(st.to_dict()),
         )
         # run_learned already selected with core.select (same density, scope, distribution, guard)
         assert lr.mask is not None
@@ -384,8 +411,11 @@ def _learned(r: _Run) -> list[dict[str, Any]]:
             model = copy.deepcopy(r.model)
             reset_to(model, init_state, mask)
             tres = r.finish_level(
-                sub, model,
-                r.train_level(sub, model, r.opts.then_train_hp or default_training(hp.model.model), desc="then-train"),
+                sub,
+                model,
+                r.train_level(
+                    sub, model, r.opts.then_train_hp or default_training(hp.model.model), desc="then-train"
+                ),
                 density=mask.density,
             )
         res = {**res, "then_train": tres}
@@ -430,7 +460,12 @@ def train_mask(
     # (model init is drawn from the seed): it comes from a seed derived from --seed, never --seed itself
     init_seed = seed + _FRESH_INIT_SEED_OFFSET if init == "fresh" else None
     mask_hash = stable_hash(
-        {"mask": mask.layer_counts(), "file": mask.metadata.get("hparams_hash"), "init": init, "init_seed": init_seed}
+        {
+            "mask": mask.layer_counts(),
+            "file": mask.metadata.get("hparams_hash"),
+            "init": init,
+            "init_seed": init_seed,
+        }
     )
     hp = hp.replace(method_args=tuple(sorted({**dict(hp.method_args), "mask": mask_hash}.items())))
     r = _Run(hp, seed, opts, init_seed=init_seed)
@@ -450,7 +485,10 @@ def train_mask(
     reset_to(r.model, state, mask)
     save_state(level.path / "init.safetensors", state)  # the init this ticket trained from, whichever it was
     level.save_mask(
-        get_mask(r.model), **r.mask_metadata(level=1, source_mask=str(mask_path), init_mode=init, init="init.safetensors")
+        get_mask(r.model),
+        **r.mask_metadata(level=1, source_mask=str(mask_path), init_mode=init, init="init.safetensors"),
     )
-    res = r.finish_level(level, r.model, r.train_level(level, r.model, desc="train ticket"), density=mask.density)
+    res = r.finish_level(
+        level, r.model, r.train_level(level, r.model, desc="train ticket"), density=mask.density
+    )
     return RunSummary(r.run.path, seed, [_row(1, mask, res, level.mask_path)])

@@ -139,21 +139,27 @@ def method_arg(hparams: RunHparams, key: str, default: Any, cast: Callable[[Any]
             return low in ("1", "true", "yes")
         return conv(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"method argument {key}={value!r} is not a valid {getattr(conv, '__name__', 'value')}") from None
+        raise ConfigError(
+            f"method argument {key}={value!r} is not a valid {getattr(conv, '__name__', 'value')}"
+        ) from None
 
 
 def require_batches(batches: Sequence[Batch], method: str) -> list[Batch]:
     """Data-driven scorers need real data; say so instead of failing on an empty sum."""
     out = list(batches or [])
     if not out:
-        raise ConfigError(f"method '{method}' scores weights on real data but got no batches (--score-batches ≥ 1)")
+        raise ConfigError(
+            f"method '{method}' scores weights on real data but got no batches (--score-batches ≥ 1)"
+        )
     for i, b in enumerate(out):
         if not (isinstance(b, (tuple, list)) and len(b) == 2):
             raise ConfigError(f"method '{method}': batch {i} is not an (inputs, labels) pair")
     return out
 
 
-def scoring_copy(model: nn.Module, *, train: bool | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+def scoring_copy(
+    model: nn.Module, *, train: bool | None = None, dtype: torch.dtype | None = None
+) -> nn.Module:
     """A deep copy to score on: forward passes in train mode update BatchNorm statistics, and some methods
     change weights (SynFlow's abs); the caller's model must come back bitwise identical.
 
@@ -213,7 +219,9 @@ def iter_chunks(batches: Sequence[Batch], chunk_size: int) -> Iterator[Batch]:
             yield x, y
 
 
-def input_shape_of(model: nn.Module, batches: Sequence[Batch], context: ScoringContext | None) -> tuple[int, ...]:
+def input_shape_of(
+    model: nn.Module, batches: Sequence[Batch], context: ScoringContext | None
+) -> tuple[int, ...]:
     """The shape of one example, for data-free scorers that build their own input."""
     if batches:
         return tuple(int(s) for s in batches[0][0].shape[1:])
@@ -228,7 +236,9 @@ def input_shape_of(model: nn.Module, batches: Sequence[Batch], context: ScoringC
 
 
 # -- cost accounting --------------------------------------------------------------------------------------
-_COST: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("ticketsearch_scoring_cost", default=None)
+_COST: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar(
+    "ticketsearch_scoring_cost", default=None
+)
 
 
 def note_cost(key: str, n: int = 1) -> None:

@@ -44,7 +44,11 @@ def hessian_gradient_product(
     weighted by size: the result does not depend on the chunking.
     """
     params = list(params)
-    g = list(grad) if grad is not None else loss_gradients(model, params, batches, temperature=temperature, chunk_size=chunk_size)
+    g = (
+        list(grad)
+        if grad is not None
+        else loss_gradients(model, params, batches, temperature=temperature, chunk_size=chunk_size)
+    )
     g = [t.detach() for t in g]
     total = sum(int(x.shape[0]) for x, _ in batches)
     hg = [torch.zeros_like(p) for p in params]
@@ -86,7 +90,12 @@ class GraSP(Scorer):
     citation = "Wang, Zhang & Grosse, ICLR 2020"
 
     def score(
-        self, model: nn.Module, batches: Sequence[Batch], *, hparams: RunHparams, context: ScoringContext | None = None
+        self,
+        model: nn.Module,
+        batches: Sequence[Batch],
+        *,
+        hparams: RunHparams,
+        context: ScoringContext | None = None,
     ) -> dict[str, torch.Tensor]:
         data = require_batches(batches, self.name or "grasp")
         temperature = method_arg(hparams, "temperature", 200.0, float)
@@ -97,5 +106,7 @@ class GraSP(Scorer):
             raise ConfigError(f"grasp chunk_size must be ≥ 0, got {chunk}")
         work = scoring_copy(model, train=True)
         params = prunable_parameters(work)
-        hg, _ = hessian_gradient_product(work, list(params.values()), data, temperature=temperature, chunk_size=chunk)
+        hg, _ = hessian_gradient_product(
+            work, list(params.values()), data, temperature=temperature, chunk_size=chunk
+        )
         return {n: p.detach() * h for (n, p), h in zip(params.items(), hg)}

@@ -14,7 +14,9 @@ from .base import Batch, Scorer, ScoringContext, register_method
 __all__ = ["IMP"]
 
 
-@register_method("imp", description="iterative magnitude pruning: train, prune p% of the remaining, reset or rewind")
+@register_method(
+    "imp", description="iterative magnitude pruning: train, prune p% of the remaining, reset or rewind"
+)
 class IMP(Scorer):
     """Iterative magnitude pruning with reset to init or rewind (Frankle & Carbin, ICLR 2019;
     Frankle et al., ICML 2020 "Linear mode connectivity and the lottery ticket hypothesis").
@@ -26,6 +28,11 @@ class IMP(Scorer):
     kind = "imp"
 
     def score(
-        self, model: nn.Module, batches: Sequence[Batch], *, hparams: RunHparams, context: ScoringContext | None = None
+        self,
+        model: nn.Module,
+        batches: Sequence[Batch],
+        *,
+        hparams: RunHparams,
+        context: ScoringContext | None = None,
     ) -> dict[str, torch.Tensor]:
         raise ConfigError("IMP needs trained weights; run it with `ticketsearch find --method imp`")

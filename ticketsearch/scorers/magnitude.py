@@ -28,6 +28,11 @@ class Magnitude(Scorer):
     citation = "Frankle et al., ICLR 2021 (magnitude at init baseline); Han et al., NeurIPS 2015"
 
     def score(
-        self, model: nn.Module, batches: Sequence[Batch], *, hparams: RunHparams, context: ScoringContext | None = None
+        self,
+        model: nn.Module,
+        batches: Sequence[Batch],
+        *,
+        hparams: RunHparams,
+        context: ScoringContext | None = None,
     ) -> dict[str, torch.Tensor]:
         return {n: p.detach().abs().clone() for n, p in prunable_parameters(model).items()}

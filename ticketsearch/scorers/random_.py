@@ -29,7 +29,12 @@ class RandomScorer(Scorer):
     citation = "Frankle et al., ICLR 2021; Liu et al., ICLR 2022"
 
     def score(
-        self, model: nn.Module, batches: Sequence[Batch], *, hparams: RunHparams, context: ScoringContext | None = None
+        self,
+        model: nn.Module,
+        batches: Sequence[Batch],
+        *,
+        hparams: RunHparams,
+        context: ScoringContext | None = None,
     ) -> dict[str, torch.Tensor]:
         gen = None
         if context is not None:

@@ -40,10 +40,17 @@ class SNIP(Scorer):
     citation = "Lee, Ajanthan & Torr, ICLR 2019"
 
     def score(
-        self, model: nn.Module, batches: Sequence[Batch], *, hparams: RunHparams, context: ScoringContext | None = None
+        self,
+        model: nn.Module,
+        batches: Sequence[Batch],
+        *,
+        hparams: RunHparams,
+        context: ScoringContext | None = None,
     ) -> dict[str, torch.Tensor]:
         data = require_batches(batches, self.name or "snip")
         work = scoring_copy(model, train=True)
         params = prunable_parameters(work)
-        grads = loss_gradients(work, list(params.values()), data, chunk_size=method_arg(hparams, "chunk_size", 0))
+        grads = loss_gradients(
+            work, list(params.values()), data, chunk_size=method_arg(hparams, "chunk_size", 0)
+        )
         return {n: (g * p.detach()).abs() for (n, p), g in zip(params.items(), grads)}

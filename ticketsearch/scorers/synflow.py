@@ -15,7 +15,9 @@ from .base import Batch, Scorer, ScoringContext, input_shape_of, method_arg, reg
 __all__ = ["SynFlow"]
 
 
-@register_method("synflow", description="SynFlow: data-free path-norm saliency, 100 rounds (Tanaka et al., NeurIPS 2020)")
+@register_method(
+    "synflow", description="SynFlow: data-free path-norm saliency, 100 rounds (Tanaka et al., NeurIPS 2020)"
+)
 class SynFlow(Scorer):
     """Iterative Synaptic Flow Pruning: Tanaka, Kunin, Yamins & Ganguli, "Pruning neural networks without
     any data by iteratively conserving synaptic flow", NeurIPS 2020.
@@ -33,9 +35,16 @@ class SynFlow(Scorer):
     citation = "Tanaka, Kunin, Yamins & Ganguli, NeurIPS 2020"
 
     def score(
-        self, model: nn.Module, batches: Sequence[Batch], *, hparams: RunHparams, context: ScoringContext | None = None
+        self,
+        model: nn.Module,
+        batches: Sequence[Batch],
+        *,
+        hparams: RunHparams,
+        context: ScoringContext | None = None,
     ) -> dict[str, torch.Tensor]:
-        dtype = {"float64": torch.float64, "float32": torch.float32}.get(method_arg(hparams, "dtype", "float64"))
+        dtype = {"float64": torch.float64, "float32": torch.float32}.get(
+            method_arg(hparams, "dtype", "float64")
+        )
         if dtype is None:
             raise ConfigError("synflow dtype must be float64 or float32")
         shape = input_shape_of(model, batches, context)

@@ -45,7 +45,10 @@ __all__ = [
 ]
 
 # name -> function(layer, input) -> output; None means "handled inline" (inplace, reference)
-BACKENDS: dict[str, Callable[[MaskedLayer, torch.Tensor], torch.Tensor] | None] = {"inplace": None, "reference": None}
+BACKENDS: dict[str, Callable[[MaskedLayer, torch.Tensor], torch.Tensor] | None] = {
+    "inplace": None,
+    "reference": None,
+}
 
 
 def register_backend(name: str, fn: Callable[[MaskedLayer, torch.Tensor], torch.Tensor]) -> None:
@@ -72,7 +75,9 @@ class MaskedLayer:
             self._mask_f = None
             return
         if tuple(mask.shape) != tuple(self.weight.shape):
-            raise MaskMismatchError(f"mask of shape {list(mask.shape)} for weight of shape {list(self.weight.shape)}")
+            raise MaskMismatchError(
+                f"mask of shape {list(mask.shape)} for weight of shape {list(self.weight.shape)}"
+            )
         self.weight_mask = mask.to(device=self.weight.device, dtype=torch.bool)
         self._mask_f = None
         with torch.no_grad():
@@ -82,7 +87,11 @@ class MaskedLayer:
         """The mask as the weight's dtype, cached: multiplying by it is the cheapest masking op."""
         m = self.weight_mask
         assert m is not None
-        if self._mask_f is None or self._mask_f.device != self.weight.device or self._mask_f.dtype != self.weight.dtype:
+        if (
+            self._mask_f is None
+            or self._mask_f.device != self.weight.device
+            or self._mask_f.dtype != self.weight.dtype
+        ):
             self._mask_f = m.to(device=self.weight.device, dtype=self.weight.dtype)
         return self._mask_f
 
@@ -185,7 +194,9 @@ def set_backend(model: nn.Module, backend: str) -> None:
         layer.backend = backend
 
 
-def apply_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], *, backend: str | None = None) -> nn.Module:
+def apply_mask(
+    model: nn.Module, mask: Mapping[str, torch.Tensor], *, backend: str | None = None
+) -> nn.Module:
     """Attach ``mask`` to the model's layers and zero the pruned weights. Checks names and shapes first."""
     shapes = prunable_shapes(model)
     m = mask if isinstance(mask, Mask) else Mask(mask)
@@ -202,7 +213,9 @@ def get_mask(model: nn.Module) -> Mask:
     out = {}
     for name, layer in masked_layers(model):
         wm = layer.weight_mask
-        out[_pname(name)] = wm.detach().cpu().clone() if wm is not None else torch.ones(layer.weight.shape, dtype=torch.bool)
+        out[_pname(name)] = (
+            wm.detach().cpu().clone() if wm is not None else torch.ones(layer.weight.shape, dtype=torch.bool)
+        )
     return Mask(out)
 
 

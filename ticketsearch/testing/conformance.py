@@ -69,7 +69,9 @@ def conformance_models() -> dict[str, Any]:
     return {"mlp": _mlp, "conv_bn": _conv_bn}
 
 
-def make_batches(n_batches: int = 2, batch_size: int = 8, *, seed: int = 0, input_shape=(1, 6, 6)) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_batches(
+    n_batches: int = 2, batch_size: int = 8, *, seed: int = 0, input_shape=(1, 6, 6)
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Fixed, labelled batches (every class present) drawn from a private generator."""
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -164,7 +166,9 @@ class ScorerConformance:
         scores = self._score(scorer, model, make_batches())
         assert isinstance(scores, dict), f"score() returned {type(scores).__name__}, expected a dict"
         validate_scores(scores, shapes, source=f"scorer {type(scorer).__name__}")
-        assert list(scores) == list(shapes), "scores must be keyed (and ordered) like prunable_parameters(model)"
+        assert list(scores) == list(shapes), (
+            "scores must be keyed (and ordered) like prunable_parameters(model)"
+        )
         for n, s in scores.items():
             assert s.is_floating_point(), f"score of '{n}' has dtype {s.dtype}, expected floating point"
             assert s.device == model.get_parameter(n).device, f"score of '{n}' is on {s.device}"
@@ -224,7 +228,13 @@ class ScorerConformance:
                         assert mask.num_kept == exact_count(d, total), (net, rounds, d, mask.num_kept)
                     else:
                         for n, c in mask.layer_counts().items():
-                            assert c == exact_count(d, int(torch.Size(shapes[n]).numel())), (net, rounds, d, n, c)
+                            assert c == exact_count(d, int(torch.Size(shapes[n]).numel())), (
+                                net,
+                                rounds,
+                                d,
+                                n,
+                                c,
+                            )
                     assert mask.metadata.get("rounds") == rounds
                     assert isinstance(cost.get("wall_time"), float)
 

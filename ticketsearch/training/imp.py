@@ -24,7 +24,9 @@ __all__ = ["prune", "level_counts", "levels_for_density", "reset_to", "check_rat
 
 def check_rates(hp: PruningHparams) -> None:
     if not 0.0 < hp.rate < 1.0:
-        raise ConfigError(f"IMP rate (fraction of remaining weights pruned per round) must be in (0, 1), got {hp.rate}")
+        raise ConfigError(
+            f"IMP rate (fraction of remaining weights pruned per round) must be in (0, 1), got {hp.rate}"
+        )
     if hp.output_rate >= 1.0:
         raise ConfigError(f"IMP output_rate must be < 1 (negative: same as rate), got {hp.output_rate}")
     if hp.scope not in ("layerwise", "global"):
@@ -69,7 +71,9 @@ def prune(hp: PruningHparams, trained_model: nn.Module, current: Mask) -> Mask:
     return select_global(scores, k, current=cur, fixed_counts=fixed)
 
 
-def levels_for_density(hp: PruningHparams, shapes: Mapping[str, tuple[int, ...]], output: str, target: float) -> int:
+def levels_for_density(
+    hp: PruningHparams, shapes: Mapping[str, tuple[int, ...]], output: str, target: float
+) -> int:
     """Smallest number of IMP rounds whose overall density is ≤ ``target`` (simulated on counts)."""
     check_rates(hp)
     alive = {n: int(torch.Size(s).numel()) for n, s in shapes.items()}

@@ -142,7 +142,13 @@ def train(
     if start is not None:
         model.load_state_dict(start.model)
         opt.load_state_dict(start.optimizer)
-        it, history, best, passes, elapsed = start.iteration, list(start.history), dict(start.best), dict(start.passes), start.elapsed
+        it, history, best, passes, elapsed = (
+            start.iteration,
+            list(start.history),
+            dict(start.best),
+            dict(start.passes),
+            start.elapsed,
+        )
     has_val = data.x_val.shape[0] > 0
 
     def do_eval(at: int, train_loss: float | None) -> None:

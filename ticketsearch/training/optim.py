@@ -30,9 +30,18 @@ class Optimizer:
     keeps pruned weights at 0. The learning rate lives in ``param_groups[0]["lr"]`` like torch's.
     """
 
-    def __init__(self, params: list[torch.nn.Parameter], kind: str, *, lr: float, momentum: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        params: list[torch.nn.Parameter],
+        kind: str,
+        *,
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
         self.params = params
         self.kind = kind
         self.param_groups = [{"lr": lr, "params": params}]
@@ -146,12 +155,18 @@ class Optimizer:
         torch._foreach_addcdiv_(ps, m, denom, value=-lr / bc1)
 
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "steps": self.steps, "lr": self.param_groups[0]["lr"],
-                "buffers": {k: [t.detach().clone() for t in v] for k, v in self.buffers.items()}}
+        return {
+            "kind": self.kind,
+            "steps": self.steps,
+            "lr": self.param_groups[0]["lr"],
+            "buffers": {k: [t.detach().clone() for t in v] for k, v in self.buffers.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != self.kind:
-            raise ConfigError(f"checkpoint was written by optimizer '{state.get('kind')}', this run uses '{self.kind}'")
+            raise ConfigError(
+                f"checkpoint was written by optimizer '{state.get('kind')}', this run uses '{self.kind}'"
+            )
         self.steps = int(state["steps"])
         self.param_groups[0]["lr"] = state["lr"]
         self.buffers = {
@@ -173,8 +188,12 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], hp: TrainingHparams) ->
     if hp.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer '{hp.optimizer}' (choose from: {', '.join(OPTIMIZERS)})")
     return Optimizer(
-        params, hp.optimizer, lr=hp.lr, momentum=hp.momentum if hp.optimizer == "sgd" else 0.0,
-        nesterov=hp.nesterov and hp.momentum > 0, weight_decay=hp.weight_decay,
+        params,
+        hp.optimizer,
+        lr=hp.lr,
+        momentum=hp.momentum if hp.optimizer == "sgd" else 0.0,
+        nesterov=hp.nesterov and hp.momentum > 0,
+        weight_decay=hp.weight_decay,
     )
 
 
