@@ -4,7 +4,12 @@ Frankle & Carbin 2019 (Fig. 3/4): Adam 1.2e-3, batch 60, 20% per hidden layer an
 per round, reset to init. We report test accuracy at the early-stopping iteration (min validation loss,
 as the paper does) and at the end, for the dense net and the tickets at ≈51%, 21%, 7% and 3.6% of the
 weights, each beside its random-reinit control (same mask, fresh init), over several seeds.
-Runs are resumable (rerun the same command), results go to benchmarks/results/imp_lenet_mnist.{json,md}.
+Runs are resumable (rerun the same command; runs under benchmarks/runs/). Results go to
+``benchmarks/results/imp_lenet_mnist/<variant>.{json,md}``: ``reset`` for the default 10,000 iterations per
+level, ``reset_<N>it`` otherwise (``--variant`` to name it). From the repository root:
+
+    python -m benchmarks.imp_lenet_mnist                      # 2 seeds, 10K it/level (about 1 h on 2 cores)
+    python -m benchmarks.imp_lenet_mnist --seeds 0 --iterations 500
 """
 
 from __future__ import annotations
@@ -14,8 +19,6 @@ import statistics
 import time
 from pathlib import Path
 
-from common import REPO, data_root, md_table, write_results
-
 from ticketsearch.core.hparams import (
     DatasetHparams,
     ModelHparams,
@@ -24,6 +27,9 @@ from ticketsearch.core.hparams import (
     TrainingHparams,
 )
 from ticketsearch.experiments.runner import RunOptions, run_find, train_mask
+
+from ._common import REPO, data_root
+from ._writer import ResultWriter, add_output_args, md_table
 
 # What Frankle & Carbin 2019 (Section 2, Figs. 3-4, LeNet-300-100 on MNIST, 50K iterations) report, in their
 # words: dense early-stop test accuracy ≈ 98%; tickets at 51.3%-21.1% reach HIGHER accuracy than the original
@@ -37,14 +43,20 @@ PAPER = {
     0.036: "≈ dense; reinit clearly lower",
 }
 TARGET_LEVELS = {3: 0.512, 7: 0.211, 12: 0.07, 15: 0.036}
+DEFAULT_ITERATIONS = 10000
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--iterations", type=int, default=10000, help="per level (paper: 50000)")
+    ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="per level (paper: 50000)")
     ap.add_argument("--root", default=str(REPO / "benchmarks" / "runs"))
+    add_output_args(ap, "result name (default: reset, or reset_<N>it for other --iterations)")
     args = ap.parse_args()
+    variant = args.variant or (
+        "reset" if args.iterations == DEFAULT_ITERATIONS else f"reset_{args.iterations}it"
+    )
+    out = ResultWriter("imp_lenet_mnist", variant, results_dir=args.results_dir)
     seeds = [int(s) for s in args.seeds.split(",")]
     hp = RunHparams(
         model=ModelHparams(model="lenet_300_100"),
@@ -137,8 +149,7 @@ def main() -> None:
         )
         + "\n\nThe paper column restates the paper's text (its figures give curves, not a table).\n"
     )
-    write_results(
-        "imp_lenet_mnist",
+    out.write(
         {"hparams": hp.to_dict(), "seeds": seeds, "levels": per_level, "wall_s": time.time() - t0},
         md,
     )

@@ -10,6 +10,12 @@ the dense step (in-place weight masking measured 1.07×, torch.nn.utils.prune 1.
 - ``weight_mul_after_step``: dense forward, weights re-zeroed after every step;
 - ``reference``: ``W ⊙ M`` in every forward (the oracle backend);
 - ``torch_prune``: ``torch.nn.utils.prune.custom_from_mask``.
+
+Results: ``benchmarks/results/masking_overhead/default.{json,md}`` (``--variant`` to name another). From
+the repository root:
+
+    python -m benchmarks.masking_overhead                       # 5 rounds × 200 steps per mode
+    python -m benchmarks.masking_overhead --rounds 3 --repeats 100   # what make bench runs
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.prune as tprune
-from common import interleaved_medians, md_table, write_results
 
 from ticketsearch.core import select
 from ticketsearch.core.hparams import TrainingHparams
@@ -35,6 +40,9 @@ from ticketsearch.sparse import (
     prunable_parameters,
 )
 from ticketsearch.training.optim import make_optimizer
+
+from ._common import interleaved_medians
+from ._writer import ResultWriter, add_output_args, md_table
 
 MODES = ("dense", "fused", "grad_mask_pass", "weight_mul_after_step", "reference", "torch_prune")
 
@@ -77,7 +85,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=5)
+    add_output_args(ap, "result name (default: default)")
     args = ap.parse_args()
+    out = ResultWriter("masking_overhead", args.variant or "default", results_dir=args.results_dir)
     torch.manual_seed(0)
     results = []
     recipes = {
@@ -114,7 +124,7 @@ def main() -> None:
     md += f"Median of {args.rounds}×{args.repeats} steps per mode, sampled round-robin in one run.\n\n"
     md += md_table(["batch", "optimizer", "mode", "step ms (median)", "× dense"], rows)
     md += "\n\nTarget: ≤ 1.05× dense. `fused` is what ticketsearch's training loop runs.\n"
-    write_results("masking_overhead", {"results": results}, md)
+    out.write({"results": results}, md)
     print(md)
 
 

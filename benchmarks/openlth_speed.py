@@ -28,9 +28,10 @@ that applies run-time shims and leaves its files untouched:
   holding the canonical MNIST files in torchvision's layout (``mnist/MNIST/raw``), decompressed before any
   timing, so torchvision neither downloads nor extracts (its steady state after a first download).
 
-Results go to ``benchmarks/results/openlth_speed.{json,md}``. Run from ``benchmarks/`` on a quiet machine:
+Results go to ``benchmarks/results/openlth_speed/default.{json,md}`` (``--variant`` to name another). Run
+from the repository root on a quiet machine:
 
-    cd benchmarks && ../.venv/bin/python openlth_speed.py --openlth /tmp/open_lth --repeats 2
+    .venv/bin/python -m benchmarks.openlth_speed --openlth /tmp/open_lth --repeats 2
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import REPO, data_root, md_table, write_results
+from ._common import REPO, data_root
+from ._writer import ResultWriter, add_output_args, md_table
 
 OPENLTH_ARGS = ["lottery", "--default_hparams=mnist_lenet_300_100", "--levels=1", "--training_steps=2ep"]
 
@@ -281,7 +283,9 @@ def main() -> None:
     ap.add_argument("--data-root", default=data_root(), help="folder holding mnist/*.gz")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per subprocess")
     ap.add_argument("--target", type=float, default=5.0, help="speed-up asked for (open_lth / ticketsearch)")
+    add_output_args(ap, "result name (default: default)")
     args = ap.parse_args()
+    out = ResultWriter("openlth_speed", args.variant or "default", results_dir=args.results_dir)
 
     openlth = args.openlth.resolve()
     have_openlth = (openlth / "open_lth.py").is_file() and (openlth / "platforms" / "local.py").is_file()
@@ -394,7 +398,7 @@ def main() -> None:
         "pre-extracted torchvision MNIST layout (no download, no extraction in the timed runs).",
     ]
     lines += [f"\nNote: {n}" for n in notes]
-    j, m = write_results("openlth_speed", payload, "\n".join(lines))
+    j, m = out.write(payload, "\n".join(lines))
     print(f"ratio open_lth/ticketsearch = {_fmt(ratio)} -> {j} {m}")
 
 

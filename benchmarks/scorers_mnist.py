@@ -9,10 +9,12 @@ passes) is recorded next to the error.
 
 The paper trains 250k iterations with a step schedule; the default here is a few epochs (``--epochs``) so
 the whole grid runs in minutes on a CPU, which makes the errors higher than the paper's: the markdown says
-which budget produced it. Results go to ``benchmarks/results/scorers_mnist.{json,md}`` (atomic writes).
+which budget produced it. Results go to ``benchmarks/results/scorers_mnist/<epochs>ep_<schedule>.{json,md}``
+(e.g. ``40ep_step``; ``--variant`` to name it). From the repository root:
 
-    python benchmarks/scorers_mnist.py                    # default budget (3 epochs, 3 seeds)
-    python benchmarks/scorers_mnist.py --epochs 20 --device cuda
+    python -m benchmarks.scorers_mnist                    # default budget (3 epochs, 3 seeds): 3ep_constant
+    python -m benchmarks.scorers_mnist --epochs 40 --schedule step --jobs 15   # the committed 40ep_step
+    python -m benchmarks.scorers_mnist --epochs 20 --device cuda
 """
 
 from __future__ import annotations
@@ -21,26 +23,22 @@ import argparse
 import math
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from ticketsearch.core.hparams import ModelHparams, PruningHparams, RunHparams, TrainingHparams
+from ticketsearch.data import Batcher, load_dataset
+from ticketsearch.models import create_model
+from ticketsearch.scorers import METHODS, ScoringContext, find_mask, first_collapse_density
+from ticketsearch.sparse import apply_mask
+from ticketsearch.training import train
 
-from ticketsearch.core.hparams import ModelHparams, PruningHparams, RunHparams, TrainingHparams  # noqa: E402
-from ticketsearch.core.io import atomic_write_json, atomic_write_text  # noqa: E402
-from ticketsearch.data import Batcher, load_dataset  # noqa: E402
-from ticketsearch.models import create_model  # noqa: E402
-from ticketsearch.scorers import METHODS, ScoringContext, find_mask, first_collapse_density  # noqa: E402
-from ticketsearch.sparse import apply_mask  # noqa: E402
-from ticketsearch.training import train  # noqa: E402
+from ._common import SHARED_DATA
+from ._writer import ResultWriter, add_output_args
 
-DEFAULT_ROOT = REPO.parent / "shared" / "datasets"
+DEFAULT_ROOT = SHARED_DATA
 PAPER = {  # Lee et al. 2019, LeNet-300-100 on MNIST: test error (%)
     ("sgd", 0.05): "1.6",
     ("sgd", 0.02): "2.4",
@@ -201,10 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--jobs", type=int, default=1, help="runs in parallel, one process and one CPU thread each"
     )
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
-    ap.add_argument("--name", default="scorers_mnist")
+    add_output_args(ap, "result name (default: <epochs>ep_<schedule>)")
     ap.add_argument("--no-collapse", action="store_true", help="skip the layer-collapse record")
     args = ap.parse_args(argv)
+    out = ResultWriter(
+        "scorers_mnist", args.variant or f"{args.epochs}ep_{args.schedule}", results_dir=args.results_dir
+    )
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -269,10 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         "paper": {f"{k[0]}@{k[1]}": v for k, v in PAPER.items()},
     }
     summary = summarize(runs)
-    out = Path(args.out)
-    atomic_write_json(out / f"{args.name}.json", {"meta": meta, "summary": summary, "runs": runs})
     md = markdown(summary, meta)
-    atomic_write_text(out / f"{args.name}.md", md)
+    out.write({"meta": meta, "summary": summary, "runs": runs}, md)
     print(md)
     return 0
 

@@ -16,15 +16,19 @@ epochs default to the supermask recipe's budget for the dataset (``scorers.super
 model's paper recipe (``experiments.presets.default_training``) per seed and reports its final test
 accuracy beside the supermasks.
 
-    python benchmarks/supermask_mnist.py                 # 2 seeds, 10 epochs (~10 min on 2 CPU cores)
-    python benchmarks/supermask_mnist.py --seeds 1 --epochs 2
-    python benchmarks/supermask_mnist.py --dataset fashion_mnist --dense-baseline --densities 0.1,0.3,0.5
-    python benchmarks/supermask_mnist.py --dataset mnist1d --model cnn_mnist1d --data-root /tmp/ts_data \\
+From the repository root:
+
+    python -m benchmarks.supermask_mnist                 # 2 seeds, 10 epochs (~10 min on 2 CPU cores)
+    python -m benchmarks.supermask_mnist --seeds 1 --epochs 2
+    python -m benchmarks.supermask_mnist --dataset fashion_mnist --dense-baseline --densities 0.1,0.3,0.5
+    python -m benchmarks.supermask_mnist --dataset mnist1d --model cnn_mnist1d --data-root /tmp/ts_data \\
         --dense-baseline
 
 Data: the IDX files in ``<repo>/../shared/datasets/{mnist,fashion-mnist}`` (``--data-root`` to change;
-MNIST-1D is generated into it, so give a writable one). Results: ``benchmarks/results/supermask_<dataset>``
-(``supermask_<dataset>_<model>`` for a non-default model) ``.{json,md}``, or ``--out``.
+MNIST-1D is generated into it, so give a writable one). Results:
+``benchmarks/results/supermask_mnist/<variant>.{json,md}``, the variant named ``<dataset>``, then
+``_<model>`` for a non-default model and ``_<N>ep`` for epochs other than the recipe's (``mnist``,
+``fashion_mnist``, ``mnist1d_cnn_mnist1d_300ep``); ``--variant`` to name it.
 """
 
 from __future__ import annotations
@@ -34,22 +38,19 @@ import dataclasses
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ticketsearch.core.hparams import PruningHparams, RunHparams
+from ticketsearch.data import get_dataset_spec, load_dataset
+from ticketsearch.experiments.presets import default_training as dense_training
+from ticketsearch.models import create_model
+from ticketsearch.scorers.supermask import default_training, run_learned
+from ticketsearch.training import train
 
-from ticketsearch.core.hparams import PruningHparams, RunHparams  # noqa: E402
-from ticketsearch.core.io import atomic_write_json, atomic_write_text  # noqa: E402
-from ticketsearch.data import get_dataset_spec, load_dataset  # noqa: E402
-from ticketsearch.experiments.presets import default_training as dense_training  # noqa: E402
-from ticketsearch.models import create_model  # noqa: E402
-from ticketsearch.scorers.supermask import default_training, run_learned  # noqa: E402
-from ticketsearch.training import train  # noqa: E402
+from ._common import SHARED_DATA
+from ._writer import ResultWriter, add_output_args
 
 TARGETS = {
     ("supermask", 0.1): 0.970,
@@ -93,30 +94,31 @@ def main() -> None:
     ap.add_argument("--bernoulli-density", type=float, default=0.5)
     ap.add_argument("--no-bernoulli", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared 2-core machine")
-    ap.add_argument(
-        "--data-root", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "datasets")
-    )
-    ap.add_argument("--out", default=None, help="default: benchmarks/results/supermask_<dataset>[_<model>]")
+    ap.add_argument("--data-root", default=str(SHARED_DATA))
+    add_output_args(ap, "result name (default: <dataset>[_<model>][_<N>ep], see the module docstring)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dataset = args.dataset
     default_model = get_dataset_spec(dataset).default_model
     model_name = args.model or default_model
-    if args.out is None:
-        stem = f"supermask_{dataset}" + ("" if model_name == default_model else f"_{model_name}")
-        args.out = str(ROOT / "benchmarks" / "results" / stem)
     recipe_budget = default_training(dataset, "supermask").budget
+    recipe_epochs = int(recipe_budget[:-2]) if recipe_budget.endswith("ep") else None
     if args.epochs is None:
-        if not recipe_budget.endswith("ep"):
+        if recipe_epochs is None:
             raise SystemExit(f"recipe budget {recipe_budget!r} is not in epochs; pass --epochs")
-        args.epochs = int(recipe_budget[:-2])
+        args.epochs = recipe_epochs
+    variant = args.variant or (
+        dataset
+        + ("" if model_name == default_model else f"_{model_name}")
+        + ("" if args.epochs == recipe_epochs else f"_{args.epochs}ep")
+    )
+    out = ResultWriter("supermask_mnist", variant, results_dir=args.results_dir)
     is_mnist = dataset == "mnist"
     dense_hp = dense_training(model_name)
     configs = [("supermask", float(d)) for d in args.densities.split(",") if d]
     if not args.no_bernoulli:
         configs.append(("supermask-bernoulli", args.bernoulli_density))
     rows = []
-    out = Path(args.out)
     for seed in range(args.seeds):
         data = load_dataset(dataset, root=args.data_root, seed=seed)
         if args.dense_baseline:
@@ -136,7 +138,7 @@ def main() -> None:
             }
             rows.append(row)
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-            atomic_write_json(out.with_suffix(".partial.json"), rows)
+            out.write_partial(rows)
         for method, density in configs:
             torch.manual_seed(seed)
             model = create_model(model_name, data.input_shape, data.num_classes)
@@ -158,7 +160,7 @@ def main() -> None:
             }
             rows.append(row)
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-            atomic_write_json(out.with_suffix(".partial.json"), rows)
+            out.write_partial(rows)
     summary = []
     all_configs = ([("dense", 1.0)] if args.dense_baseline else []) + configs
     for method, density in all_configs:
@@ -207,7 +209,6 @@ def main() -> None:
             "zhou2019_learned_supermask": 0.953,
             "note": "Zhou et al. 2019 (Deconstructing lottery tickets), MNIST FC; figures as quoted in issue 5",
         }
-    atomic_write_json(out.with_suffix(".json"), {"meta": meta, "summary": summary, "runs": rows})
     ds_title = DATASET_NAMES.get(dataset, dataset)
     model_title = MODEL_NAMES.get(model_name, model_name)
     intro = (
@@ -249,11 +250,7 @@ def main() -> None:
         dense_wall = statistics.mean(r["wall_time"] for r in rows if r["method"] == "dense")
         wall += f" (dense baseline: {dense_wall:.{0 if dense_wall >= 10 else 1}f} s)"
     lines += ["", f"{wall} ({args.threads} thread)."]
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    try:
-        out.with_suffix(".partial.json").unlink()
-    except FileNotFoundError:
-        pass
+    out.write({"meta": meta, "summary": summary, "runs": rows}, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -11,10 +11,13 @@ for ``dense`` on the weights, for the supermask variants on the scores (weights 
 
 All variants run in one process, interleaved round by round (the machine's load drifts), after a warm-up;
 each number is the median over rounds of the mean step time within a round. Ratios are to ``dense`` from
-the same run. Results: ``benchmarks/results/supermask_speed.{json,md}``.
+the same run. Results: ``benchmarks/results/supermask_speed/<variant>.{json,md}``, the variant named
+after the threads (``1thread``, ``2threads``), prefixed by the models unless both run
+(``lenet_300_100_2threads``) and suffixed by a batch or density other than 60 / 0.5 (``_b128``, ``_d0.1``);
+``--variant`` to name it. From the repository root:
 
-    python benchmarks/supermask_speed.py                # LeNet-300-100 and Conv-6, batch 60, 2 threads
-    python benchmarks/supermask_speed.py --threads 1 --rounds 40
+    python -m benchmarks.supermask_speed                # LeNet-300-100 and Conv-6, batch 60, 2 threads
+    python -m benchmarks.supermask_speed --threads 1 --rounds 40
 """
 
 from __future__ import annotations
@@ -25,19 +28,28 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ticketsearch.models import create_model
+from ticketsearch.sparse.supermask import cpu_extension, supermask_controller, to_supermask
 
-from ticketsearch.core.io import atomic_write_json, atomic_write_text  # noqa: E402
-from ticketsearch.models import create_model  # noqa: E402
-from ticketsearch.sparse.supermask import cpu_extension, supermask_controller, to_supermask  # noqa: E402
+from ._writer import ResultWriter, add_output_args
 
 MODELS = {"lenet_300_100": (1, 28, 28), "conv6": (3, 32, 32)}
+DEFAULTS = {"models": "lenet_300_100,conv6", "batch": 60, "density": 0.5}
+
+
+def variant_name(models: str, threads: int, batch: int, density: float) -> str:
+    name = f"{threads}thread" + ("s" if threads != 1 else "")
+    if models != DEFAULTS["models"]:
+        name = "+".join(m for m in models.split(",") if m) + "_" + name
+    if batch != DEFAULTS["batch"]:
+        name += f"_b{batch}"
+    if density != DEFAULTS["density"]:
+        name += f"_d{density:g}"
+    return name
 
 
 def make(name: str, variant: str, density: float):
@@ -52,15 +64,17 @@ def make(name: str, variant: str, density: float):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="lenet_300_100,conv6")
-    ap.add_argument("--batch", type=int, default=60)
-    ap.add_argument("--density", type=float, default=0.5)
+    ap.add_argument("--models", default=DEFAULTS["models"])
+    ap.add_argument("--batch", type=int, default=DEFAULTS["batch"])
+    ap.add_argument("--density", type=float, default=DEFAULTS["density"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=0, help="0: 30 for LeNet, 6 for Conv-6")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--variants", default="dense,reference,torch,compiled")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "supermask_speed"))
+    add_output_args(ap, "result name (default: from --threads, --models, --batch, --density)")
     args = ap.parse_args()
+    variant = args.variant or variant_name(args.models, args.threads, args.batch, args.density)
+    out = ResultWriter("supermask_speed", variant, results_dir=args.results_dir)
     torch.set_num_threads(args.threads)
     variants = [v for v in args.variants.split(",") if v]
     if "compiled" in variants and cpu_extension() is None:
@@ -133,8 +147,6 @@ def main() -> None:
         "optimizer": "SGD lr 0.1 momentum 0.9 wd 5e-4",
         "target": "supermask step <= 1.3x the dense step",
     }
-    out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), {"meta": meta, "results": results})
     lines = [
         "# Supermask training step vs dense step (CPU)",
         "",
@@ -149,7 +161,7 @@ def main() -> None:
         for v, r in rec.items():
             lines.append(f"| {name} | {v} | {r['median_ms']:.3f} | {r['ratio_to_dense']:.2f} |")
     lines += ["", "Target: supermask step ≤ 1.3× the dense step. `reference` = full sort per forward."]
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    out.write({"meta": meta, "results": results}, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -1,10 +1,8 @@
-"""Shared helpers for benchmark scripts: data root, timing, atomic JSON + markdown output."""
+"""Shared helpers for benchmark scripts: the data root and timing. Results are written by ``_writer``."""
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -13,10 +11,7 @@ from typing import Any
 
 import torch
 
-from ticketsearch.core.io import atomic_write_json, atomic_write_text
-
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 SHARED_DATA = REPO.parent / "shared" / "datasets"
 
 
@@ -25,18 +20,6 @@ def data_root() -> str:
     if SHARED_DATA.is_dir():
         return str(SHARED_DATA)
     return os.environ.get("TICKETSEARCH_DATA", "data")
-
-
-def environment() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
 
 
 def time_fn(
@@ -85,20 +68,3 @@ def interleaved_medians(
                 torch.cuda.synchronize()
             samples[k].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in samples.items()}
-
-
-def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    payload = {**payload, "environment": environment()}
-    j = atomic_write_json(RESULTS / f"{name}.json", payload)
-    m = atomic_write_text(RESULTS / f"{name}.md", markdown.rstrip() + "\n")
-    return j, m
-
-
-def md_table(head: list[str], rows: list[list[Any]]) -> str:
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)
