@@ -2,7 +2,7 @@
 # One short device session: CUDA tests against the CPU reference, then timings on the GPU.
 # Run from the repo root with MNIST under build/data (carried): see README, "Benchmarks".
 set -u
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1  # python3 -m (pytest, ticketsearch) run from the repo root import it from there
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])"
