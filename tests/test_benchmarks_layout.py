@@ -1,0 +1,318 @@
+"""benchmarks/: the results layout, provenance in every result, the one writer, scripts that import cleanly.
+
+Layout: ``benchmarks/results/<benchmark>/<variant>.{json,md}``, ``<benchmark>`` a script
+``benchmarks/<benchmark>.py``, every result indexed in ``benchmarks/results/README.md``. Scripts run as
+``python -m benchmarks.<name>``; importing one does no work, and nothing in benchmarks/ edits sys.path.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+RESULTS = BENCH / "results"
+INDEX = RESULTS / "README.md"
+
+# the provenance contract, spelled out here rather than imported from the writer
+PROVENANCE_KEYS = {
+    "benchmark",
+    "variant",
+    "git_commit",
+    "git_dirty",
+    "git_dirty_files",
+    "command",
+    "cwd",
+    "versions",
+    "device",
+    "date_utc",
+    "finished_utc",
+    "wall_s",
+}
+VERSION_KEYS = {"python", "torch", "numpy", "ticketsearch"}
+DEVICE_KEYS = {"cpu_model", "cpu_count", "cpus_usable", "torch_threads", "cuda_device", "platform"}
+LEGACY_KEYS = {"legacy", "benchmark", "variant", "git_commit", "old_path"}
+UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        p = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return p.stdout if p.returncode == 0 else None
+
+
+def _in_git_checkout() -> bool:
+    top = _git("rev-parse", "--show-toplevel")
+    return top is not None and Path(top.strip()).resolve() == REPO
+
+
+def committed_results() -> list[Path]:
+    """Result files under benchmarks/results: those git tracks (a fresh `make bench` output is not
+    committed), or every file when this is not a git checkout; the index itself excepted."""
+    if _in_git_checkout():
+        listed = _git("ls-files", "--", "benchmarks/results")
+        assert listed is not None
+        files = [REPO / p for p in listed.splitlines() if p and (REPO / p).exists()]
+    else:
+        files = [p for p in RESULTS.rglob("*") if p.is_file()]
+    return sorted(p for p in files if p != INDEX)
+
+
+def script_names() -> list[str]:
+    """Benchmark scripts: benchmarks/*.py not starting with an underscore."""
+    return sorted(p.stem for p in BENCH.glob("*.py") if not p.name.startswith("_"))
+
+
+def module_names() -> list[str]:
+    return sorted(p.stem for p in BENCH.glob("*.py") if p.name != "__init__.py")
+
+
+def result_pairs() -> list[tuple[str, str]]:
+    return sorted({(p.parent.name, p.name.split(".")[0]) for p in committed_results()})
+
+
+@pytest.fixture
+def writer(monkeypatch: pytest.MonkeyPatch):
+    """``benchmarks._writer``, importable whether pytest was started as ``python -m pytest`` (the repo root
+    on the path) or as ``pytest``."""
+    monkeypatch.syspath_prepend(str(REPO))
+    return importlib.import_module("benchmarks._writer")
+
+
+# -- layout -------------------------------------------------------------------------------------------
+
+
+def test_results_are_benchmark_variant_pairs():
+    files = committed_results()
+    assert files, "no committed results found under benchmarks/results"
+    scripts = set(script_names())
+    by_stem: dict[Path, set[str]] = {}
+    for p in files:
+        rel = p.relative_to(RESULTS)
+        assert len(rel.parts) == 2, f"{rel}: results live at <benchmark>/<variant>.{{json,md}}"
+        assert rel.parts[0] in scripts, f"{rel}: no script benchmarks/{rel.parts[0]}.py"
+        assert p.suffix in (".json", ".md") and not p.name.endswith(".partial.json"), f"{rel}: unexpected"
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", p.name.split(".")[0]), f"{rel}: variant name"
+        by_stem.setdefault(p.with_suffix(""), set()).add(p.suffix)
+    for stem, suffixes in by_stem.items():
+        assert suffixes == {".json", ".md"}, f"{stem.relative_to(RESULTS)}: has {sorted(suffixes)}"
+
+
+@pytest.mark.parametrize("pair", result_pairs(), ids="/".join)
+def test_result_json_carries_provenance(pair: tuple[str, str]):
+    benchmark, variant = pair
+    data = json.loads((RESULTS / benchmark / f"{variant}.json").read_text())
+    prov = data.get("provenance")
+    assert isinstance(prov, dict), "no provenance block"
+    assert (prov["benchmark"], prov["variant"]) == pair
+    md = (RESULTS / benchmark / f"{variant}.md").read_text()
+    assert "## Provenance" in md
+    if prov.get("legacy"):
+        assert prov["legacy"] is True
+        assert LEGACY_KEYS <= set(prov), f"legacy marker lacks {sorted(LEGACY_KEYS - set(prov))}"
+        assert SHA.match(prov["git_commit"])
+        if _in_git_checkout():  # the commit named really added this file, at its old path
+            added = _git("show", "--name-only", "--format=", prov["git_commit"])
+            assert added is not None and prov["old_path"] in added.split()
+        return
+    assert PROVENANCE_KEYS <= set(prov), f"provenance lacks {sorted(PROVENANCE_KEYS - set(prov))}"
+    assert VERSION_KEYS <= set(prov["versions"])
+    assert DEVICE_KEYS <= set(prov["device"])
+    assert prov["git_commit"] is None or SHA.match(prov["git_commit"])
+    assert UTC.match(prov["date_utc"]) and UTC.match(prov["finished_utc"])
+    assert prov["wall_s"] >= 0
+    assert f"benchmarks.{benchmark}" in prov["command"] or f"{benchmark}.py" in prov["command"]
+
+
+def test_index_links_every_result():
+    index = INDEX.read_text()
+    for benchmark, variant in result_pairs():
+        assert f"]({benchmark}/{variant}.md)" in index, f"{benchmark}/{variant} missing from {INDEX.name}"
+    for link in re.findall(r"\]\(([^)]+\.md)\)", index):
+        assert (RESULTS / link).is_file(), f"{INDEX.name} links {link}, which does not exist"
+
+
+# -- scripts ------------------------------------------------------------------------------------------
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and isinstance(node.test.left, ast.Name)
+        and node.test.left.id == "__name__"
+    )
+
+
+@pytest.mark.parametrize("name", module_names())
+def test_module_top_level_only_defines(name: str):
+    """No work at import, statically: the top level holds imports, definitions, constants and the
+    ``if __name__ == "__main__"`` guard; scripts have a ``main``."""
+    tree = ast.parse((BENCH / f"{name}.py").read_text())
+    allowed = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
+    for i, node in enumerate(tree.body):
+        if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # docstring
+        assert isinstance(node, allowed) or _is_main_guard(node), (
+            f"benchmarks/{name}.py:{node.lineno}: {type(node).__name__} at module level"
+        )
+    if not name.startswith("_"):
+        assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)
+        assert any(_is_main_guard(n) for n in tree.body), f"{name}.py: no __main__ guard"
+
+
+_IMPORT_PROBE = r"""
+import contextlib, io, json, os, sys
+import torch
+names = json.loads(sys.argv[1])
+def snapshot():
+    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, dirs, files in os.walk("benchmarks") if "__pycache__" not in d for f in files}
+before, threads, argv = snapshot(), torch.get_num_threads(), list(sys.argv)
+out, files, errors = io.StringIO(), {}, {}
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+    import importlib
+    for n in names:
+        try:
+            files[n] = importlib.import_module("benchmarks." + n).__file__
+        except Exception as e:
+            errors[n] = f"{type(e).__name__}: {e}"
+print(json.dumps({
+    "errors": errors,
+    "output": out.getvalue(),
+    "changed_files": sorted(set(snapshot().items()) ^ set(before.items())),
+    "threads": [threads, torch.get_num_threads()],
+    "argv_same": sys.argv == argv,
+    "files": files,
+}))
+"""
+
+
+def test_every_module_imports_as_benchmarks_name_without_side_effects():
+    names = module_names()
+    p = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, json.dumps(names)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["errors"] == {}, "benchmark modules that do not import (a library name moved?)"
+    assert r["output"] == "", f"importing printed: {r['output'][:500]!r}"
+    assert r["changed_files"] == [], "importing wrote files"
+    assert r["threads"][0] == r["threads"][1], "importing changed torch's thread count"
+    assert r["argv_same"]
+    for n in names:
+        assert Path(r["files"][n]).resolve() == BENCH / f"{n}.py"
+
+
+def _sys_path_uses(source: str) -> list[int]:
+    """Lines of code (not strings) that touch sys.path or site.addsitedir."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr == "path":
+            if isinstance(node.value, ast.Name) and node.value.id == "sys":
+                lines.append(node.lineno)
+        if isinstance(node, ast.Attribute) and node.attr == "addsitedir":
+            lines.append(node.lineno)
+        if isinstance(node, ast.ImportFrom) and node.module == "sys":
+            if any(a.name == "path" for a in node.names):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_nothing_in_benchmarks_edits_the_import_path():
+    """No sys.path in any benchmark's code, no PYTHONPATH in its shell scripts. (open_lth's launcher, a
+    string run by a separate interpreter inside open_lth's checkout, is data here, not our import path.)"""
+    for p in sorted(BENCH.rglob("*.py")):
+        assert _sys_path_uses(p.read_text()) == [], f"{p.relative_to(REPO)} touches sys.path"
+    for p in sorted(BENCH.rglob("*.sh")):
+        assert "PYTHONPATH" not in p.read_text(), f"{p.relative_to(REPO)} sets PYTHONPATH"
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_run_all_runs_as_script_and_as_module(how: str, tmp_path: Path):
+    """`make bench` runs `python benchmarks/run_all.py`; `python -m benchmarks.run_all` works as well."""
+    if how == "script":
+        cmd, cwd = [sys.executable, str(BENCH / "run_all.py"), "--list"], tmp_path  # from anywhere
+    else:
+        cmd, cwd = [sys.executable, "-m", "benchmarks.run_all", "--list"], REPO
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    listed = [shlex.split(line) for line in p.stdout.splitlines() if line.strip()]
+    assert listed
+    for argv in listed:
+        assert argv[:2] == ["python", "-m"] and argv[2].startswith("benchmarks.")
+        assert (BENCH / f"{argv[2].removeprefix('benchmarks.')}.py").is_file()
+
+
+# -- the writer ---------------------------------------------------------------------------------------
+
+
+def test_writer_on_a_tiny_fake_result(writer, tmp_path: Path):
+    w = writer.ResultWriter("fake_bench", "tiny", results_dir=tmp_path)
+    w.write_partial([{"step": 1}])
+    assert w.partial_path.is_file()
+    table = writer.md_table(["method", "acc"], [["snip", "97.5%"], ["a|b", 1]])
+    j, m = w.write({"rows": [{"method": "snip", "acc": 0.975}]}, "# Fake result\n\n" + table)
+
+    assert (j, m) == (tmp_path / "fake_bench" / "tiny.json", tmp_path / "fake_bench" / "tiny.md")
+    assert not w.partial_path.exists(), "the partial file outlives the result"
+    assert sorted(p.name for p in j.parent.iterdir()) == ["tiny.json", "tiny.md"], "temp files left"
+
+    data = json.loads(j.read_text())
+    assert data["rows"] == [{"method": "snip", "acc": 0.975}]
+    prov = data["provenance"]
+    assert PROVENANCE_KEYS <= set(prov)
+    assert VERSION_KEYS <= set(prov["versions"]) and DEVICE_KEYS <= set(prov["device"])
+    assert (prov["benchmark"], prov["variant"]) == ("fake_bench", "tiny")
+    assert prov["command"] == shlex.join(sys.orig_argv)
+    assert UTC.match(prov["date_utc"]) and UTC.match(prov["finished_utc"]) and prov["wall_s"] >= 0
+    import numpy
+    import torch
+
+    assert prov["versions"]["torch"] == torch.__version__
+    assert prov["versions"]["numpy"] == numpy.__version__
+    assert prov["device"]["torch_threads"] == torch.get_num_threads()
+    assert prov["device"]["cpu_count"] >= 1
+    if torch.cuda.is_available():
+        assert prov["device"]["cuda_device"] == torch.cuda.get_device_name()
+    else:
+        assert prov["device"]["cuda_device"] is None
+    if _in_git_checkout():
+        assert prov["git_commit"] == _git("rev-parse", "HEAD").strip()
+        assert isinstance(prov["git_dirty"], bool)
+        assert prov["git_dirty"] == bool(prov["git_dirty_files"])
+
+    md = m.read_text()
+    assert md.startswith("# Fake result\n\n| method | acc |\n|---|---|\n| snip | 97.5% |\n| a\\|b | 1 |\n")
+    assert "## Provenance" in md
+    assert "| result | `fake_bench/tiny` |" in md
+    assert f"| CUDA device | {prov['device']['cuda_device'] or 'none'} |" in md
+    if prov["git_commit"]:
+        assert prov["git_commit"][:12] in md
+
+
+def test_writer_refuses_bad_names_and_a_payload_provenance(writer, tmp_path: Path):
+    with pytest.raises(ValueError):
+        writer.ResultWriter("fake_bench", "a/b", results_dir=tmp_path)
+    with pytest.raises(ValueError):
+        writer.ResultWriter("../up", "x", results_dir=tmp_path)
+    w = writer.ResultWriter("fake_bench", "x", results_dir=tmp_path)
+    with pytest.raises(ValueError):
+        w.write({"provenance": {}}, "# x")
+    assert not (tmp_path / "fake_bench").exists()
