@@ -131,8 +131,9 @@ def test_check_shapes_names_every_difference():
 def test_shuffle_keeps_layer_counts():
     torch.manual_seed(0)
     m = select({"a": torch.randn(20, 10), "b": torch.randn(50)}, 0.3, scope="layerwise")
-    s = m.shuffled(torch.Generator().manual_seed(1))
+    s = m.shuffled(1)
     assert s.layer_counts() == m.layer_counts() and not s.equals(m)
+    assert m.shuffled(1).equals(s)  # a pure function of the seed
 
 
 # -- registry --------------------------------------------------------------------------------------------

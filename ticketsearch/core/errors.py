@@ -14,6 +14,8 @@ __all__ = [
     "MaskMismatchError",
     "DataError",
     "DivergenceError",
+    "StorageError",
+    "RunLockedError",
 ]
 
 
@@ -42,3 +44,15 @@ class DataError(TicketsearchError, OSError):
 
 class DivergenceError(TicketsearchError, FloatingPointError):
     """Training produced a NaN or infinite loss (or scores)."""
+
+
+class StorageError(TicketsearchError, OSError):
+    """A result could not be written: full disk, quota, read-only file system, a folder taken by a file.
+
+    An ``OSError`` so code that already tolerates failed writes (a read-only data cache) keeps doing so;
+    ``errno`` is the original error number where there was one.
+    """
+
+
+class RunLockedError(TicketsearchError):
+    """Another process is working on the same replicate; two writers would corrupt its checkpoints."""

@@ -7,6 +7,7 @@ hash and library version. Shapes are checked on every application, with a messag
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,9 +18,9 @@ from typing import Any
 import torch
 
 from .errors import DataError, MaskMismatchError
-from .io import atomic_write, atomic_write_json
+from .io import atomic_write, atomic_write_json, json_kind
 
-__all__ = ["Mask"]
+__all__ = ["Mask", "layer_seed"]
 
 _FORMAT = "ticketsearch-mask/1"
 
@@ -102,17 +103,26 @@ class Mask(Mapping[str, torch.Tensor]):
     def with_metadata(self, **metadata: Any) -> Mask:
         return Mask(self._t, {**self.metadata, **metadata})
 
-    def shuffled(self, generator: torch.Generator) -> Mask:
+    def shuffled(self, seed: int | torch.Generator) -> Mask:
         """Randomly permute the kept positions within each layer: same layerwise densities, new structure.
 
         The sanity check of Frankle et al. 2021: a method whose ticket survives this only learned densities.
+        Each layer draws from its own generator seeded by :func:`layer_seed` ``(seed, name)``, so the result
+        depends only on the seed and the layer names, not on dict order (a mask reloaded from disk comes
+        back in the file's order). A ``torch.Generator`` is still accepted: one 63-bit seed is drawn from
+        it first, which keeps that path order-independent too.
         """
+        if isinstance(seed, torch.Generator):
+            seed = int(torch.randint(0, 2**63 - 1, (1,), generator=seed, dtype=torch.int64))
+        elif isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"shuffled() takes an int seed (or a torch.Generator), got {type(seed).__name__}")
         out = {}
         for n, t in self._t.items():
             flat = t.flatten().cpu()
-            perm = torch.randperm(flat.numel(), generator=generator)
+            g = torch.Generator().manual_seed(layer_seed(seed, n))
+            perm = torch.randperm(flat.numel(), generator=g)
             out[n] = flat[perm].reshape(t.shape).to(t.device)
-        return Mask(out, {**self.metadata, "control": "layerwise_shuffle"})
+        return Mask(out, {**self.metadata, "control": "layerwise_shuffle", "shuffle_seed": int(seed)})
 
     # -- model checks -------------------------------------------------------------------------------
     def check_shapes(self, shapes: Mapping[str, Iterable[int]], *, what: str = "model") -> None:
@@ -177,8 +187,15 @@ class Mask(Mapping[str, torch.Tensor]):
         if side.is_file():
             try:
                 meta = json.loads(side.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise DataError(f"mask metadata '{side}' is not valid JSON: {exc}") from None
+            except OSError as exc:
+                raise DataError(f"cannot read mask metadata '{side}': {exc.strerror or exc}") from None
+            if not isinstance(meta, dict):
+                raise DataError(
+                    f"mask metadata '{side}' holds a JSON {json_kind(meta)}, expected an object; "
+                    "delete it to load the mask without metadata"
+                )
         for n, t in raw.items():
             if t.dtype not in (torch.uint8, torch.bool) or bool((t > 1).any()):
                 raise DataError(f"mask file '{path}': entry '{n}' is not a 0/1 tensor (dtype {t.dtype})")
@@ -188,6 +205,13 @@ class Mask(Mapping[str, torch.Tensor]):
                 f"mask file '{path}' keeps {mask.num_kept} weights but its metadata says {meta['num_kept']}"
             )
         return mask
+
+
+def layer_seed(seed: int, name: str) -> int:
+    """A 63-bit seed for layer ``name`` from the run's ``seed``: sha256, so stable across processes and
+    Python versions (``hash()`` of a str is salted per process)."""
+    digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
