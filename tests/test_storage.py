@@ -9,8 +9,13 @@ from __future__ import annotations
 import errno
 import gc
 import hashlib
+import json
 import os
+import signal
 import subprocess
+import sys
+import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +23,13 @@ import pytest
 import torch
 
 from ticketsearch.core.errors import (
+    ConfigError,
     DataError,
+    RunLockedError,
     StorageError,
+    TicketsearchError,
 )
+from ticketsearch.core.hparams import RunHparams
 from ticketsearch.core.io import (
     append_jsonl,
     atomic_write,
@@ -28,9 +37,10 @@ from ticketsearch.core.io import (
     current_umask,
     is_atomic_temp,
     read_jsonl,
+    remove_stale_temps,
 )
 from ticketsearch.core.mask import Mask, layer_seed
-from ticketsearch.experiments.rundir import LevelDir, load_state, save_state
+from ticketsearch.experiments.rundir import LevelDir, RunDir, check_writable, load_state, save_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,6 +102,160 @@ def test_layer_seed_is_stable() -> None:
     assert 0 <= layer_seed(2**70, "x") < 2**63
     oracle = int.from_bytes(hashlib.sha256(b"1:a").digest()[:8], "big") & (2**63 - 1)
     assert layer_seed(1, "a") == oracle == 4711607286779601954
+
+
+# -- one process per replicate --------------------------------------------------------------------------
+_HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from ticketsearch.core.hparams import RunHparams
+    from ticketsearch.experiments.rundir import RunDir
+    root, release = sys.argv[1], Path(sys.argv[2])
+    run = RunDir(root, RunHparams()).create()
+    with run.lock(0):
+        print("locked", flush=True)
+        while not release.exists():
+            time.sleep(0.02)
+    print("released", flush=True)
+    """
+)
+
+_WAITER = textwrap.dedent(
+    """
+    import sys, time
+    from ticketsearch.core.errors import RunLockedError
+    from ticketsearch.core.hparams import RunHparams
+    from ticketsearch.experiments.rundir import RunDir
+    root, wait = sys.argv[1], sys.argv[2] == "wait"
+    run = RunDir(root, RunHparams()).create()
+    try:
+        with run.lock(0, wait=wait, on_wait=lambda m: print("waiting:", m, flush=True)):
+            print("got it", time.time(), flush=True)
+    except RunLockedError as exc:
+        print("locked out:", exc, flush=True)
+        sys.exit(3)
+    """
+)
+
+
+def _spawn(code: str, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    release = tmp_path / "release"
+    p = _spawn(_HOLDER, str(tmp_path / "runs"), str(release))
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "locked", p.stderr.read() if p.stderr else ""
+        yield p, release
+    finally:
+        release.touch()
+        if p.poll() is None:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_lock_second_process_waits_until_first_releases(
+    tmp_path: Path, holder: tuple[subprocess.Popen[str], Path]
+) -> None:
+    first, release = holder
+    second = _spawn(_WAITER, str(tmp_path / "runs"), "wait")
+    assert second.stdout is not None
+    line = second.stdout.readline()  # the waiting message comes before the lock is free
+    assert line.startswith("waiting:"), line + (second.stderr.read() if second.stderr else "")
+    assert f"process {first.pid} on this machine" in line and "replicate 0" in line
+    time.sleep(0.5)
+    assert second.poll() is None  # still blocked
+    released_at = time.time()
+    release.touch()
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert out.startswith("got it"), out
+    assert float(out.split()[2]) >= released_at
+    assert first.wait(timeout=60) == 0
+
+
+def test_lock_no_wait_names_the_holder(tmp_path: Path, holder: tuple[subprocess.Popen[str], Path]) -> None:
+    first, _ = holder
+    second = _spawn(_WAITER, str(tmp_path / "runs"), "nowait")
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 3, out + err
+    assert out.startswith("locked out:") and f"process {first.pid} on this machine" in out
+    assert "waiting" not in out
+
+
+def test_lock_is_freed_by_kill_9_and_reentrant(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    p = _spawn(_HOLDER, str(tmp_path / "runs"), str(release))
+    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+    run = RunDir(tmp_path / "runs", RunHparams()).create()
+    with pytest.raises(RunLockedError, match=f"process {p.pid}"):
+        with run.lock(0, wait=False):
+            pass
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    calls: list[str] = []
+    with run.lock(0, wait=False, on_wait=calls.append) as lock_path:
+        info = json.loads(lock_path.read_text())
+        assert info["pid"] == os.getpid() and info["host"]
+        with run.lock(0, wait=False):  # the same process again: no self-deadlock
+            pass
+        assert lock_path.read_text()  # still ours after the inner block
+    assert calls == []
+    assert lock_path.read_text() == ""  # released: no stale holder named
+    assert issubclass(RunLockedError, TicketsearchError)
+
+
+# -- temporary files of killed writers ----------------------------------------------------------------
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from ticketsearch.core.io import atomic_write
+    def writer(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"x" * 100000)
+        os.kill(os.getpid(), signal.SIGKILL)
+    atomic_write(sys.argv[1], writer)
+    """
+)
+
+
+def test_clean_stale_temps_after_kill_9(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "runs", RunHparams()).create()
+    level = run.level(0, 1)
+    level.write_result({"acc": 0.5})
+    ctrl = level.sub("control_reinit")
+    for target in (level.checkpoint_path, ctrl.checkpoint_path, run.replicate(0) / "init.safetensors"):
+        p = _spawn(_KILLED_WRITER, str(target))
+        p.communicate(timeout=60)
+        assert p.returncode == -signal.SIGKILL
+    left = _temps(run.replicate_path(0))
+    assert len(left) == 3 and all(t.stat().st_size == 100000 for t in left)
+    assert any(t.name.startswith(".checkpoint.pt.") for t in left)
+    keep = [level.path / ".hidden", level.path / "notes.tmp", level.path / ".x.tmp", level.result_path]
+    for k in keep[:3]:
+        k.write_text("keep")
+
+    with run.lock(0):
+        assert sorted(level.clean_stale_temps()) == sorted(t for t in left if level.path in t.parents)
+        removed = run.clean_stale_temps(0)
+    assert [t.name for t in removed] == [".init.safetensors." + removed[0].name.split(".")[-2] + ".tmp"]
+    assert _temps(run.path) == []
+    assert all(k.exists() for k in keep) and (run.replicate_path(0) / ".lock").exists()
+    assert level.result() == {"acc": 0.5}
+    assert run.clean_stale_temps(5) == [] and remove_stale_temps(tmp_path / "nowhere") == []
 
 
 # -- permissions follow the umask ---------------------------------------------------------------------
@@ -219,6 +383,61 @@ def test_append_jsonl_error_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(StorageError) as e:
         append_jsonl(tmp_path / "level_1" / "metrics.jsonl", {"a": 1})
     assert f"'{tmp_path / 'level_1'}' is a file, not a folder" in _one_line(e.value)
+
+
+@pytest.mark.parametrize("where", ["run", "replicate", "level", "control"])
+def test_run_dir_path_taken_by_a_file(tmp_path: Path, where: str) -> None:
+    run = RunDir(tmp_path / "runs", RunHparams())
+    blocked = {
+        "run": run.path,
+        "replicate": run.path / "replicate_0",
+        "level": run.path / "replicate_0" / "level_1",
+        "control": run.path / "replicate_0" / "level_1" / "control_reinit",
+    }[where]
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_text("in the way")
+    with pytest.raises(StorageError) as e:
+        run.create().level(0, 1).sub("control_reinit")
+    msg = _one_line(e.value)
+    assert f"'{blocked}' is a file, not a folder" in msg
+
+
+def test_results_root_errors(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    for root in (tmp_path / "f", tmp_path / "f" / "runs"):
+        with pytest.raises(ConfigError) as e:
+            check_writable(root)
+        assert f"'{tmp_path / 'f'}' is a file, not a folder" in _one_line(e.value)
+    with pytest.raises(ConfigError) as e:
+        RunDir("~nosuchuser_ts/runs", RunHparams())
+    assert "'~nosuchuser_ts/runs'" in _one_line(e.value) and "no user 'nosuchuser_ts'" in str(e.value)
+    with pytest.raises(ConfigError, match="nosuchuser_ts"):
+        check_writable("~nosuchuser_ts/runs")  # type: ignore[arg-type]
+    home = RunDir("~/runs", RunHparams())
+    assert home.root == Path.home() / "runs"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [('{"acc": 0.9', "truncated or not valid JSON"), ("", "truncated"), ("[0.9]", "JSON array")],
+)
+def test_damaged_result_json(tmp_path: Path, text: str, why: str) -> None:
+    level = LevelDir(tmp_path / "level_1")
+    level.write_result({"acc": 0.9})
+    level.result_path.write_text(text)
+    with pytest.raises(DataError) as e:
+        level.result()
+    msg = _one_line(e.value)
+    assert f"'{level.result_path}'" in msg and why in msg and "delete it to recompute this level" in msg
+
+
+def test_damaged_checkpoint_restarts_the_level(tmp_path: Path) -> None:
+    level = LevelDir(tmp_path / "level_1")
+    level.save_checkpoint({"it": 3, "w": torch.ones(100)})
+    assert level.load_checkpoint()["it"] == 3  # type: ignore[index]
+    blob = level.checkpoint_path.read_bytes()
+    level.checkpoint_path.write_bytes(blob[: len(blob) // 2])
+    assert level.load_checkpoint() is None
 
 
 @pytest.mark.parametrize(("text", "kind"), [("[1, 2]", "array"), ('"x"', "string"), ("{", None)])

@@ -3,36 +3,68 @@
 Every file is written atomically. A level is finished when its ``result.json`` exists (written last), and a
 finished level is never recomputed. ``checkpoint.pt`` holds the state of a level in progress and is removed
 once the level is finished (its final weights stay in ``model_final.safetensors``).
+
+One process works on a replicate at a time: :meth:`RunDir.lock` holds ``replicate_<seed>/.lock``. Under
+the lock, :meth:`RunDir.clean_stale_temps` removes the temporary files a killed writer left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..core.errors import ConfigError, DataError
+from ..core.errors import ConfigError, DataError, RunLockedError
 from ..core.hparams import RunHparams
-from ..core.io import append_jsonl, atomic_write, atomic_write_json, read_jsonl
+from ..core.io import (
+    append_jsonl,
+    atomic_write,
+    atomic_write_json,
+    blocking_file,
+    expand_path,
+    json_kind,
+    read_jsonl,
+    remove_stale_temps,
+    storage_error,
+)
 from ..core.mask import Mask
 
-__all__ = ["RunDir", "LevelDir", "save_state", "load_state", "check_writable"]
+__all__ = ["RunDir", "LevelDir", "save_state", "load_state", "check_writable", "LOCK_NAME"]
+
+LOCK_NAME = ".lock"
 
 
-def check_writable(root: Path) -> None:
+def check_writable(root: str | os.PathLike[str]) -> None:
     """Fail early, in one line, if results cannot be written under ``root``."""
+    root = expand_path(root, what="results root")
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(
-            f"results root '{root}' is not writable ({exc.strerror or exc}); choose another --root"
-        ) from None
+        blocker = blocking_file(root)
+        why = f"'{blocker}' is a file, not a folder" if blocker is not None else (exc.strerror or str(exc))
+        raise ConfigError(f"results root '{root}' is not writable ({why}); choose another --root") from None
+
+
+def _make_dir(path: Path) -> Path:
+    """``mkdir -p`` whose failures (a file where a folder should be, no space) read as one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err = storage_error(exc, path, folder=True)
+        raise (err if err is not None else exc) from None
+    return path
 
 
 def save_state(path: Path, state: dict[str, torch.Tensor]) -> Path:
@@ -80,7 +112,18 @@ class LevelDir:
         return self.result_path.is_file()
 
     def result(self) -> dict[str, Any]:
-        return json.loads(self.result_path.read_text(encoding="utf-8"))
+        """The finished level's result; a damaged file is named, with the way out (delete → recompute)."""
+        p = self.result_path
+        fix = "delete it to recompute this level"
+        try:
+            res = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise DataError(f"result file '{p}' is truncated or not valid JSON; {fix}") from None
+        except OSError as exc:
+            raise DataError(f"cannot read result file '{p}' ({exc.strerror or exc}); {fix}") from None
+        if not isinstance(res, dict):
+            raise DataError(f"result file '{p}' holds a JSON {json_kind(res)}, not an object; {fix}")
+        return res
 
     def write_result(self, result: dict[str, Any]) -> None:
         atomic_write_json(self.result_path, result)
@@ -116,31 +159,132 @@ class LevelDir:
             return None
 
     def sub(self, name: str) -> LevelDir:
-        return LevelDir(self.path / name)
+        """A folder inside this level (a control run), created so a file in its place fails in one line."""
+        return LevelDir(_make_dir(self.path / name))
+
+    def clean_stale_temps(self) -> list[Path]:
+        """Remove the ``.<name>.*.tmp`` files a killed :func:`atomic_write` left here and in sub-levels.
+
+        Each can be as large as a checkpoint. Only safe under :meth:`RunDir.lock` of the replicate: a
+        writer at work in another process has a temporary file of the same shape.
+        """
+        return remove_stale_temps(self.path)
 
 
 class RunDir:
     """``root/<method>_<hash>/`` with ``hparams.json``; replicates and levels below it."""
 
     def __init__(self, root: str | os.PathLike[str], hparams: RunHparams) -> None:
-        self.root = Path(root)
+        self.root = expand_path(root, what="results root")
         self.hparams = hparams
         self.name = f"{hparams.pruning.method}_{hparams.hash()}"
         self.path = self.root / self.name
 
     def create(self) -> RunDir:
         check_writable(self.root)
+        _make_dir(self.path)
         hp_path = self.path / "hparams.json"
         if not hp_path.is_file():
             atomic_write_json(hp_path, self.hparams.to_dict())
         return self
 
+    def replicate_path(self, seed: int) -> Path:
+        return self.path / f"replicate_{seed}"
+
     def replicate(self, seed: int) -> Path:
-        p = self.path / f"replicate_{seed}"
-        p.mkdir(parents=True, exist_ok=True)
-        return p
+        return _make_dir(self.replicate_path(seed))
 
     def level(self, seed: int, k: int) -> LevelDir:
-        p = self.replicate(seed) / f"level_{k}"
-        p.mkdir(parents=True, exist_ok=True)
-        return LevelDir(p)
+        return LevelDir(_make_dir(self.replicate_path(seed) / f"level_{k}"))
+
+    def clean_stale_temps(self, seed: int) -> list[Path]:
+        """Remove the temporary files killed writers left anywhere under ``replicate_<seed>/``.
+
+        Call it right after taking :meth:`lock` for ``seed``, never without: a writer at work in another
+        process has a temporary file of the same shape. Returns the removed paths (for a log line).
+        """
+        return remove_stale_temps(self.replicate_path(seed))
+
+    @contextlib.contextmanager
+    def lock(
+        self, seed: int, *, wait: bool = True, on_wait: Callable[[str], None] | None = None
+    ) -> Iterator[Path]:
+        """Hold replicate ``seed`` exclusively for the ``with`` block; yields the lock file's path.
+
+        Two processes resuming the same replicate would interleave checkpoints and metrics. The lock is
+        ``flock`` on ``replicate_<seed>/.lock``, so the kernel drops it when its holder dies (kill -9
+        included): there are no stale locks to clear. Its content names the holder (pid and host) for the
+        message. If another process holds it: ``on_wait(message)`` is called once and we block until it
+        is released (``wait=True``), or :class:`RunLockedError` is raised (``wait=False``). Re-entering
+        from the process that holds it is a no-op, so nested callers cannot deadlock themselves. On NFS
+        the lock works only where the server supports locking (Linux maps flock to NFS locks).
+        """
+        path = self.replicate(seed) / LOCK_NAME
+        key = os.path.realpath(path)
+        with _HELD_GUARD:
+            nested = key in _HELD
+            if nested:
+                _HELD[key] += 1
+        if nested:
+            try:
+                yield path
+            finally:
+                with _HELD_GUARD:
+                    _HELD[key] -= 1
+            return
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            err = storage_error(exc, path, doing="opening lock file")
+            raise (err if err is not None else exc) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                msg = f"replicate {seed} of '{self.path}' is in use by {_holder(fd)}"
+                if not wait:
+                    raise RunLockedError(f"{msg}; wait for it to finish or stop it") from None
+                if on_wait is not None:
+                    on_wait(f"{msg}; waiting for it to finish")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            _write_holder(fd)
+            with _HELD_GUARD:
+                _HELD[key] = 1
+            try:
+                yield path
+            finally:
+                with _HELD_GUARD:
+                    del _HELD[key]
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)  # a later reader must not name a process that let go
+        finally:
+            os.close(fd)  # releases the flock
+
+
+_HELD: dict[str, int] = {}  # lock files this process holds → nesting depth
+_HELD_GUARD = threading.Lock()
+
+
+def _write_holder(fd: int) -> None:
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    data = (json.dumps(info) + "\n").encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError:  # the lock holds without the note; only the waiting message gets vaguer
+        pass
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, from the note it wrote; retried briefly since a fresh holder writes it late."""
+    for _ in range(10):
+        try:
+            info = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+            pid, host = int(info["pid"]), str(info["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.05)
+            continue
+        where = "this machine" if host == socket.gethostname() else f"host '{host}'"
+        since = f", since {info['since']}" if info.get("since") else ""
+        return f"process {pid} on {where}{since}"
+    return "another process"
