@@ -1,5 +1,6 @@
-"""Masked layers and the kernel backend switch (reference PyTorch path; Triton when available)."""
+"""Masked layers, the backend switch, and the one registry of kernels (:mod:`.kernels`) behind both."""
 
+from .kernels import KERNELS, Kernel
 from .layers import (
     BACKENDS,
     MaskedConv2d,
@@ -13,6 +14,7 @@ from .layers import (
     mask_pairs,
     masked_layers,
     output_parameter,
+    param_name,
     prunable_parameters,
     prunable_shapes,
     register_backend,
@@ -22,6 +24,8 @@ from .layers import (
 
 __all__ = [
     "BACKENDS",
+    "KERNELS",
+    "Kernel",
     "MaskedConv2d",
     "MaskedLayer",
     "MaskedLinear",
@@ -33,6 +37,7 @@ __all__ = [
     "mask_gradients",
     "masked_layers",
     "output_parameter",
+    "param_name",
     "prunable_parameters",
     "prunable_shapes",
     "register_backend",

@@ -1,21 +1,15 @@
 """Masked Linear/Conv2d layers and the one backend switch every masked layer goes through.
 
-Backends:
-
-``inplace`` (default)
-    Pruned weights are kept at exact zero and their gradients are zeroed after each backward pass
-    (one fused ``_foreach_mul_`` over all layers). The forward is the dense op, so a fixed mask costs only
-    that multiply per step. Exactness under SGD (momentum, weight decay), Adam and AdamW follows from zero
-    weights + zero gradients + fresh optimizer state: every update of a pruned weight is exactly 0.
-``reference``
-    ``W ⊙ M`` materialised in every forward: the spec and the oracle in tests, slow on purpose.
-``triton``
-    Fused masked kernels (GPU); registered by :mod:`ticketsearch.sparse.kernels` when Triton imports.
+A layer's ``backend`` names a kernel of op ``masked`` in :mod:`ticketsearch.sparse.kernels` (the one
+registry of kernels): ``inplace`` (default; pruned weights held at zero, their gradients zeroed after backward,
+dense forward) or ``reference`` (``W ⊙ M`` in every forward: the spec and the oracle in tests). A new kernel
+is one module plus a registry entry there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -23,6 +17,7 @@ import torch.nn.functional as F
 
 from ..core.errors import ConfigError, MaskMismatchError
 from ..core.mask import Mask
+from .kernels import KERNELS, MASKED, Kernel, kernels
 
 __all__ = [
     "MaskedLinear",
@@ -42,18 +37,41 @@ __all__ = [
     "mask_pairs",
     "enforce_mask",
     "masked_layers",
+    "param_name",
 ]
 
-# name -> function(layer, input) -> output; None means "handled inline" (inplace, reference)
-BACKENDS: dict[str, Callable[[MaskedLayer, torch.Tensor], torch.Tensor] | None] = {
-    "inplace": None,
-    "reference": None,
-}
+# the registry's live index of `masked` kernels: a layer's forward finds its kernel with one dict lookup
+_MASKED_KERNELS: dict[str, Kernel] = KERNELS.by_op(MASKED)
+
+
+class _Backends(Mapping[str, Any]):
+    """Read-only view, name → forward override (None: the dense op), of the registry's ``masked`` kernels."""
+
+    def __getitem__(self, name: str) -> Callable[[MaskedLayer, torch.Tensor], torch.Tensor] | None:
+        return _MASKED_KERNELS[name].forward
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([k.name for k in kernels(MASKED)])
+
+    def __len__(self) -> int:
+        return len(_MASKED_KERNELS)
+
+    def __repr__(self) -> str:
+        return f"BACKENDS({', '.join(self)})"
+
+
+BACKENDS: Mapping[str, Callable[[MaskedLayer, torch.Tensor], torch.Tensor] | None] = _Backends()
 
 
 def register_backend(name: str, fn: Callable[[MaskedLayer, torch.Tensor], torch.Tensor]) -> None:
-    """Add a kernel backend (used by the Triton kernels)."""
-    BACKENDS[name] = fn
+    """Register (or replace) a ``masked`` kernel whose forward is ``fn(layer, x)``.
+
+    Shorthand for ``KERNELS.register_kernel(Kernel(name, "masked", ..., forward=fn), replace=True)``; a
+    kernel with devices, dtypes or an availability probe is declared as a :class:`Kernel` directly.
+    """
+    doc = (fn.__doc__ or "").strip().splitlines()
+    kernel = Kernel(name=name, op=MASKED, description=doc[0] if doc else name, forward=fn)
+    KERNELS.register_kernel(kernel, replace=True)
 
 
 class MaskedLayer:
@@ -96,11 +114,18 @@ class MaskedLayer:
         return self._mask_f
 
     def effective_weight(self) -> torch.Tensor:
+        """The weight with its mask applied: as is where the backend holds pruned weights at zero
+        (``inplace``) or is not a registered kernel, else ``W ⊙ M``."""
         if self.weight_mask is None:
             return self.weight
-        if self.backend == "reference":
-            return self.weight * self.weight_mask.to(self.weight.dtype)
-        return self.weight
+        k = _MASKED_KERNELS.get(self.backend)
+        if k is None or k.masks_gradients:
+            return self.weight
+        return self.weight * self.weight_mask.to(self.weight.dtype)
+
+    def dense_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The layer's dense op with ``weight`` in place of its own (what kernels call)."""
+        raise NotImplementedError
 
     def _apply(self, fn, recurse=True):  # keep the float mask cache on the right device/dtype
         out = super()._apply(fn, recurse)  # type: ignore[misc]
@@ -117,10 +142,13 @@ class MaskedLinear(MaskedLayer, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight_mask is not None:
-            fn = BACKENDS.get(self.backend)
-            if fn is not None:
-                return fn(self, x)
+            k = _MASKED_KERNELS.get(self.backend)
+            if k is not None and k.forward is not None:
+                return k.forward(self, x)
         return F.linear(x, self.effective_weight(), self.bias)
+
+    def dense_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight, self.bias)
 
 
 class MaskedConv2d(MaskedLayer, nn.Conv2d):
@@ -132,10 +160,13 @@ class MaskedConv2d(MaskedLayer, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight_mask is not None:
-            fn = BACKENDS.get(self.backend)
-            if fn is not None:
-                return fn(self, x)
+            k = _MASKED_KERNELS.get(self.backend)
+            if k is not None and k.forward is not None:
+                return k.forward(self, x)
         return self._conv_forward(x, self.effective_weight(), self.bias)
+
+    def dense_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, weight, self.bias)
 
 
 _SWAP = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
@@ -157,13 +188,20 @@ def masked_layers(model: nn.Module) -> Iterator[tuple[str, MaskedLayer]]:
             yield name, module
 
 
-def _pname(module_name: str) -> str:
+def param_name(module_name: str) -> str:
+    """The weight's name in ``named_parameters`` / a Mask for the module called ``module_name``."""
     return f"{module_name}.weight" if module_name else "weight"
+
+
+def _grad_masked(layer: MaskedLayer) -> bool:
+    """Whether the layer's mask is enforced by zeroing gradients (``inplace``) rather than in the forward."""
+    k = _MASKED_KERNELS.get(layer.backend)
+    return k is not None and k.masks_gradients
 
 
 def prunable_parameters(model: nn.Module, *, include_output: bool = True) -> dict[str, nn.Parameter]:
     """Weights of masked Linear/Conv layers, in module order. Biases and norms are never pruned."""
-    params = {_pname(n): m.weight for n, m in masked_layers(model)}
+    params = {param_name(n): m.weight for n, m in masked_layers(model)}
     if not include_output:
         params.pop(output_parameter(model), None)
     return params
@@ -185,11 +223,14 @@ def output_parameter(model: nn.Module) -> str:
 
 
 def set_backend(model: nn.Module, backend: str) -> None:
-    if backend not in BACKENDS:
-        if backend == "triton":
-            from . import kernels  # noqa: F401  (registers triton if it imports)
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown sparse backend '{backend}' (choose from: {', '.join(BACKENDS)})")
+    """Point every masked layer at the ``masked`` kernel ``backend``; fails early on an unknown or
+    unavailable kernel."""
+    k = _MASKED_KERNELS.get(backend)
+    if k is None:
+        raise ConfigError(f"unknown sparse backend '{backend}' (choose from: {', '.join(BACKENDS)})")
+    reason = k.unavailable_reason(build=True)
+    if reason is not None:
+        raise ConfigError(f"sparse backend '{backend}' is unavailable here ({reason})")
     for _, layer in masked_layers(model):
         layer.backend = backend
 
@@ -202,7 +243,7 @@ def apply_mask(
     m = mask if isinstance(mask, Mask) else Mask(mask)
     m.check_shapes(shapes, what=f"model {type(model).__name__}")
     for name, layer in masked_layers(model):
-        layer.set_mask(m[_pname(name)])
+        layer.set_mask(m[param_name(name)])
     if backend is not None:
         set_backend(model, backend)
     return model
@@ -213,17 +254,17 @@ def get_mask(model: nn.Module) -> Mask:
     out = {}
     for name, layer in masked_layers(model):
         wm = layer.weight_mask
-        out[_pname(name)] = (
+        out[param_name(name)] = (
             wm.detach().cpu().clone() if wm is not None else torch.ones(layer.weight.shape, dtype=torch.bool)
         )
     return Mask(out)
 
 
 def mask_gradients(model: nn.Module) -> None:
-    """Zero the gradients of pruned weights (inplace backend): one fused multiply over all layers."""
+    """Zero the gradients of pruned weights (``inplace`` backend): one fused multiply over all layers."""
     grads, masks = [], []
     for _, layer in masked_layers(model):
-        if layer.weight_mask is not None and layer.weight.grad is not None and layer.backend == "inplace":
+        if layer.weight_mask is not None and layer.weight.grad is not None and _grad_masked(layer):
             grads.append(layer.weight.grad)
             masks.append(layer.mask_float())
     if grads:
@@ -236,7 +277,7 @@ def mask_pairs(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
     return [
         (layer.weight, layer.mask_float())
         for _, layer in masked_layers(model)
-        if layer.weight_mask is not None and layer.backend == "inplace" and layer.weight.requires_grad
+        if layer.weight_mask is not None and _grad_masked(layer) and layer.weight.requires_grad
     ]
 
 

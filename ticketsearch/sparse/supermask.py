@@ -14,28 +14,14 @@ Two mask rules, both set up by :func:`to_supermask` on a model's masked layers (
     estimator (``∂m/∂p := 1``); in eval mode the expected mask ``sigmoid(s)`` multiplies the weights.
     ``rescale`` is Zhou's dynamic weight rescaling: weights × (layer size / number of kept weights).
 
-Kernels (``kernel=``), all computing bitwise the same selection:
-
-``reference``
-    The straightforward algorithm, per layer and per forward: a full stable sort of ``|s|``, then ``W ⊙ M``
-    through autograd. The oracle in tests and the baseline in ``benchmarks/supermask_speed.py``.
-``compiled`` (CPU, float32)
-    A small C++ kernel built on first use with the system compiler (``torch.utils.cpp_extension``, about a
-    minute once, cached in ``~/.cache/torch_extensions``; ``TICKETSEARCH_NO_EXT=1`` disables it). Per group
-    (a layer, or all layers for ``global``) a band ``[lo, hi)`` is guessed around last step's k-th value
-    (warm start plus drift, width learned from how far the value moved); ONE parallel pass over ``s`` and
-    ``W`` writes ``W ⊙ [|s| ≥ hi]``, counts ``|s| ≥ hi`` and collects the band; ``nth_element`` in the band
-    finds the k-th of the stable order and the chosen band weights are set. A missed band is widened
-    twice, then resolved with ``nth_element`` over the layer. Backward is one fused pass
-    ``sign(s)·g·W``. Masks are computed once per forward, inside one autograd Function for all layers.
-``torch``
-    The same idea in PyTorch ops (for devices/dtypes the compiled kernel does not cover): ``|s|`` of all
-    layers in one chunk-padded buffer, one broadcast compare against ``(lo, hi)`` with per-chunk counts,
-    the band gathered from the few chunks holding it, one stable sort on it; ``_foreach_mul`` for
-    ``W ⊙ M`` and for the backward.
-``fast`` (default)
-    ``compiled`` on CPU float32 when the kernel is already built (``kernel=compiled`` builds it once; the
-    test suite builds it too), else ``torch``. A fused GPU kernel can join here.
+Kernels (``kernel=``): the ``topk`` kernels of :mod:`ticketsearch.sparse.kernels`, all computing bitwise the
+same selection. ``reference`` is the oracle: per layer and per forward, a full stable sort of ``|s|``, then
+``W ⊙ M`` through autograd (also the baseline of ``benchmarks/supermask_speed.py``). The others (``compiled``:
+C++ on CPU float32, built on first use; ``torch``: PyTorch ops, any device) compute every layer's ``W ⊙ M``
+once per forward inside one autograd Function (:class:`_EdgePopupFn`), warm-starting the k-th value from
+the last step. ``fast`` (default) picks the best kernel ready for the scores' device and dtype without
+waiting for a compiler: ``compiled`` on CPU float32 once built, else ``torch``. A new kernel is one module
+plus a registry entry in :mod:`ticketsearch.sparse.kernels`, and ``fast`` considers it by its priority.
 
 Frozen state: weights, biases and any other non-score parameter get ``requires_grad=False``; BatchNorm should
 be non-affine as in the paper (:func:`make_bn_nonaffine`). Running statistics of BatchNorm still update in
@@ -55,11 +41,15 @@ import torch.nn.functional as F
 from ..core.errors import ConfigError, DivergenceError
 from ..core.mask import Mask, exact_count
 from ..core.select import check_density, layer_densities
-from .layers import MaskedConv2d, MaskedLayer, MaskedLinear, masked_layers
+from .kernels import FAST, TOPK, CompiledTopK, ExactTopK, TopKSelector, cpu_extension, kernels, resolve_topk
+from .kernels.reference import TOPK_KERNEL as _REFERENCE
+from .kernels.reference import straight_through_topk
+from .layers import MaskedConv2d, MaskedLayer, MaskedLinear, masked_layers, param_name
 
 __all__ = [
     "SUPERMASK_KINDS",
     "SUPERMASK_KERNELS",
+    "WEIGHT_INITS",
     "SupermaskLinear",
     "SupermaskConv2d",
     "SupermaskController",
@@ -81,584 +71,12 @@ __all__ = [
 ]
 
 SUPERMASK_KINDS = ("edge_popup", "bernoulli")
-SUPERMASK_KERNELS = ("fast", "compiled", "torch", "reference")
+# the `kernel=` values: `fast`, then the registered top-k kernels by priority (compiled, torch, reference)
+SUPERMASK_KERNELS: tuple[str, ...] = (FAST, *(k.name for k in kernels(TOPK)))
 WEIGHT_INITS = ("signed_constant", "kaiming_normal")
 
 
-# -- exact top-k, warm-started ----------------------------------------------------------------------------
-class ExactTopK:
-    """Exact top-k masks of ``|scores|`` for groups of tensors, fast when scores move a little per call.
-
-    ``shapes``: one per tensor; ``groups``: the group of each tensor (groups must be contiguous runs, e.g.
-    ``[0, 1, 2]`` for layerwise or ``[0, 0, 0]`` for global); ``ks``: weights kept per group. :meth:`select`
-    returns float 0/1 masks (views of an internal buffer, valid until the next call) equal to a stable
-    descending sort's first ``k`` of each group's concatenated ``|scores|``: ties go to the lower index.
-    NaN scores are never kept; :func:`check_scores_finite` is the divergence check.
-    """
-
-    CHUNK = 64
-    MAX_TRIES = 3  # band widenings before falling back to kthvalue
-
-    def __init__(
-        self,
-        shapes: Sequence[Sequence[int]],
-        groups: Sequence[int],
-        ks: Sequence[int],
-        *,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        groups = list(groups)
-        if len(shapes) != len(groups):
-            raise ValueError("one group id per tensor")
-        if groups != sorted(groups) or (groups and list(range(groups[-1] + 1)) != sorted(set(groups))):
-            raise ValueError("groups must be contiguous runs numbered 0, 1, ...")
-        ch = self.CHUNK
-        self.shapes = [tuple(int(d) for d in s) for s in shapes]
-        self.sizes = [math.prod(s) for s in self.shapes]
-        nchunks = [max(1, -(-n // ch)) for n in self.sizes]
-        self.offsets = [ch * sum(nchunks[:i]) for i in range(len(nchunks))]
-        C = sum(nchunks)
-        self.G = (groups[-1] + 1) if groups else 0
-        self.ks = [int(k) for k in ks]
-        if len(self.ks) != self.G:
-            raise ValueError("one k per group")
-        self.group_n = [0] * self.G
-        self.group_chunks = [[C, 0] for _ in range(self.G)]
-        chunk_group: list[int] = []
-        start = 0
-        for g, n, c in zip(groups, self.sizes, nchunks):
-            self.group_n[g] += n
-            self.group_chunks[g][0] = min(self.group_chunks[g][0], start)
-            self.group_chunks[g][1] = max(self.group_chunks[g][1], start + c)
-            chunk_group += [g] * c
-            start += c
-        for g in range(self.G):
-            if not 0 <= self.ks[g] <= self.group_n[g]:
-                raise ValueError(f"group {g}: cannot keep {self.ks[g]} of {self.group_n[g]}")
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.A = torch.full((C, ch), -1.0, device=device, dtype=dtype)  # |s|; padding −1 is never kept
-        # OUT[0]: |s| ≥ lo; OUT[1]: |s| ≥ hi, then the band picks: the mask
-        self.OUT = torch.zeros((2, C, ch), device=device, dtype=dtype)
-        self.chunk_group = torch.tensor(chunk_group, device=device, dtype=torch.long)
-        # (C, G): per-chunk counts → per-group counts in one matmul
-        self.onehot = F.one_hot(self.chunk_group, self.G).to(torch.float64)
-        flatA, flatM = self.A.view(-1), self.OUT[1].view(-1)
-        self.a_views = [flatA[o : o + n].view(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
-        self.m_views = [flatM[o : o + n].view(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
-        # trivial groups keep nothing (bounds +inf) or everything (bounds −0.5: every |s| ≥ 0 > −0.5 > padding)
-        self.active = [0 < self.ks[g] < self.group_n[g] for g in range(self.G)]
-        self._fixed = {
-            g: ((-0.5, -0.5) if self.ks[g] == self.group_n[g] else (math.inf, math.inf))
-            for g in range(self.G)
-            if not self.active[g]
-        }
-        # warm start per group: centre (last k-th value estimate), drift per call, band half-width
-        self.t: list[float | None] = [None] * self.G
-        self.drift = [0.0] * self.G
-        self.width = [0.0] * self.G
-        self.stats = {"calls": 0, "band_picks": 0, "refits": 0, "kthvalue": 0, "band_elems": 0}
-
-    def forward(self, scores: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return list(torch._foreach_mul(list(weights), self.select(scores)))
-
-    def backward(self, grads, weights, scores) -> list[torch.Tensor]:
-        gs = torch._foreach_mul(list(grads), list(weights))
-        torch._foreach_mul_(gs, torch._foreach_sign([s.detach() for s in scores]))
-        return list(gs)
-
-    def _kth_value(self, g: int) -> float:
-        self.stats["kthvalue"] += 1
-        c0, c1 = self.group_chunks[g]
-        vals = self.A[c0:c1].reshape(-1)  # padding (−1) never reaches the top k
-        v = float(vals.kthvalue(vals.numel() - self.ks[g] + 1).values)
-        if math.isnan(v):
-            raise DivergenceError("supermask scores became NaN: the score training diverged; lower --lr")
-        return v
-
-    def _guess(self, g: int) -> tuple[float, float]:
-        if not self.active[g]:
-            return self._fixed[g]
-        t = self.t[g]
-        assert t is not None
-        c, w = t + self.drift[g], self.width[g]
-        return max(c - w, -0.5), max(c + w, -0.5)
-
-    @torch.no_grad()
-    def select(self, scores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        if len(scores) != len(self.sizes):
-            raise ValueError(f"expected {len(self.sizes)} score tensors, got {len(scores)}")
-        for s, a in zip(scores, self.a_views):
-            torch.abs(s.detach(), out=a)
-        self.stats["calls"] += 1
-        for g in range(self.G):
-            if self.active[g] and self.t[g] is None:  # cold start: the exact value
-                self.t[g], self.drift[g], self.width[g] = self._kth_value(g), 0.0, 0.0
-        bounds = [self._guess(g) for g in range(self.G)]
-        for attempt in range(self.MAX_TRIES + 1):
-            failed = self._pass(bounds)
-            if not failed:
-                return self.m_views
-            self.stats["refits"] += 1
-            for g, above in failed:
-                lo, hi = bounds[g]
-                span = max(hi - lo, 1e-6 * abs(hi), 1e-30)
-                if attempt + 1 < self.MAX_TRIES:  # widen towards the side the k-th value went to
-                    bounds[g] = (hi, hi + 4.0 * span) if above else (max(lo - 4.0 * span, -0.5), lo)
-                else:  # stop guessing: the exact value, a band holding only its ties
-                    v = self._kth_value(g)
-                    bounds[g] = (v, v)
-                self.width[g] = max(self.width[g], 2.0 * span)
-        raise RuntimeError("supermask top-k did not converge (a bug: please report it)")  # pragma: no cover
-
-    def _pass(self, bounds: list[tuple[float, float]]) -> list[tuple[int, bool]]:
-        """One compare pass; returns (group, k-th value above the band) for each group that missed."""
-        G = self.G
-        bt = torch.tensor(bounds, dtype=self.dtype).T.contiguous()  # (2, G), rounded to the scores' dtype
-        bt[1] = torch.maximum(bt[1], torch.nextafter(bt[0], torch.full_like(bt[0], math.inf)))  # hi > lo
-        bounds[:] = [tuple(b) for b in bt.T.tolist()]
-        per_chunk = bt.to(self.device)[:, self.chunk_group].unsqueeze(2)  # (2, C, 1)
-        torch.ge(self.A.unsqueeze(0), per_chunk, out=self.OUT)
-        cs = self.OUT.sum(2)  # (2, C): per-chunk counts (exact in float)
-        counts = (cs.to(torch.float64) @ self.onehot).tolist()
-        n_lo, n_hi = counts[0], counts[1]
-        failed, need, band = [], [0] * G, 0
-        for g in range(G):
-            if not self.active[g]:
-                continue
-            k, lo_c, hi_c = self.ks[g], int(n_lo[g]), int(n_hi[g])
-            if hi_c == k:  # a clean cut at hi: no tie crosses it
-                need[g] = 0
-            elif hi_c < k <= lo_c:
-                need[g] = k - hi_c
-                band += 1
-            else:
-                failed.append((g, hi_c > k))
-        if failed:
-            return failed
-        if band:
-            self._pick_band(cs, need)
-        for g in range(G):
-            if self.active[g]:
-                lo, hi = bounds[g]
-                inside = n_lo[g] - n_hi[g]
-                # estimate of the k-th value: interpolate inside the band (exact enough for a warm start)
-                v = hi if need[g] == 0 else hi - (need[g] - 0.5) / max(inside, 1.0) * (hi - lo)
-                self._update(g, v)
-        return []
-
-    def _pick_band(self, cs: torch.Tensor, need: list[int]) -> None:
-        ch = self.CHUNK
-        ids = torch.nonzero(cs[0] > cs[1]).view(-1)  # chunks holding band elements
-        pos = torch.nonzero(self.OUT[0, ids] - self.OUT[1, ids])
-        rows = ids[pos[:, 0]]
-        flat = rows * ch + pos[:, 1]  # ascending
-        vals = self.A.view(-1)[flat]
-        grp = self.chunk_group[rows]
-        # group ascending, value descending, index ascending: |s| ≥ 0 so its float bits sort like its value
-        bits = vals.view(torch.int32) if vals.dtype == torch.float32 else None
-        if bits is not None:
-            key = grp * (1 << 32) - bits.to(torch.int64)
-            order = torch.sort(key, stable=True).indices
-        else:
-            o1 = torch.sort(vals, descending=True, stable=True).indices
-            order = o1[torch.sort(grp[o1], stable=True).indices]
-        gs = grp[order]
-        starts = torch.cumsum(torch.bincount(gs, minlength=self.G), 0)
-        rank = (
-            torch.arange(order.numel(), device=self.device)
-            - (starts - torch.bincount(gs, minlength=self.G))[gs]
-        )
-        need_t = torch.tensor(need, dtype=torch.long).to(self.device)
-        self.OUT[1].view(-1)[flat[order[rank < need_t[gs]]]] = 1.0
-        self.stats["band_picks"] += 1
-        self.stats["band_elems"] += int(order.numel())
-
-    def _update(self, g: int, v: float) -> None:
-        """Learn where the k-th value will be next call and how wide the band must be."""
-        prev = self.t[g]
-        assert prev is not None
-        err = abs(v - (prev + self.drift[g]))
-        self.drift[g] = 0.5 * self.drift[g] + 0.5 * (v - prev)
-        target = 3.0 * err + 1e-7 * abs(v)  # ~3× the last miss; shrink slowly when the value moves less
-        w = self.width[g]
-        self.width[g] = max(target, 0.8 * w) if w > 0 else target
-        self.t[g] = v
-
-
-# -- compiled CPU kernel (optional) -------------------------------------------------------------------------
-# One pass counts |s| above the band and collects the band, nth_element picks the k-th (stable order), one
-# pass writes W ⊙ M, one pass the straight-through gradient. Built on first use with the system C++ compiler
-# (about a minute, cached under ~/.cache/torch_extensions); without a compiler the pure-PyTorch kernel runs.
-_CPP_SOURCE = r"""
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <limits>
-#include <vector>
-
-namespace {
-struct Item { float a; int64_t i; };
-inline bool before(const Item& x, const Item& y) { return x.a > y.a || (x.a == y.a && x.i < y.i); }
-constexpr int64_t BLOCK = 32;
-constexpr int64_t GRAIN = 16384;
-
-// y = w where |s| > v (bitwise select, branch-free), else 0
-void write_above(const float* s, const float* w, float* y, int64_t m, float v) {
-  at::parallel_for(0, m, GRAIN, [=](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const float a = std::fabs(s[i]);
-      uint32_t wb;
-      std::memcpy(&wb, w + i, 4);
-      wb &= -(uint32_t)(a > v);
-      std::memcpy(y + i, &wb, 4);
-    }
-  });
-}
-}  // namespace
-
-// Exact stable top-k of |s| per group (groups: contiguous runs of tensors), fused with W_eff = W * mask.
-// lo/hi: a guessed band around each group's k-th value. One pass (parallel) writes y = W * (|s| >= hi),
-// counts |s| >= hi and collects the band [lo, hi); nth_element in the band picks the k-th of the stable
-// descending order (value desc, index asc) and the chosen band elements are set in y.
-// Returns [info (G, 4) doubles: v, j, band size, status; y_0, y_1, ...]. status: 0 band hit, 1 clean cut at
-// hi, 2 exact (band missed, resolved by nth_element over the group), 3 trivial (k = 0 or n), 4/5 band missed
-// with the k-th above/below it (only when exact = false: outputs then invalid), -1 NaN seen.
-std::vector<at::Tensor> sm_forward(std::vector<at::Tensor> scores, std::vector<at::Tensor> weights,
-                                   std::vector<int64_t> group_of, std::vector<int64_t> ks,
-                                   std::vector<double> lo, std::vector<double> hi, bool exact) {
-  const int64_t G = (int64_t)ks.size();
-  const int64_t T = (int64_t)scores.size();
-  auto info = at::zeros({G, 4}, at::kDouble);
-  double* o = info.data_ptr<double>();
-  std::vector<at::Tensor> result;
-  result.reserve(T + 1);
-  result.push_back(info);
-  std::vector<float*> ys(T);
-  for (int64_t t = 0; t < T; ++t) {
-    TORCH_CHECK(scores[t].is_contiguous() && weights[t].is_contiguous(), "supermask: tensors must be contiguous");
-    TORCH_CHECK(scores[t].scalar_type() == at::kFloat && weights[t].scalar_type() == at::kFloat, "supermask: float32 only");
-    result.push_back(at::empty_like(weights[t]));
-    ys[t] = result.back().data_ptr<float>();
-  }
-  const int nthreads = at::get_num_threads();
-  std::vector<std::vector<Item>> bands(nthreads);
-  std::vector<int64_t> hi_counts(nthreads), nan_counts(nthreads);
-  std::vector<Item> band;
-  int64_t t0 = 0;
-  for (int64_t g = 0; g < G; ++g) {
-    int64_t t1 = t0, n = 0;
-    while (t1 < T && group_of[t1] == g) { n += scores[t1].numel(); ++t1; }
-    const int64_t k = ks[g];
-    double* og = o + 4 * g;
-    if (k <= 0 || k >= n) {
-      og[0] = k <= 0 ? std::numeric_limits<double>::infinity() : -1.0;
-      og[1] = -1; og[3] = 3;
-      for (int64_t t = t0; t < t1; ++t)
-        write_above(scores[t].data_ptr<float>(), weights[t].data_ptr<float>(), ys[t], scores[t].numel(), (float)og[0]);
-      t0 = t1;
-      continue;
-    }
-    const float flo = (float)lo[g];
-    const float fhi = (float)hi[g];
-    for (auto& b : bands) b.clear();
-    std::fill(hi_counts.begin(), hi_counts.end(), 0);
-    std::fill(nan_counts.begin(), nan_counts.end(), 0);
-    int64_t off = 0;
-    for (int64_t t = t0; t < t1; ++t) {
-      const float* p = scores[t].data_ptr<float>();
-      const float* w = weights[t].data_ptr<float>();
-      float* y = ys[t];
-      const int64_t m = scores[t].numel();
-      const int64_t nblocks = (m + BLOCK - 1) / BLOCK;
-      const int64_t toff = off;
-      at::parallel_for(0, nblocks, GRAIN / BLOCK, [&, p, w, y, m, toff, flo, fhi](int64_t bb, int64_t be) {
-        const int tid = at::get_thread_num();
-        std::vector<Item>& mine = bands[tid];
-        int64_t c_hi_total = 0, c_nan_total = 0;
-        for (int64_t blk = bb; blk < be; ++blk) {
-          const int64_t b = blk * BLOCK, e = std::min(m, b + BLOCK);
-          int32_t c_hi = 0, c_band = 0, c_nan = 0;
-          for (int64_t i = b; i < e; ++i) {
-            const float a = std::fabs(p[i]);
-            const uint32_t keep = -(uint32_t)(a >= fhi);
-            uint32_t wb;
-            std::memcpy(&wb, w + i, 4);
-            wb &= keep;
-            std::memcpy(y + i, &wb, 4);
-            c_hi += (a >= fhi);
-            c_band += (a >= flo) & (a < fhi);
-            c_nan += (a != a);
-          }
-          c_hi_total += c_hi;
-          c_nan_total += c_nan;
-          if (c_band) {  // branch-free compaction of the block's band elements
-            Item q[BLOCK];
-            int64_t c = 0;
-            for (int64_t i = b; i < e; ++i) {
-              const float a = std::fabs(p[i]);
-              q[c] = {a, toff + i};
-              c += (a >= flo) & (a < fhi);
-            }
-            mine.insert(mine.end(), q, q + c);
-          }
-        }
-        hi_counts[tid] += c_hi_total;
-        nan_counts[tid] += c_nan_total;
-      });
-      off += m;
-    }
-    int64_t count_hi = 0, nan_count = 0;
-    band.clear();
-    for (int th = 0; th < nthreads; ++th) {
-      count_hi += hi_counts[th];
-      nan_count += nan_counts[th];
-      band.insert(band.end(), bands[th].begin(), bands[th].end());
-    }
-    og[2] = (double)band.size();
-    if (nan_count) { og[3] = -1; t0 = t1; continue; }
-    if (count_hi == k) {  // clean cut: y already holds W * (|s| >= hi)
-      og[0] = std::nextafter(fhi, -std::numeric_limits<float>::infinity());
-      og[1] = -1; og[3] = 1; t0 = t1;
-      continue;
-    }
-    if (count_hi < k && k <= count_hi + (int64_t)band.size()) {
-      const int64_t r = k - count_hi;
-      std::nth_element(band.begin(), band.begin() + (r - 1), band.end(), before);
-      og[0] = band[r - 1].a; og[1] = (double)band[r - 1].i; og[3] = 0;
-      // set the r chosen band elements (they precede the k-th in the stable order)
-      for (int64_t q = 0; q < r; ++q) {
-        int64_t idx = band[q].i, t = t0;
-        while (idx >= scores[t].numel()) { idx -= scores[t].numel(); ++t; }
-        ys[t][idx] = weights[t].data_ptr<float>()[idx];
-      }
-      t0 = t1;
-      continue;
-    }
-    if (!exact) { og[3] = count_hi > k ? 4 : 5; t0 = t1; continue; }
-    // the band missed: exact k-th over the whole group, then rewrite the outputs
-    std::vector<Item> all;
-    all.reserve(n);
-    off = 0;
-    for (int64_t t = t0; t < t1; ++t) {
-      const float* p = scores[t].data_ptr<float>();
-      const int64_t m = scores[t].numel();
-      for (int64_t i = 0; i < m; ++i) all.push_back({std::fabs(p[i]), off + i});
-      off += m;
-    }
-    std::nth_element(all.begin(), all.begin() + (k - 1), all.end(), before);
-    const Item kth = all[k - 1];
-    og[0] = kth.a; og[1] = (double)kth.i; og[3] = 2;
-    for (int64_t t = t0; t < t1; ++t)
-      write_above(scores[t].data_ptr<float>(), weights[t].data_ptr<float>(), ys[t], scores[t].numel(), kth.a);
-    for (int64_t q = 0; q < k; ++q) {
-      if (all[q].a == kth.a) {  // ties at the k-th value up to its index
-        int64_t idx = all[q].i, t = t0;
-        while (idx >= scores[t].numel()) { idx -= scores[t].numel(); ++t; }
-        ys[t][idx] = weights[t].data_ptr<float>()[idx];
-      }
-    }
-    t0 = t1;
-  }
-  return result;
-}
-
-// straight-through backward: dL/ds = dL/dW_eff * W * sign(s)
-std::vector<at::Tensor> sm_backward(std::vector<at::Tensor> grads, std::vector<at::Tensor> weights,
-                                    std::vector<at::Tensor> scores) {
-  std::vector<at::Tensor> outs;
-  outs.reserve(grads.size());
-  for (size_t t = 0; t < grads.size(); ++t) {
-    auto g = grads[t].contiguous();
-    auto out = at::empty_like(weights[t]);
-    const float* gp = g.data_ptr<float>();
-    const float* w = weights[t].data_ptr<float>();
-    const float* s = scores[t].data_ptr<float>();
-    float* y = out.data_ptr<float>();
-    const int64_t m = g.numel();
-    at::parallel_for(0, m, GRAIN, [=](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const float sg = (float)(s[i] > 0.0f) - (float)(s[i] < 0.0f);
-        y[i] = gp[i] * w[i] * sg;
-      }
-    });
-    outs.push_back(out);
-  }
-  return outs;
-}
-"""
-
-_EXT: Any = None
-_EXT_ERROR: str | None = None
-
-
-def _ext_name() -> str:
-    import hashlib
-
-    return "ticketsearch_supermask_" + hashlib.sha256(_CPP_SOURCE.encode()).hexdigest()[:10]
-
-
-def cpu_extension(*, build: bool = True) -> Any:
-    """The compiled CPU kernel, or None (no compiler, disabled by TICKETSEARCH_NO_EXT=1, or not built yet
-    with ``build=False``)."""
-    global _EXT, _EXT_ERROR
-    if _EXT is not None or _EXT_ERROR is not None:
-        return _EXT
-    import os
-
-    if os.environ.get("TICKETSEARCH_NO_EXT", "") not in ("", "0"):
-        _EXT_ERROR = "disabled by TICKETSEARCH_NO_EXT"
-        return None
-    try:
-        import logging
-
-        # silence the module's import-time warning about CUDA before importing it
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        from torch.utils import cpp_extension
-
-        name = _ext_name()
-        d = cpp_extension._get_build_directory(name, verbose=False)
-        built = any(f.startswith(name) and f.endswith(".so") for f in os.listdir(d))
-        if not built:
-            if not build:
-                return None
-            import sys
-
-            print(
-                "ticketsearch: building the supermask CPU kernel (once per machine, about a minute; "
-                "TICKETSEARCH_NO_EXT=1 skips it)",
-                file=sys.stderr,
-                flush=True,
-            )
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        _EXT = cpp_extension.load_inline(
-            name=name,
-            cpp_sources=[_CPP_SOURCE],
-            functions=["sm_forward", "sm_backward"],
-            extra_cflags=["-O3"],
-            verbose=False,
-        )
-    except Exception as exc:  # no compiler, no ninja, ...: the PyTorch kernel is used
-        _EXT_ERROR = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        import warnings
-
-        warnings.warn(
-            f"supermask: compiled CPU kernel unavailable ({_EXT_ERROR}); using the PyTorch kernel",
-            stacklevel=2,
-        )
-        _EXT = None
-    return _EXT
-
-
-class CompiledTopK:
-    """The same exact selection as :class:`ExactTopK`, in the compiled CPU kernel (float32, CPU)."""
-
-    def __init__(
-        self, shapes: Sequence[Sequence[int]], groups: Sequence[int], ks: Sequence[int], ext: Any
-    ) -> None:
-        self.ext = ext
-        self.groups = [int(g) for g in groups]
-        self.ks = [int(k) for k in ks]
-        self.G = len(self.ks)
-        sizes = [math.prod(tuple(s)) for s in shapes]
-        self.offsets = []
-        seen: dict[int, int] = {}
-        for g, n in zip(self.groups, sizes):
-            self.offsets.append(seen.get(g, 0))
-            seen[g] = seen.get(g, 0) + n
-        self.t: list[float | None] = [None] * self.G
-        self.drift = [0.0] * self.G
-        self.width = [0.0] * self.G
-        self.stats = {"calls": 0, "band_hits": 0, "clean": 0, "retries": 0, "fallbacks": 0, "band_elems": 0}
-
-    def _bounds(self) -> tuple[list[float], list[float]]:
-        lo, hi = [], []
-        for g in range(self.G):
-            t = self.t[g]
-            if t is None:
-                lo.append(-1.0)
-                hi.append(-1.0)  # empty band → exact fallback
-            else:
-                c = t + self.drift[g]
-                lo.append(max(c - self.width[g], -0.5))
-                hi.append(
-                    max(c + self.width[g], -0.5)
-                    if self.width[g] > 0
-                    else math.nextafter(max(c, -0.5), math.inf)
-                )
-        return lo, hi
-
-    def forward(self, scores: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        s = [x if x.is_contiguous() else x.contiguous() for x in scores]
-        w = [x if x.is_contiguous() else x.contiguous() for x in weights]
-        lo, hi = self._bounds()
-        self.stats["calls"] += 1
-        # a missed band is widened towards the k-th value twice, then resolved exactly
-        for attempt in range(3):
-            out = self.ext.sm_forward(s, w, self.groups, self.ks, lo, hi, attempt == 2)
-            rows = out[0].tolist()
-            missed = [g for g, r in enumerate(rows) if r[3] in (4.0, 5.0)]
-            if not missed:
-                break
-            self.stats["retries"] += 1
-            for g in missed:
-                span = max(hi[g] - lo[g], 1e-6 * abs(hi[g]), 1e-30)
-                if rows[g][3] == 4.0:
-                    lo[g], hi[g] = hi[g], hi[g] + 4.0 * span
-                else:
-                    lo[g], hi[g] = max(lo[g] - 4.0 * span, -0.5), lo[g]
-                self.width[g] = max(self.width[g], 2.0 * span)
-        for g, (v, _j, band_n, status) in enumerate(rows):
-            if status < 0:
-                raise DivergenceError("supermask scores became NaN: the score training diverged; lower --lr")
-            if status == 3:
-                continue
-            prev = self.t[g]
-            if status == 2:
-                self.stats["fallbacks"] += 1
-                miss = abs(v - (prev + self.drift[g])) if prev is not None else 0.0
-                self.width[g] = max(2.0 * self.width[g], 3.0 * miss)
-                self.t[g], self.drift[g] = v, 0.0
-                continue
-            self.stats["band_hits" if status == 0 else "clean"] += 1
-            self.stats["band_elems"] += int(band_n)
-            assert prev is not None
-            err = abs(v - (prev + self.drift[g]))
-            self.drift[g] = 0.5 * self.drift[g] + 0.5 * (v - prev)
-            target = 4.0 * err + 1e-7 * abs(v)
-            width = self.width[g]
-            self.width[g] = max(target, 0.9 * width) if width > 0 else target
-            self.t[g] = v
-        return out[1:]
-
-    def backward(self, grads, weights, scores) -> list[torch.Tensor]:
-        return self.ext.sm_backward(list(grads), list(weights), [x.contiguous() for x in scores])
-
-
-def _straight_through_reference(abs_scores: torch.Tensor, k: int) -> torch.Tensor:
-    return _GetSubnet.apply(abs_scores, k)
-
-
-class _GetSubnet(torch.autograd.Function):
-    """The reference: a full stable sort per call; the gradient passes straight through."""
-
-    @staticmethod
-    def forward(ctx, abs_scores: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
-        flat = abs_scores.detach().reshape(-1)
-        out = torch.zeros_like(flat)
-        if k > 0:
-            idx = torch.sort(flat, descending=True, stable=True).indices[:k]
-            out[idx] = 1.0
-        return out.view_as(abs_scores)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return grad, None
-
-
+# -- autograd ---------------------------------------------------------------------------------------------
 class _EdgePopupFn(torch.autograd.Function):
     """All layers at once: forward W_eff = W ⊙ topk(|s|); backward ∂L/∂s = sign(s) ⊙ ∂L/∂W_eff ⊙ W."""
 
@@ -701,10 +119,6 @@ _TO_SM = {MaskedLinear: SupermaskLinear, MaskedConv2d: SupermaskConv2d}
 _FROM_SM = {v: k for k, v in _TO_SM.items()}
 
 
-def _pname(module_name: str) -> str:
-    return f"{module_name}.weight" if module_name else "weight"
-
-
 def topk_counts(
     shapes: dict[str, tuple[int, ...]],
     density: float,
@@ -740,7 +154,7 @@ class SupermaskController:
         generator: torch.Generator | None = None,
     ) -> None:
         self.layers = [m for _, m in layers]
-        self.names = [_pname(n) for n, _ in layers]
+        self.names = [param_name(n) for n, _ in layers]
         self.kind = kind
         self.kernel = kernel
         self.density = density
@@ -752,47 +166,37 @@ class SupermaskController:
         self.groups, self.ks = topk_counts(shapes, density, scope=scope, distribution=distribution)
         for i, m in enumerate(self.layers):
             m._supermask_index = i  # type: ignore[attr-defined]
-        self._selector: ExactTopK | CompiledTopK | None = None
+        self._selector: TopKSelector | None = None
+        self._selector_kernel = ""
         self._selector_key: Any = None
         self._cache: list[torch.Tensor] | None = None
         self._cache_key: Any = None
         self._consumed: list[bool] = []
         self._device_generators: dict[torch.device, torch.Generator] = {}
 
-    # the selector lives on the scores' device and is rebuilt if they move
+    # the selector lives on the scores' device and is rebuilt (and its kernel re-resolved) if they move
     @property
-    def selector(self) -> ExactTopK | CompiledTopK:
+    def selector(self) -> TopKSelector:
         s0 = self.layers[0].scores
         key = (s0.device, s0.dtype)
         if self._selector is None or self._selector_key != key:
             shapes = [tuple(m.weight.shape) for m in self.layers]
-            use_ext = self.kernel == "compiled" or (
-                self.kernel == "fast" and s0.device.type == "cpu" and s0.dtype == torch.float32
-            )
-            # `fast` uses the compiled kernel only once built (`kernel=compiled` builds it): a first run
-            # never waits a minute for a compiler
-            ext = cpu_extension(build=self.kernel == "compiled") if use_ext else None
-            if self.kernel == "compiled" and (
-                ext is None or s0.device.type != "cpu" or s0.dtype != torch.float32
-            ):
-                raise ConfigError(
-                    f"supermask kernel 'compiled' needs float32 CPU tensors and a C++ compiler ({_EXT_ERROR or 'not built'})"
-                )
-            if ext is not None:
-                self._selector = CompiledTopK(shapes, self.groups, self.ks, ext)
-            else:
-                self._selector = ExactTopK(shapes, self.groups, self.ks, device=s0.device, dtype=s0.dtype)
+            kernel = resolve_topk(self.kernel, s0.device, s0.dtype)
+            self._selector = kernel.selector(shapes, self.groups, self.ks, device=s0.device, dtype=s0.dtype)  # type: ignore[misc]
+            self._selector_kernel = kernel.name
             self._selector_key = key
         return self._selector
 
     @property
     def backend(self) -> str:
-        """What actually runs: 'reference', 'compiled', 'torch' or 'bernoulli'."""
+        """What actually runs: the resolved top-k kernel's name ('compiled', 'torch', 'reference', ...) or
+        'bernoulli'."""
         if self.kind == "bernoulli":
             return "bernoulli"
-        if self.kernel == "reference":
-            return "reference"
-        return "compiled" if isinstance(self.selector, CompiledTopK) else "torch"
+        if self.kernel == _REFERENCE.name:
+            return _REFERENCE.name
+        self.selector  # noqa: B018  (resolves the kernel for the scores' device and dtype)
+        return self._selector_kernel
 
     def weights(self) -> list[torch.Tensor]:
         return [m.weight.detach() for m in self.layers]
@@ -804,7 +208,7 @@ class SupermaskController:
         i = layer._supermask_index  # type: ignore[attr-defined]
         if self.kind == "bernoulli":
             return self._bernoulli(layer)
-        if self.kernel == "reference":
+        if self.kernel == _REFERENCE.name:  # the oracle: per layer, through autograd, nothing cached
             return self._reference(i)
         grad = torch.is_grad_enabled()
         key = (grad, tuple(s._version for s in self.scores()), tuple(s.data_ptr() for s in self.scores()))
@@ -823,11 +227,11 @@ class SupermaskController:
         layer = self.layers[i]
         if self.scope == "global":
             all_abs = torch.cat([m.scores.abs().reshape(-1) for m in self.layers])
-            mask = _straight_through_reference(all_abs, self.ks[0])
+            mask = straight_through_topk(all_abs, self.ks[0])
             off = sum(m.weight.numel() for m in self.layers[:i])
             sub = mask[off : off + layer.weight.numel()].view_as(layer.weight)
             return layer.weight * sub
-        return layer.weight * _straight_through_reference(layer.scores.abs(), self.ks[i])
+        return layer.weight * straight_through_topk(layer.scores.abs(), self.ks[i])
 
     def _bernoulli(self, layer: MaskedLayer) -> torch.Tensor:
         p = torch.sigmoid(layer.scores)
@@ -977,10 +381,9 @@ def to_supermask(
     """
     if kind not in SUPERMASK_KINDS:
         raise ConfigError(f"unknown supermask kind '{kind}' (choose from: {', '.join(SUPERMASK_KINDS)})")
-    if kernel not in SUPERMASK_KERNELS:
-        raise ConfigError(
-            f"unknown supermask kernel '{kernel}' (choose from: {', '.join(SUPERMASK_KERNELS)})"
-        )
+    if kernel != FAST and kernel not in {k.name for k in kernels(TOPK)}:
+        names = ", ".join([FAST, *(k.name for k in kernels(TOPK))])
+        raise ConfigError(f"unknown supermask kernel '{kernel}' (choose from: {names})")
     density = check_density(density)
     layers = list(masked_layers(model))
     if not layers:

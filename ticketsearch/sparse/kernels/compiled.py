@@ -1,0 +1,208 @@
+"""``compiled`` top-k: the C++ kernel in ``csrc/topk.cpp`` (CPU, float32), built on first use.
+
+Built with the system compiler through ``torch.utils.cpp_extension.load`` (g++ and ninja; about a minute,
+once per machine and source version: the build is cached under ``~/.cache/torch_extensions`` in a folder
+named after the source's hash). ``TICKETSEARCH_NO_EXT=1`` disables it. Without a compiler the ``torch``
+kernel runs instead under ``kernel=fast``; ``kernel=compiled`` then fails with the reason.
+
+Per group (a layer, or all layers for ``global``) a band ``[lo, hi)`` is guessed around last step's k-th
+value (warm start plus drift, width learned from how far the value moved); ONE parallel pass over ``s`` and
+``W`` writes ``W ⊙ [|s| ≥ hi]``, counts ``|s| ≥ hi`` and collects the band; ``nth_element`` in the band finds
+the k-th of the stable order and the chosen band weights are set. A missed band is widened twice, then
+resolved with ``nth_element`` over the layer. Backward is one fused pass ``sign(s)·g·W``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...core.errors import DivergenceError
+from .base import TOPK, Kernel
+
+__all__ = ["RECORDS", "SOURCE", "cpu_extension", "CompiledTopK", "TOPK_KERNEL"]
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "topk.cpp"
+
+_EXT: Any = None
+_EXT_ERROR: str | None = None
+
+
+def _ext_name() -> str:
+    """Named after the source's hash: an edited kernel gets its own build folder, never a stale build."""
+    import hashlib
+
+    return "ticketsearch_supermask_" + hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:10]
+
+
+def cpu_extension(*, build: bool = True) -> Any:
+    """The compiled CPU kernel, or None (no compiler, disabled by TICKETSEARCH_NO_EXT=1, or not built yet
+    with ``build=False``)."""
+    global _EXT, _EXT_ERROR
+    if _EXT is not None or _EXT_ERROR is not None:
+        return _EXT
+    import os
+
+    if os.environ.get("TICKETSEARCH_NO_EXT", "") not in ("", "0"):
+        _EXT_ERROR = "disabled by TICKETSEARCH_NO_EXT"
+        return None
+    if not SOURCE.is_file():
+        _EXT_ERROR = f"kernel source {SOURCE} is missing from the installation"
+        return None
+    try:
+        import logging
+
+        # silence the module's import-time warning about CUDA before importing it
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        from torch.utils import cpp_extension
+
+        name = _ext_name()
+        d = cpp_extension._get_build_directory(name, verbose=False)
+        built = any(f.startswith(name) and f.endswith(".so") for f in os.listdir(d))
+        if not built:
+            if not build:
+                return None
+            import sys
+
+            print(
+                "ticketsearch: building the supermask CPU kernel (once per machine, about a minute; "
+                "TICKETSEARCH_NO_EXT=1 skips it)",
+                file=sys.stderr,
+                flush=True,
+            )
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        _EXT = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3"], verbose=False)
+    except Exception as exc:  # no compiler, no ninja, ...: the PyTorch kernel is used
+        _EXT_ERROR = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        import warnings
+
+        warnings.warn(
+            f"supermask: compiled CPU kernel unavailable ({_EXT_ERROR}); using the PyTorch kernel",
+            stacklevel=2,
+        )
+        _EXT = None
+    return _EXT
+
+
+class CompiledTopK:
+    """The same exact selection as :class:`ExactTopK`, in the compiled CPU kernel (float32, CPU)."""
+
+    def __init__(
+        self, shapes: Sequence[Sequence[int]], groups: Sequence[int], ks: Sequence[int], ext: Any
+    ) -> None:
+        self.ext = ext
+        self.groups = [int(g) for g in groups]
+        self.ks = [int(k) for k in ks]
+        self.G = len(self.ks)
+        sizes = [math.prod(tuple(s)) for s in shapes]
+        self.offsets = []
+        seen: dict[int, int] = {}
+        for g, n in zip(self.groups, sizes):
+            self.offsets.append(seen.get(g, 0))
+            seen[g] = seen.get(g, 0) + n
+        self.t: list[float | None] = [None] * self.G
+        self.drift = [0.0] * self.G
+        self.width = [0.0] * self.G
+        self.stats = {"calls": 0, "band_hits": 0, "clean": 0, "retries": 0, "fallbacks": 0, "band_elems": 0}
+
+    def _bounds(self) -> tuple[list[float], list[float]]:
+        lo, hi = [], []
+        for g in range(self.G):
+            t = self.t[g]
+            if t is None:
+                lo.append(-1.0)
+                hi.append(-1.0)  # empty band → exact fallback
+            else:
+                c = t + self.drift[g]
+                lo.append(max(c - self.width[g], -0.5))
+                hi.append(
+                    max(c + self.width[g], -0.5)
+                    if self.width[g] > 0
+                    else math.nextafter(max(c, -0.5), math.inf)
+                )
+        return lo, hi
+
+    def forward(self, scores: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        s = [x if x.is_contiguous() else x.contiguous() for x in scores]
+        w = [x if x.is_contiguous() else x.contiguous() for x in weights]
+        lo, hi = self._bounds()
+        self.stats["calls"] += 1
+        # a missed band is widened towards the k-th value twice, then resolved exactly
+        for attempt in range(3):
+            out = self.ext.sm_forward(s, w, self.groups, self.ks, lo, hi, attempt == 2)
+            rows = out[0].tolist()
+            missed = [g for g, r in enumerate(rows) if r[3] in (4.0, 5.0)]
+            if not missed:
+                break
+            self.stats["retries"] += 1
+            for g in missed:
+                span = max(hi[g] - lo[g], 1e-6 * abs(hi[g]), 1e-30)
+                if rows[g][3] == 4.0:
+                    lo[g], hi[g] = hi[g], hi[g] + 4.0 * span
+                else:
+                    lo[g], hi[g] = max(lo[g] - 4.0 * span, -0.5), lo[g]
+                self.width[g] = max(self.width[g], 2.0 * span)
+        for g, (v, _j, band_n, status) in enumerate(rows):
+            if status < 0:
+                raise DivergenceError("supermask scores became NaN: the score training diverged; lower --lr")
+            if status == 3:
+                continue
+            prev = self.t[g]
+            if status == 2:
+                self.stats["fallbacks"] += 1
+                miss = abs(v - (prev + self.drift[g])) if prev is not None else 0.0
+                self.width[g] = max(2.0 * self.width[g], 3.0 * miss)
+                self.t[g], self.drift[g] = v, 0.0
+                continue
+            self.stats["band_hits" if status == 0 else "clean"] += 1
+            self.stats["band_elems"] += int(band_n)
+            assert prev is not None
+            err = abs(v - (prev + self.drift[g]))
+            self.drift[g] = 0.5 * self.drift[g] + 0.5 * (v - prev)
+            target = 4.0 * err + 1e-7 * abs(v)
+            width = self.width[g]
+            self.width[g] = max(target, 0.9 * width) if width > 0 else target
+            self.t[g] = v
+        return out[1:]
+
+    def backward(self, grads, weights, scores) -> list[torch.Tensor]:
+        return self.ext.sm_backward(list(grads), list(weights), [x.contiguous() for x in scores])
+
+
+def _make(
+    shapes: Sequence[Sequence[int]],
+    groups: Sequence[int],
+    ks: Sequence[int],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> CompiledTopK:
+    ext = cpu_extension(build=True)
+    if ext is None:
+        raise RuntimeError(f"the compiled supermask kernel is unavailable ({_EXT_ERROR or 'not built'})")
+    return CompiledTopK(shapes, groups, ks, ext)
+
+
+def _probe(build: bool) -> str | None:
+    if cpu_extension(build=build) is not None:
+        return None
+    return _EXT_ERROR or "not built yet (kernel=compiled builds it once, about a minute)"
+
+
+TOPK_KERNEL = Kernel(
+    name="compiled",
+    op=TOPK,
+    description="exact top-k in a compiled C++ CPU kernel: one fused parallel pass, nth_element in the band",
+    devices=("cpu",),
+    dtypes=(torch.float32,),
+    priority=30,
+    auto=True,
+    probe=_probe,
+    selector=_make,
+)
+
+RECORDS: tuple[Kernel, ...] = (TOPK_KERNEL,)
