@@ -1,9 +1,11 @@
-"""Learned supermasks: the straight-through gradient, exact top-k, frozen weights, Bernoulli masks, bad input."""
+"""Learned supermasks: frozen weights, Bernoulli masks, the learned result, bad input.
+
+The top-k kernels (exact counts, ties, the straight-through gradient) are tested in test_kernels.py.
+"""
 
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
@@ -12,24 +14,15 @@ import torch.nn.functional as F
 
 from ticketsearch.core.errors import ConfigError, DivergenceError
 from ticketsearch.core.hparams import PruningHparams, RunHparams, TrainingHparams
-from ticketsearch.core.mask import exact_count
 from ticketsearch.core.select import select
 from ticketsearch.sparse import MaskedConv2d, MaskedLinear, apply_mask, prunable_parameters
 from ticketsearch.sparse.supermask import (
-    ExactTopK,
-    check_scores_finite,
-    cpu_extension,
-    current_mask,
     is_supermask,
     keep_scores,
     strip_supermask,
     supermask_controller,
     to_supermask,
 )
-
-# the compiled CPU kernel is built here if a C++ compiler is available (about a minute, once per machine,
-# cached), so CI tests it against the reference; without a compiler it is skipped and `fast` uses `torch`
-KERNELS = ["reference", "torch"] + (["compiled"] if cpu_extension(build=True) is not None else [])
 
 
 @pytest.fixture(autouse=True)
@@ -97,122 +90,6 @@ def _hp(method="supermask", density=0.5, budget="2ep", scope="layerwise", **args
     )
 
 
-# -- the straight-through gradient ----------------------------------------------------------------------
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_score_gradient_is_hand_derived_straight_through(kernel):
-    torch.manual_seed(0)
-    layer = MaskedLinear(6, 3)
-    model = nn.Sequential(layer)
-    w = layer.weight.detach().clone()
-    b = layer.bias.detach().clone()
-    ctrl = to_supermask(model, density=0.5, kernel=kernel, generator=torch.Generator().manual_seed(1))
-    s = layer.scores.detach().clone()
-    x = torch.randn(4, 6)
-    c = torch.randn(4, 3)
-    (model(x) * c).sum().backward()
-    # forward: y = x (W ⊙ M)ᵀ + b with M the top 9 of |s|; by hand dL/dW_eff = cᵀ x
-    m = torch.zeros(18)
-    m[torch.sort(s.abs().flatten(), descending=True, stable=True).indices[:9]] = 1
-    m = m.view(3, 6)
-    assert torch.allclose(model(x), x @ (w * m).T + b, atol=1e-6)
-    expected = torch.sign(s) * (c.T @ x) * w  # straight through |s|: sign(s) ⊙ ∂L/∂W_eff ⊙ W
-    assert torch.allclose(layer.scores.grad, expected, atol=1e-6)
-    assert layer.weight.grad is None and not layer.weight.requires_grad
-    assert ctrl.ks == [9]
-
-
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_pruned_weights_scores_still_get_gradient(kernel):
-    torch.manual_seed(0)
-    layer = MaskedLinear(12, 6)
-    model = nn.Sequential(layer)  # one layer: no downstream mask can zero a path
-    to_supermask(model, density=0.3, kernel=kernel)
-    F.cross_entropy(model(torch.randn(16, 12)), torch.randint(0, 6, (16,))).backward()
-    pruned = ~current_mask(model)["0.weight"]
-    assert pruned.sum() > 0.6 * pruned.numel()
-    assert bool((layer.scores.grad[pruned] != 0).all())  # the straight-through gradient ignores the mask
-
-
-# -- exact top-k --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("scope", ["layerwise", "global"])
-def test_exactly_k_kept_and_ties_to_lower_index(kernel, scope):
-    torch.manual_seed(0)
-    model = MLP((30, 40, 20, 7))
-    # coarse scores: many ties, which must go to the lower flat index exactly as core.select breaks them
-    scores = [torch.randint(-4, 5, lay.weight.shape).float() / 4 for lay in model.layers]
-    to_supermask(model, density=0.37, kernel=kernel, scope=scope, scores=scores)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    shapes = {n: tuple(p.shape) for n, p in prunable_parameters(model).items()}
-    for step in range(8):
-        x = torch.randn(8, 30)
-        out = model(x)
-        want = select(keep_scores(model), 0.37, scope=scope)
-        mask = current_mask(model)
-        assert mask.equals(want), step
-        if scope == "layerwise":
-            for n, t in mask.items():
-                assert int(t.sum()) == exact_count(0.37, math.prod(shapes[n]))
-        else:
-            assert mask.num_kept == exact_count(0.37, mask.num_total)
-        # the forward really uses that mask
-        h = x
-        for i, layer in enumerate(model.layers):
-            h = F.linear(h, layer.weight * want[f"layers.{i}.weight"].float(), layer.bias)
-            h = F.relu(h) if i < 2 else h
-        assert torch.allclose(out, h, atol=1e-5)
-        opt.zero_grad()
-        F.cross_entropy(out, torch.randint(0, 7, (8,))).backward()
-        opt.step()
-        with torch.no_grad():  # keep the scores coarse so ties keep happening
-            for layer in model.layers:
-                layer.scores.copy_(torch.round(layer.scores * 4) / 4)
-
-
-def test_fast_selection_matches_sort_while_scores_drift():
-    torch.manual_seed(0)
-    shapes = [(50, 80), (30, 50), (7, 30)]
-    sizes = [math.prod(s) for s in shapes]
-    ks = [exact_count(0.2, n) for n in sizes]
-    sel = ExactTopK(shapes, [0, 1, 2], ks)
-    scores = [torch.randn(s) * 0.05 for s in shapes]
-    for step in range(40):
-        scale = 0.05 if step % 13 == 0 else 1e-3  # occasional jumps force the band to be refitted
-        scores = [s + torch.randn_like(s) * scale * 0.05 for s in scores]
-        for s, m, k in zip(scores, sel.select(scores), ks):
-            ref = torch.zeros(s.numel())
-            ref[torch.sort(s.abs().flatten(), descending=True, stable=True).indices[:k]] = 1
-            assert torch.equal(m.flatten(), ref)
-    assert sel.stats["kthvalue"] >= 3  # cold start of each layer
-
-
-@pytest.mark.skipif("compiled" not in KERNELS, reason="compiled CPU kernel not built")
-@pytest.mark.parametrize("arch", ["mlp", "conv"])
-def test_kernels_agree_over_training(arch):
-    torch.manual_seed(0)
-    base = MLP((64, 48, 32, 10)) if arch == "mlp" else BNConv()
-    models = {}
-    for k in KERNELS:
-        m = copy.deepcopy(base)
-        to_supermask(m, density=0.25, kernel=k, generator=torch.Generator().manual_seed(3))
-        models[k] = (m, torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1, momentum=0.9))
-    for _ in range(15):
-        x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
-        outs = {}
-        for k, (m, opt) in models.items():
-            out = m(x)
-            opt.zero_grad()
-            F.cross_entropy(out, y).backward()
-            outs[k] = (out.detach(), [p.grad.clone() for p in m.parameters() if p.requires_grad])
-            opt.step()
-        for k in KERNELS[1:]:
-            assert torch.allclose(outs[k][0], outs["reference"][0], atol=1e-5)
-            for a, b in zip(outs[k][1], outs["reference"][1]):
-                assert torch.allclose(a, b, atol=1e-5)
-        masks = [current_mask(m) for m, _ in models.values()]
-        assert all(masks[0].equals(other) for other in masks[1:])
-
-
 # -- frozen weights, BatchNorm --------------------------------------------------------------------------
 def test_weights_bitwise_frozen_and_bn_nonaffine():
     from ticketsearch.scorers.supermask import run_learned
@@ -236,6 +113,7 @@ def test_weights_bitwise_frozen_and_bn_nonaffine():
 
 def test_learned_result_is_an_ordinary_mask():
     from ticketsearch.scorers.supermask import run_learned
+
     from ticketsearch.training import evaluate
 
     torch.manual_seed(0)
@@ -295,9 +173,10 @@ def test_bernoulli_expected_mask_is_sigmoid_and_samples_are_binary():
 
 # -- the science: untrained weights, far above chance ------------------------------------------------------
 def test_digits_supermask_far_above_chance():
+    from ticketsearch.scorers.supermask import default_training, run_learned
+
     from ticketsearch.data import load_dataset
     from ticketsearch.models import create_model
-    from ticketsearch.scorers.supermask import default_training, run_learned
 
     data = load_dataset("digits", seed=0)
     accs = {}
@@ -338,16 +217,6 @@ def test_no_prunable_layers():
         to_supermask(model, density=0.5)
     with pytest.raises(ConfigError, match="no prunable"):
         run_learned("supermask", model, Tiny(), _hp(), seed=0, progress=False)
-
-
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_nan_scores_stop_with_divergence_error(kernel):
-    model = MLP()
-    to_supermask(model, density=0.5, kernel=kernel)
-    with torch.no_grad():
-        model.layers[1].scores[0, 0] = float("nan")
-    with pytest.raises(DivergenceError, match="layers.1.weight"):
-        check_scores_finite(model)
 
 
 def test_diverging_training_raises():
