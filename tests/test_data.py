@@ -105,6 +105,44 @@ def test_resolve_root_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert D.resolve_root(tmp_path / "arg") == tmp_path / "arg"
 
 
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
+def test_data_root_that_is_a_file_or_under_one(tmp_path: Path, name: str) -> None:
+    blocker = tmp_path / "data"
+    blocker.write_text("not a folder")
+    for root in (blocker, blocker / "sub"):
+        with pytest.raises(DataError) as e:
+            D.load_dataset(name, root=root)
+        msg = str(e.value)
+        assert "\n" not in msg and f"data root '{root}'" in msg and "is a file, not a folder" in msg
+        assert f"'{blocker}'" in msg or root == blocker
+
+
+def test_data_root_unknown_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError) as e:
+        D.load_dataset("mnist", root="~nosuchuser_ts/data")
+    msg = str(e.value)
+    assert "\n" not in msg and "data root '~nosuchuser_ts/data'" in msg and "no user 'nosuchuser_ts'" in msg
+    monkeypatch.setenv(D.DATA_ENV, "~nosuchuser_ts/data")
+    with pytest.raises(ConfigError, match=r"\$TICKETSEARCH_DATA.*no user 'nosuchuser_ts'"):
+        D.resolve_root(None)
+    monkeypatch.setenv(D.DATA_ENV, "~/data")
+    assert D.resolve_root(None) == Path.home() / "data"
+
+
+def test_loader_os_error_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ticketsearch.data import base
+
+    def loader(root: Path, *, download: bool = False) -> D.RawSplits:
+        return np.load(root / "missing.npz")  # type: ignore[no-any-return]
+
+    spec = base.DatasetSpec("plug", loader, "d", "m", (1,), 2, 0.1)
+    monkeypatch.setattr(base, "get_dataset_spec", lambda name: spec)
+    with pytest.raises(DataError) as e:
+        D.load_dataset("plug", root=tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and f"dataset 'plug': cannot read '{tmp_path / 'missing.npz'}'" in msg
+
+
 def test_resolve_val_size() -> None:
     assert D.resolve_val_size(None, 1000, 0.1) == 100
     assert D.resolve_val_size(-1.0, 1000, 5000 / 60000) == 83

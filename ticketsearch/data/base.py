@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import ConfigError, DataError
+from ..core.errors import ConfigError, DataError, TicketsearchError
+from ..core.io import blocking_file, expand_path
 from ..core.registry import Registry
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "get_dataset_spec",
     "load_dataset",
     "resolve_root",
+    "check_data_root",
     "resolve_val_size",
     "stratified_split",
     "list_datasets",
@@ -166,14 +168,40 @@ class Dataset:
 def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
     """The data folder: ``root`` if given, else ``$TICKETSEARCH_DATA``, else ``./data``.
 
-    One rule for every command, so a user sets the environment variable once.
+    One rule for every command, so a user sets the environment variable once. A ``~user`` that does not
+    exist is a one-line ConfigError naming where the path came from.
     """
     if root is not None and str(root) != "":
-        return Path(root).expanduser()
+        return expand_path(root, what="data root")
     env = os.environ.get(DATA_ENV)
     if env:
-        return Path(env).expanduser()
+        return expand_path(env, what=f"data root (${DATA_ENV})")
     return Path("data")
+
+
+def check_data_root(root: Path) -> None:
+    """One-line DataError if ``root`` cannot be a readable folder (it, or a folder above it, is a file).
+
+    Without it a root that is a file reads as "files not found" (is_file() hides the cause), and a root
+    we may not enter raises PermissionError deep inside a loader. A root that does not exist yet is fine:
+    the loaders say which files to put where.
+    """
+    try:
+        if not root.exists():
+            blocker = blocking_file(root)
+            if blocker is not None:
+                raise DataError(f"data root '{root}' cannot be read: '{blocker}' is a file, not a folder")
+            return
+        if not root.is_dir():
+            raise DataError(
+                f"data root '{root}' is a file, not a folder; pass the folder that holds the data"
+            )
+        with os.scandir(root):
+            pass
+    except OSError as exc:
+        if isinstance(exc, TicketsearchError):
+            raise
+        raise DataError(f"data root '{root}' cannot be read ({exc.strerror or exc})") from None
 
 
 def resolve_val_size(val_size: float | int | None, n_train: int, default: float) -> int:
@@ -267,7 +295,13 @@ def load_dataset(
     """
     spec = get_dataset_spec(name)
     root_path = resolve_root(root)
-    raw = spec.loader(root_path, download=download)
+    try:
+        raw = spec.loader(root_path, download=download)
+    except OSError as exc:  # a loader (or a plugin's) that let an OSError out: still one line
+        if isinstance(exc, TicketsearchError):
+            raise
+        where = f"'{exc.filename}'" if exc.filename else f"the data root '{root_path}'"
+        raise DataError(f"dataset '{name}': cannot read {where} ({exc.strerror or exc})") from None
     _check_raw(spec, raw)
     n_val = resolve_val_size(val_size, int(raw.x_train.shape[0]), spec.default_val_size)
     train_idx, val_idx = stratified_split(raw.y_train, n_val, seed, salt=1)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..core.errors import DataError
 from ..core.io import atomic_write
-from .base import RawSplits, register_dataset, stratified_split
+from .base import RawSplits, check_data_root, register_dataset, stratified_split
 from .idx import load_idx_dataset
 
 __all__ = [
@@ -300,6 +300,7 @@ def load_cifar10_raw(root: Path, *, download: bool = False) -> RawSplits:
     The batches are pickles; we read them with an unpickler that only admits numpy's array
     reconstruction, after checking their md5, so a foreign file cannot run code.
     """
+    check_data_root(Path(root))
     folder = Path(root) / CIFAR10_DIR
     names = (*_CIFAR_TRAIN, "test_batch")
     missing = [n for n in names if not (folder / n).is_file()]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import DataError
+from .base import check_data_root
 
 __all__ = [
     "IDX_FILES",
@@ -241,6 +242,7 @@ def load_idx_dataset(
     root: Path, dataset: str, *, download: bool = False
 ) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, str]]:
     """Read and verify the four files of ``dataset``: returns (arrays by stem, paths, how each was verified)."""
+    check_data_root(root)
     found, missing = find_idx_files(root, dataset)
     if missing and download:
         download_with_torchvision(root, dataset)
