@@ -92,7 +92,7 @@ def _hp(method="supermask", density=0.5, budget="2ep", scope="layerwise", **args
 
 # -- frozen weights, BatchNorm --------------------------------------------------------------------------
 def test_weights_bitwise_frozen_and_bn_nonaffine():
-    from ticketsearch.scorers.supermask import run_learned
+    from ticketsearch.methods.learned import run_learned
 
     torch.manual_seed(0)
     model = BNConv()
@@ -112,8 +112,7 @@ def test_weights_bitwise_frozen_and_bn_nonaffine():
 
 
 def test_learned_result_is_an_ordinary_mask():
-    from ticketsearch.scorers.supermask import run_learned
-
+    from ticketsearch.methods.learned import run_learned
     from ticketsearch.training import evaluate
 
     torch.manual_seed(0)
@@ -131,7 +130,7 @@ def test_learned_result_is_an_ordinary_mask():
 
 
 def test_same_seed_same_scores():
-    from ticketsearch.scorers.supermask import run_learned
+    from ticketsearch.methods.learned import run_learned
 
     runs = []
     for _ in range(2):
@@ -173,9 +172,8 @@ def test_bernoulli_expected_mask_is_sigmoid_and_samples_are_binary():
 
 # -- the science: untrained weights, far above chance ------------------------------------------------------
 def test_digits_supermask_far_above_chance():
-    from ticketsearch.scorers.supermask import default_training, run_learned
-
     from ticketsearch.data import load_dataset
+    from ticketsearch.methods.learned import learned_recipe, run_learned
     from ticketsearch.models import create_model
 
     data = load_dataset("digits", seed=0)
@@ -184,7 +182,7 @@ def test_digits_supermask_far_above_chance():
         torch.manual_seed(0)
         model = create_model("mlp_digits", data.input_shape, data.num_classes)
         hp = RunHparams(
-            training=default_training("digits", method),
+            training=learned_recipe("digits", method),
             pruning=PruningHparams(method=method, density=0.5),
             method_args=(("kernel", "torch"),),
         )
@@ -201,7 +199,7 @@ def test_digits_supermask_far_above_chance():
 # -- bad input --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("density", [0.0, 1.5, -0.1, float("nan")])
 def test_bad_density(density):
-    from ticketsearch.scorers.supermask import run_learned
+    from ticketsearch.methods.learned import run_learned
 
     with pytest.raises(ConfigError, match="density"):
         to_supermask(MLP(), density=density)
@@ -210,7 +208,7 @@ def test_bad_density(density):
 
 
 def test_no_prunable_layers():
-    from ticketsearch.scorers.supermask import run_learned
+    from ticketsearch.methods.learned import run_learned
 
     model = nn.Sequential(nn.Flatten(), nn.ReLU())
     with pytest.raises(ConfigError, match="no prunable"):
@@ -220,7 +218,7 @@ def test_no_prunable_layers():
 
 
 def test_diverging_training_raises():
-    from ticketsearch.scorers.supermask import run_learned
+    from ticketsearch.methods.learned import run_learned
 
     data = Tiny()
     data.x_train[:] = float("nan")  # NaN loss → NaN gradients → NaN scores after the first step
@@ -230,7 +228,7 @@ def test_diverging_training_raises():
 
 
 def test_unknown_and_bad_knobs():
-    from ticketsearch.scorers.supermask import BernoulliKnobs, SupermaskKnobs, knobs_from_args
+    from ticketsearch.methods.learned import BernoulliKnobs, SupermaskKnobs, knobs_from_args
 
     with pytest.raises(ConfigError, match="unknown method argument.*wieght_init"):
         knobs_from_args({"wieght_init": "signed_constant"})
@@ -260,11 +258,10 @@ def test_strip_restores_plain_layers():
 
 
 def test_methods_registered_as_learned():
-    from ticketsearch.scorers import METHODS
+    from ticketsearch.methods import get_method
 
     for name in ("supermask", "supermask-bernoulli"):
-        cls = METHODS.get(name)
-        assert cls.kind == "learned"
-    assert METHODS.get("supermask").default_training("mnist").optimizer == "sgd"
-    hp = METHODS.get("supermask-bernoulli").default_training("mnist")
+        assert get_method(name).kind == "learned"
+    assert get_method("supermask").recipe("mlp_digits", "mnist").optimizer == "sgd"
+    hp = get_method("supermask-bernoulli").recipe("mlp_digits", "mnist")
     assert (hp.optimizer, hp.lr) == ("adam", 0.1)
