@@ -399,7 +399,7 @@ def test_run_dir_path_taken_by_a_file(tmp_path: Path, where: str) -> None:
     with pytest.raises(StorageError) as e:
         run.create().level(0, 1).sub("control_reinit")
     msg = _one_line(e.value)
-    assert f"'{blocked}' is a file, not a folder" in msg
+    assert f"'{blocked}' is a file" in msg and "move it away" in msg
 
 
 def test_results_root_errors(tmp_path: Path) -> None:

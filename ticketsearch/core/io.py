@@ -135,7 +135,10 @@ def storage_error(
             reason = "it is a folder"
         elif blocker is not None:
             reason = f"'{blocker}' is a file, not a folder; move it away"
-        msg = f"{doing} '{path}' failed: {reason}"
+        if blocker is not None and blocker == path:
+            msg = f"'{path}' is a file where a folder should be; move it away"
+        else:
+            msg = f"{doing} '{path}' failed: {reason}"
     elif code in _REASONS:
         msg = f"{_REASONS[code]} {doing} '{path}'"
         if code in (errno.ENOSPC, errno.EDQUOT):
