@@ -31,7 +31,7 @@ import torch
 from ticketsearch.core.hparams import ModelHparams, PruningHparams, RunHparams, TrainingHparams
 from ticketsearch.data import Batcher, load_dataset
 from ticketsearch.models import create_model
-from ticketsearch.scorers import METHODS, ScoringContext, find_mask, first_collapse_density
+from ticketsearch.scorers import SCORERS, ScoringContext, find_mask, first_collapse_density
 from ticketsearch.sparse import apply_mask
 from ticketsearch.training import train
 
@@ -66,7 +66,7 @@ def one_run(
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = create_model("lenet_300_100", data.input_shape, data.num_classes).to(args.device)
-    scorer = METHODS.get(method)()
+    scorer = SCORERS.get(method)()
     hp = RunHparams(
         model=ModelHparams(model="lenet_300_100"),
         training=training_hparams(optimizer, args.epochs, args.schedule),
@@ -247,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         xb, yb = Batcher(data.x_train, data.y_train, 100, seed=7).batch(0)
         hp = RunHparams(pruning=PruningHparams(scope="global"))
         for m in methods:
-            collapse[m] = first_collapse_density(METHODS.get(m)(), model, [(xb, yb)], hp, cdens)
+            collapse[m] = first_collapse_density(SCORERS.get(m)(), model, [(xb, yb)], hp, cdens)
         if "synflow" in methods:
             collapse["synflow (100 rounds)"] = first_collapse_density(
-                METHODS.get("synflow")(), model, [(xb, yb)], hp, cdens, rounds=100
+                SCORERS.get("synflow")(), model, [(xb, yb)], hp, cdens, rounds=100
             )
     spe = math.ceil(data.train_size / 100)
     meta = {

@@ -11,9 +11,9 @@ Paper figures beside ours (MNIST only): Zhou et al. 2019 report 86% for a mask-o
 ≥ 97.0%. Other datasets have no targets.
 
 ``--dataset`` (default mnist) and ``--model`` (default: the dataset's default model) pick the task; the
-epochs default to the supermask recipe's budget for the dataset (``scorers.supermask.default_training``:
+epochs default to the supermask recipe's budget for the dataset (``methods.learned_recipe``:
 10 on MNIST-like data). ``--dense-baseline`` also trains a fresh dense copy of the model's weights with the
-model's paper recipe (``experiments.presets.default_training``) per seed and reports its final test
+model's paper recipe (``models.training_recipe``) per seed and reports its final test
 accuracy beside the supermasks.
 
 From the repository root:
@@ -44,9 +44,9 @@ import torch
 
 from ticketsearch.core.hparams import PruningHparams, RunHparams
 from ticketsearch.data import get_dataset_spec, load_dataset
-from ticketsearch.experiments.presets import default_training as dense_training
+from ticketsearch.methods import learned_recipe, run_learned
 from ticketsearch.models import create_model
-from ticketsearch.scorers.supermask import default_training, run_learned
+from ticketsearch.models import training_recipe as dense_training
 from ticketsearch.training import train
 
 from ._common import SHARED_DATA
@@ -101,7 +101,7 @@ def main() -> None:
     dataset = args.dataset
     default_model = get_dataset_spec(dataset).default_model
     model_name = args.model or default_model
-    recipe_budget = default_training(dataset, "supermask").budget
+    recipe_budget = learned_recipe(dataset, "supermask").budget
     recipe_epochs = int(recipe_budget[:-2]) if recipe_budget.endswith("ep") else None
     if args.epochs is None:
         if recipe_epochs is None:
@@ -142,7 +142,7 @@ def main() -> None:
         for method, density in configs:
             torch.manual_seed(seed)
             model = create_model(model_name, data.input_shape, data.num_classes)
-            training = dataclasses.replace(default_training(dataset, method), budget=f"{args.epochs}ep")
+            training = dataclasses.replace(learned_recipe(dataset, method), budget=f"{args.epochs}ep")
             hp = RunHparams(training=training, pruning=PruningHparams(method=method, density=density))
             t0 = time.perf_counter()
             res = run_learned(method, model, data, hp, seed=seed, progress=False)
@@ -223,7 +223,7 @@ def main() -> None:
         intro += (
             f" The dense row trains the weights themselves ({_recipe(dense_hp)}) and shows the final test "
             "accuracy; the learned-scores recipe is edge-popup's "
-            f"({_recipe(dataclasses.replace(default_training(dataset, 'supermask'), budget=f'{args.epochs}ep'))})."
+            f"({_recipe(dataclasses.replace(learned_recipe(dataset, 'supermask'), budget=f'{args.epochs}ep'))})."
         )
     lines = [
         f"# Supermasks on {ds_title}, {model_title}, untrained weights",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from ticketsearch.scorers import METHODS
+from ticketsearch.scorers import SCORERS
 from ticketsearch.testing import ScorerConformance
 
 ONESHOT = [
-    e.name for e in METHODS.entries() if getattr(e.obj, "kind", "") == "oneshot" and e.source == "built-in"
+    e.name for e in SCORERS.entries() if getattr(e.obj, "kind", "") == "oneshot" and e.source == "built-in"
 ]
 
 
@@ -19,4 +19,4 @@ def test_builtins_present() -> None:
 class TestBuiltinConformance(ScorerConformance):
     @pytest.fixture(params=ONESHOT)
     def scorer(self, request):
-        return METHODS.get(request.param)()
+        return SCORERS.get(request.param)()

@@ -70,10 +70,10 @@ def test_example_plugin_is_listed_and_usable(installed_plugin: Path) -> None:
         """
         import torch
         from ticketsearch.core.hparams import PruningHparams, RunHparams
-        from ticketsearch.scorers import METHODS, find_mask
+        from ticketsearch.scorers import SCORERS, find_mask
         from ticketsearch.testing import conformance_models, make_batches
-        cls = METHODS.get("fisher")
-        assert cls.name == "fisher" and METHODS.entry("fisher").source != "built-in"
+        cls = SCORERS.get("fisher")
+        assert cls.name == "fisher" and SCORERS.entry("fisher").source != "built-in"
         model = conformance_models()["mlp"]()
         hp = RunHparams(pruning=PruningHparams(method="fisher", density=0.1, scope="global"))
         mask, cost = find_mask(cls(), model, make_batches(), hp)
@@ -117,12 +117,12 @@ def test_broken_plugin_is_listed_and_builtins_still_work(tmp_path: Path) -> None
         """
         from ticketsearch.core.errors import UnknownNameError
         from ticketsearch.core.hparams import PruningHparams, RunHparams
-        from ticketsearch.scorers import METHODS, find_mask
+        from ticketsearch.scorers import SCORERS, find_mask
         from ticketsearch.testing import conformance_models, make_batches
-        mask, _ = find_mask(METHODS.get("snip")(), conformance_models()["mlp"](), make_batches(),
+        mask, _ = find_mask(SCORERS.get("snip")(), conformance_models()["mlp"](), make_batches(),
                             RunHparams(pruning=PruningHparams(method="snip", density=0.2)))
         try:
-            METHODS.get("broken_thing")
+            SCORERS.get("broken_thing")
         except UnknownNameError as exc:
             print("ERR", exc)
         print("OK", round(mask.density, 1))

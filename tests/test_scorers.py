@@ -16,14 +16,14 @@ from ticketsearch.core.hparams import PruningHparams, RunHparams
 from ticketsearch.core.mask import Mask, exact_count
 from ticketsearch.core.select import select
 from ticketsearch.scorers import (
-    METHODS,
+    SCORERS,
     Scorer,
     ScoringContext,
     density_schedule,
     find_mask,
     first_collapse_density,
     hessian_gradient_product,
-    register_method,
+    register_scorer,
 )
 from ticketsearch.sparse import (
     MaskedConv2d,
@@ -58,7 +58,7 @@ def batches_for(d_in, n_classes, sizes=(5, 3), seed=1, dtype=torch.float64):
 
 
 def score(name: str, model, batches, **kw):
-    return METHODS.get(name)().score(model, batches, hparams=hp(name, **kw))
+    return SCORERS.get(name)().score(model, batches, hparams=hp(name, **kw))
 
 
 # -- closed forms ------------------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def test_synflow_needs_no_data_but_an_input_shape() -> None:
     assert set(score("synflow", model, [])) == {"0.weight", "2.weight"}
     ctx = ScoringContext(data=type("D", (), {"input_shape": (3,)})())
     del model.input_shape
-    s = METHODS.get("synflow")().score(model, [], hparams=hp("synflow"), context=ctx)
+    s = SCORERS.get("synflow")().score(model, [], hparams=hp("synflow"), context=ctx)
     assert set(s) == {"0.weight", "2.weight"}
 
 
@@ -233,7 +233,7 @@ def test_synflow_iterative_hits_density_exactly_and_masks_nest() -> None:
     total = sum(math.prod(s) for s in prunable_shapes(model).values())
     seen: list[Mask] = []
 
-    class Spy(METHODS.get("synflow")):  # type: ignore[misc, valid-type]
+    class Spy(SCORERS.get("synflow")):  # type: ignore[misc, valid-type]
         def score(self, model, batches, **kw):
             seen.append(get_mask(model))
             return super().score(model, batches, **kw)
@@ -278,12 +278,12 @@ def test_layer_collapse_synflow_keeps_every_layer_on_lenet() -> None:
     d = 1e-4  # keeps 27 of 266,200 weights
     assert exact_count(d, total) >= len(prunable_shapes(net))
     batches = _mnist_or_noise_batches()
-    mask, _ = find_mask(METHODS.get("synflow")(), net, batches, hp("synflow", density=d))
+    mask, _ = find_mask(SCORERS.get("synflow")(), net, batches, hp("synflow", density=d))
     assert all(c > 0 for c in mask.layer_counts().values()), mask.layer_counts()
     dens = [0.1, 0.05, 0.02, 0.01, 5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4]
     collapse = {}
     for name in ("snip", "magnitude", "grasp", "random"):
-        collapse[name] = first_collapse_density(METHODS.get(name)(), net, batches, hp(name), dens)
+        collapse[name] = first_collapse_density(SCORERS.get(name)(), net, batches, hp(name), dens)
         print(
             f"single-shot {name} (global) first empties a layer of lenet_300_100 at density {collapse[name]}"
         )
@@ -310,8 +310,8 @@ def test_first_collapse_density_on_a_constructed_case() -> None:
         model[1].weight.fill_(1.0)
     # 24 weights in all: density 0.5 keeps 12 = all of layer 1 and nothing of layer 0
     dens = [0.9, 0.75, 0.6, 0.5, 0.25]
-    assert first_collapse_density(METHODS.get("magnitude")(), model, [], hp("magnitude"), dens) == 0.5
-    assert first_collapse_density(METHODS.get("magnitude")(), model, [], hp("magnitude"), [0.9, 0.6]) is None
+    assert first_collapse_density(SCORERS.get("magnitude")(), model, [], hp("magnitude"), dens) == 0.5
+    assert first_collapse_density(SCORERS.get("magnitude")(), model, [], hp("magnitude"), [0.9, 0.6]) is None
 
 
 # -- one selection rule for all --------------------------------------------------------------------------
@@ -328,7 +328,7 @@ def test_same_scores_give_the_same_mask_whoever_produced_them() -> None:
 
     for kw in ({"scope": "global"}, {"scope": "layerwise"}, {"scope": "layerwise", "distribution": "erk"}):
         a, _ = find_mask(Fixed(), model, [], hp("fixed", density=0.2, **kw))
-        b, _ = find_mask(METHODS.get("magnitude")(), model, [], hp("magnitude", density=0.2, **kw))
+        b, _ = find_mask(SCORERS.get("magnitude")(), model, [], hp("magnitude", density=0.2, **kw))
         assert a.equals(b)
         assert a.equals(select(fixed, 0.2, **kw))
 
@@ -343,7 +343,7 @@ def test_find_mask_leaves_a_batchnorm_model_bitwise_untouched(name: str) -> None
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batches = [(torch.randn(6, 1, 6, 6), torch.arange(6) % 3)]
-    find_mask(METHODS.get(name)(), model, batches, hp(name, density=0.3, rounds=2))
+    find_mask(SCORERS.get(name)(), model, batches, hp(name, density=0.3, rounds=2))
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert model.training and all(p.grad is None for p in model.parameters())
@@ -353,26 +353,26 @@ def test_existing_mask_is_the_starting_point() -> None:
     model = linear2(6, 5, 3, dtype=torch.float32)
     old = Mask({n: torch.rand(s) < 0.5 for n, s in prunable_shapes(model).items()})
     apply_mask(model, old)
-    mask, _ = find_mask(METHODS.get("magnitude")(), model, [], hp("magnitude", density=0.2, rounds=3))
+    mask, _ = find_mask(SCORERS.get("magnitude")(), model, [], hp("magnitude", density=0.2, rounds=3))
     assert mask.is_subset_of(old) and mask.num_kept == exact_count(0.2, 6 * 5 + 5 * 3)
     with pytest.raises(ConfigError, match="already pruned"):
-        find_mask(METHODS.get("magnitude")(), model, [], hp("magnitude", density=0.9))
+        find_mask(SCORERS.get("magnitude")(), model, [], hp("magnitude", density=0.9))
 
 
 def test_cost_record_counts_passes() -> None:
     model = linear2(4, 3, 2, dtype=torch.float32)
     batches = batches_for(4, 2, sizes=(5, 3, 2), dtype=torch.float32)
-    _, cost = find_mask(METHODS.get("snip")(), model, batches, hp("snip", density=0.5, rounds=2))
+    _, cost = find_mask(SCORERS.get("snip")(), model, batches, hp("snip", density=0.5, rounds=2))
     assert cost["forward_passes"] == 6 and cost["examples_forward"] == 20 and cost["backward_passes"] == 6
-    _, cost = find_mask(METHODS.get("grasp")(), model, batches, hp("grasp", density=0.5))
+    _, cost = find_mask(SCORERS.get("grasp")(), model, batches, hp("grasp", density=0.5))
     assert cost["forward_passes"] == 6 and cost["hessian_vector_products"] == 3
-    _, cost = find_mask(METHODS.get("magnitude")(), model, batches, hp("magnitude", density=0.5))
+    _, cost = find_mask(SCORERS.get("magnitude")(), model, batches, hp("magnitude", density=0.5))
     assert cost["forward_passes"] == 0 and cost["wall_time"] >= 0
 
 
 def test_random_scorer_is_seeded_by_the_context_and_spares_pruned_weights() -> None:
     model = linear2(6, 5, 3, dtype=torch.float32)
-    sc = METHODS.get("random")()
+    sc = SCORERS.get("random")()
     a = sc.score(model, [], hparams=hp("random"), context=ScoringContext(seed=1))
     torch.manual_seed(123)
     b = sc.score(model, [], hparams=hp("random"), context=ScoringContext(seed=1))
@@ -387,13 +387,13 @@ def test_random_scorer_is_seeded_by_the_context_and_spares_pruned_weights() -> N
 # -- bad input --------------------------------------------------------------------------------------------
 def test_unknown_method_suggests_closest() -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'snip'"):
-        METHODS.get("snp")
+        SCORERS.get("snp")
 
 
 def test_registering_a_taken_name_raises() -> None:
     with pytest.raises(ValueError, match="already registered"):
 
-        @register_method("snip")
+        @register_scorer("snip")
         class Other(Scorer):  # noqa: F811
             def score(self, model, batches, *, hparams, context=None):
                 return {}
@@ -433,9 +433,9 @@ def test_min_layer_density_guard_raises_when_density_cannot_cover_it() -> None:
     model = linear2(8, 8, 2, dtype=torch.float32)
     # 80 weights; min_layer_density 0.5 needs ≥ 32 + 8 = 40 but density 0.1 allows only 8
     with pytest.raises(ConfigError, match="min-layer-density"):
-        find_mask(METHODS.get("magnitude")(), model, [], hp("magnitude", density=0.1, min_layer_density=0.5))
+        find_mask(SCORERS.get("magnitude")(), model, [], hp("magnitude", density=0.1, min_layer_density=0.5))
     mask, _ = find_mask(
-        METHODS.get("magnitude")(), model, [], hp("magnitude", density=0.6, min_layer_density=0.5)
+        SCORERS.get("magnitude")(), model, [], hp("magnitude", density=0.6, min_layer_density=0.5)
     )
     assert all(d >= 0.5 for d in mask.layer_density().values())
 
@@ -450,15 +450,15 @@ def test_bad_knobs_and_missing_data_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="temperature"):
         score("grasp", model, batches, args={"temperature": "hot"})
     with pytest.raises(ConfigError, match="rounds"):
-        find_mask(METHODS.get("magnitude")(), model, [], hp("magnitude", rounds=-2))
+        find_mask(SCORERS.get("magnitude")(), model, [], hp("magnitude", rounds=-2))
     with pytest.raises(ConfigError, match="density"):
-        find_mask(METHODS.get("magnitude")(), model, [], hp("magnitude", density=0.0))
+        find_mask(SCORERS.get("magnitude")(), model, [], hp("magnitude", density=0.0))
 
 
 def test_plugin_entry_that_is_not_a_scorer_is_listed_as_broken() -> None:
-    from ticketsearch.scorers.base import MethodRegistry
+    from ticketsearch.scorers.base import ScorerRegistry
 
-    reg = MethodRegistry("method")
+    reg = ScorerRegistry("method")
     reg.add("notascorer", 42, source="some-plugin")
     assert reg.names() == [] and "not a scorer class" in reg.broken()[0].error
     with pytest.raises(TypeError):

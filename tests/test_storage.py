@@ -40,7 +40,14 @@ from ticketsearch.core.io import (
     remove_stale_temps,
 )
 from ticketsearch.core.mask import Mask, layer_seed
-from ticketsearch.experiments.rundir import LevelDir, RunDir, check_writable, load_state, save_state
+from ticketsearch.experiments.rundir import (
+    LevelDir,
+    RunDir,
+    check_writable,
+    load_state,
+    lock_name,
+    save_state,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -253,7 +260,7 @@ def test_clean_stale_temps_after_kill_9(tmp_path: Path) -> None:
         removed = run.clean_stale_temps(0)
     assert [t.name for t in removed] == [".init.safetensors." + removed[0].name.split(".")[-2] + ".tmp"]
     assert _temps(run.path) == []
-    assert all(k.exists() for k in keep) and (run.replicate_path(0) / ".lock").exists()
+    assert all(k.exists() for k in keep) and (run.path / lock_name(0)).exists()
     assert level.result() == {"acc": 0.5}
     assert run.clean_stale_temps(5) == [] and remove_stale_temps(tmp_path / "nowhere") == []
 

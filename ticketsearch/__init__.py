@@ -20,7 +20,10 @@ __all__ = [
     "data",
     "scorers",
     "training",
+    "methods",
     "experiments",
+    "commands",
+    "testing",
 ]
 
 _LAZY = {
@@ -34,9 +37,9 @@ _SUBPACKAGES = {
     "data",
     "scorers",
     "training",
+    "methods",
     "experiments",
-    "search",
-    "bench",
+    "commands",
     "testing",
 }
 

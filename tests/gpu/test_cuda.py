@@ -100,10 +100,7 @@ def test_runner_end_to_end_on_cuda(tmp_path):
 
 def test_supermask_on_cuda(tmp_path):
     from ticketsearch.experiments.runner import RunOptions, run_find
-    from ticketsearch.scorers import METHODS
 
-    if "supermask" not in METHODS:
-        pytest.skip("supermask not registered")
     hp = RunHparams(
         model=ModelHparams(model="mlp_digits"),
         dataset=DatasetHparams(dataset="digits"),

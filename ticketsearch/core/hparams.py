@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field, fields
@@ -29,7 +30,15 @@ __all__ = [
     "stable_hash",
     "add_dataclass_arguments",
     "dataclass_from_args",
+    "coerce_knob",
+    "check_seed",
+    "MAX_SEED",
 ]
+
+# float32 is what the optimizers compute in: a value that is finite in Python but not in float32 (lr 1e39)
+# would turn every weight into inf at the first step, so it is refused up front.
+_FLOAT32_MAX = 3.4028234663852886e38
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ep|it)\s*$")
 
@@ -54,6 +63,9 @@ class ModelHparams:
     model: str = "auto"  # "auto": the dataset's default model
     init: str = "kaiming_normal"
 
+    def validate(self) -> None:
+        from_choices("init", self.init, INITS)
+
 
 @dataclass(frozen=True)
 class DatasetHparams:
@@ -61,6 +73,13 @@ class DatasetHparams:
 
     dataset: str = "digits"
     val_size: float = -1.0  # <0: the dataset's default; <1: a fraction; ≥1: a count
+
+    def validate(self) -> None:
+        v = finite("val_size", self.val_size)
+        if v >= 1 and v != int(v):
+            raise ConfigError(
+                f"val_size must be a fraction in (0, 1) or a whole count, got {self.val_size!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,33 @@ class TrainingHparams:
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # 0 = off
 
+    def validate(self) -> None:
+        """Every value checked before anything is written: a bad one must not leave a started run dir."""
+        from_choices("optimizer", self.optimizer, OPTIMIZERS)
+        from_choices("schedule", self.schedule, SCHEDULES)
+        if not finite("lr", self.lr) > 0:
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if not 0 <= finite("momentum", self.momentum) < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if finite("weight_decay", self.weight_decay) < 0:
+            raise ConfigError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
+        if not finite("gamma", self.gamma) > 0:
+            raise ConfigError(f"gamma must be a positive number, got {self.gamma}")
+        if not 0 <= finite("label_smoothing", self.label_smoothing) < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if finite("grad_clip", self.grad_clip) < 0:
+            raise ConfigError(f"grad_clip must be ≥ 0 (0: off), got {self.grad_clip}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if parse_duration(self.budget, name="budget")[0] < 1:
+            raise ConfigError(f"budget must be at least one iteration, got {self.budget!r}")
+        parse_duration(self.warmup, name="warmup")
+        if parse_duration(self.eval_every, name="eval_every")[0] < 1:
+            raise ConfigError(f"eval_every must be at least one iteration, got {self.eval_every!r}")
+        for m in self.milestones.split(","):
+            if m.strip():
+                parse_duration(m, name="milestone")
+
 
 @dataclass(frozen=True)
 class PruningHparams:
@@ -92,12 +138,33 @@ class PruningHparams:
     rounds: int = 0  # 0 = method default (IMP: enough levels to reach density; scorers: 1; synflow: 100)
     rate: float = 0.2  # IMP: fraction of the remaining weights pruned per round
     output_rate: float = 0.1  # IMP: the output layer's rate (paper: half the hidden rate); <0: same as rate
-    scope: str = "layerwise"  # layerwise | global
+    scope: str = ""  # layerwise | global; "" = the method's own default (SNIP/GraSP/SynFlow: global)
     distribution: str = "uniform"  # one-shot layerwise: uniform | erk
     min_layer_density: float = 0.0
     rewind: str = "0it"  # IMP: weights reset to this point of the dense run; 0it = reset to init
     score_batches: int = 1  # data-driven scorers: number of batches of real data
     score_batch_size: int = 0  # 0 = training batch size
+    allow_empty_layers: bool = False  # a mask that keeps nothing of a layer is an error unless asked for
+
+    def validate(self) -> None:
+        """The values every method shares; a method checks the meaning of its own on top."""
+        from .select import DISTRIBUTIONS, SCOPES, check_density
+
+        check_density(self.density)
+        if self.scope:
+            from_choices("scope", self.scope, SCOPES)
+        from_choices("distribution", self.distribution, DISTRIBUTIONS)
+        if not 0 <= finite("min_layer_density", self.min_layer_density) <= 1:
+            raise ConfigError(f"min_layer_density must be in [0, 1], got {self.min_layer_density}")
+        finite("rate", self.rate)
+        finite("output_rate", self.output_rate)
+        parse_duration(self.rewind, name="rewind")
+        for name in ("rounds", "score_batches", "score_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name} must be a whole number ≥ 0, got {v!r}")
+        if self.score_batches < 1:
+            raise ConfigError(f"score_batches must be ≥ 1, got {self.score_batches}")
 
 
 @dataclass(frozen=True)
@@ -134,6 +201,74 @@ class RunHparams:
 
     def replace(self, **changes: Any) -> RunHparams:
         return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.dataset.validate()
+        self.training.validate()
+        self.pruning.validate()
+
+
+# the vocabularies the training code implements; checked here so a bad value fails before any file exists
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant", "default")
+
+
+def from_choices(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r} (choose from: {', '.join(choices)})")
+    return value
+
+
+def finite(name: str, value: Any) -> float:
+    """A float32-finite number: nan, inf and values that overflow float32 (1e39) are refused by name."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
+        raise ConfigError(f"{name} must be a finite number (float32 range, |x| ≤ 3.4e38), got {value!r}")
+    return v
+
+
+def check_seed(seed: Any) -> int:
+    """Seeds are whole numbers in [0, 2^63 - 1]: what torch.manual_seed and the run directory names take."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be a whole number in [0, 2^63 - 1], got {seed!r}")
+    return seed
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def coerce_knob(name: str, value: Any, default: Any, cast: Any = None) -> Any:
+    """A method knob (``--arg name=value``) converted like its default; the one parser every method uses.
+
+    Booleans accept true/false/yes/no/on/off/1/0; integers refuse fractions; floats must be finite.
+    """
+    kind = cast or (type(default) if default is not None else None)
+    if kind is None:
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        low = str(value).strip().lower()
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+        raise ConfigError(f"method argument {name}={value!r} is not a boolean (true/false)")
+    try:
+        if kind is int:
+            f = float(value)
+            if isinstance(value, bool) or f != int(f):
+                raise ValueError
+            return int(f)
+        if kind is float:
+            return finite(f"method argument {name}", value)
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"method argument {name}={value!r} is not a valid {kind.__name__}") from None
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:

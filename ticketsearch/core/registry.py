@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -55,6 +55,7 @@ class Registry(Generic[T]):
         self.entry_point_group = entry_point_group
         self._entries: dict[str, Entry[T]] = {}
         self._broken: dict[str, BrokenEntry] = {}
+        self._reserved: dict[str, str] = {}  # name -> who holds it elsewhere (another registry's built-in)
         self._plugins_loaded = entry_point_group is None
 
     # -- registration -------------------------------------------------------------------------------
@@ -79,6 +80,19 @@ class Registry(Generic[T]):
             )
         desc = description if description is not None else _first_doc_line(obj)
         self._entries[name] = Entry(name, obj, desc, source)
+
+    def reserve(self, names: Iterable[str], *, holder: str = "a built-in method") -> None:
+        """Names a plugin of this registry may not take because another registry owns them (IMP is a
+        method strategy, so no scorer plugin may call itself ``imp``). A plugin already loaded under a
+        reserved name is moved to the broken list."""
+        for name in names:
+            self._reserved[name] = holder
+            entry = self._entries.get(name)
+            if entry is not None and entry.source != "built-in":
+                del self._entries[name]
+                self._broken[f"{name} ({entry.source})"] = BrokenEntry(
+                    name, entry.source, f"name '{name}' is already taken by {holder}"
+                )
 
     def unregister(self, name: str) -> None:
         """Remove an entry (tests and plugin reloads)."""
@@ -141,6 +155,11 @@ class Registry(Generic[T]):
 
         for ep in entry_points(group=self.entry_point_group):
             source = ep.dist.name if getattr(ep, "dist", None) is not None else ep.value
+            if ep.name in self._reserved:
+                self._broken[f"{ep.name} ({source})"] = BrokenEntry(
+                    ep.name, source, f"name '{ep.name}' is already taken by {self._reserved[ep.name]}"
+                )
+                continue
             taken = self._entries.get(ep.name)
             if taken is not None and taken.source != source:  # a plugin never replaces another entry
                 self._broken[f"{ep.name} ({source})"] = BrokenEntry(

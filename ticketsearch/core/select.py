@@ -22,7 +22,9 @@ __all__ = [
     "layer_densities",
     "check_density",
     "validate_scores",
+    "check_empty_layers",
     "DISTRIBUTIONS",
+    "SCOPES",
 ]
 
 DISTRIBUTIONS = ("uniform", "erk")
@@ -251,4 +253,68 @@ def select(
         density_requested=float(density),
         scope=scope,
         distribution=distribution if scope == "layerwise" else None,
+    )
+
+
+def _ceil_sig(x: float, digits: int = 3) -> float:
+    """Round up to ``digits`` significant digits: a printed bound that is still sufficient."""
+    if x <= 0:
+        return x
+    e = math.floor(math.log10(x)) - digits + 1
+    return math.ceil(x / 10**e) * 10**e
+
+
+def _smallest_density(
+    shapes: Mapping[str, tuple[int, ...]],
+    scope: str,
+    distribution: str,
+    scores: Mapping[str, torch.Tensor] | None,
+) -> float | None:
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    if scope == "global":
+        if scores is None:
+            return None
+        flat = torch.cat([scores[n].detach().flatten().double().cpu() for n in shapes])
+        total = flat.numel()
+        # the rank of each layer's best weight in the global ranking; k = round-half-up(d·N) reaches it
+        # once d·N ≥ rank - 0.5
+        worst = max(int((flat > scores[n].detach().double().max().cpu()).sum()) + 1 for n in shapes)
+        return min(1.0, (worst - 0.5) / total)
+
+    def ok(d: float) -> bool:
+        dens = layer_densities(shapes, d, distribution)
+        return all(exact_count(dens[n], sizes[n]) >= 1 for n in shapes)
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # monotone in d: bisect to float precision
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
+def check_empty_layers(
+    mask: Mask,
+    scores: Mapping[str, torch.Tensor] | None = None,
+    *,
+    allow: bool = False,
+    scope: str = "layerwise",
+    distribution: str = "uniform",
+) -> list[str]:
+    """Layers the mask keeps nothing of; an error unless ``allow``.
+
+    A network with an empty layer no longer connects input to output and trains to chance: reporting its
+    10% accuracy as a ticket's would be a silent wrong number. The message names the layers and the
+    smallest density that keeps at least one weight in every layer (exact for layerwise selection; for
+    global selection, computed from the scores when they are given).
+    """
+    empty = [n for n, c in mask.layer_counts().items() if c == 0]
+    if not empty or allow:
+        return empty
+    d = _smallest_density(mask.shapes(), scope, distribution, scores)
+    hint = f"the smallest density that keeps one weight in every layer is {_ceil_sig(d):.3g}; " if d else ""
+    raise ConfigError(
+        f"the mask keeps no weight of layer(s) {', '.join(empty)} at density "
+        f"{mask.metadata.get('density_requested', mask.density):.3g} "
+        f"({scope} selection): the network would be disconnected; {hint}raise --density, set "
+        "--min-layer-density, or pass --allow-empty-layers"
     )

@@ -4,7 +4,8 @@ Every file is written atomically. A level is finished when its ``result.json`` e
 finished level is never recomputed. ``checkpoint.pt`` holds the state of a level in progress and is removed
 once the level is finished (its final weights stay in ``model_final.safetensors``).
 
-One process works on a replicate at a time: :meth:`RunDir.lock` holds ``replicate_<seed>/.lock``. Under
+One process works on a replicate at a time: :meth:`RunDir.lock` holds ``<run>/.replicate_<seed>.lock``
+(beside the replicate, not in it: a run that only reads finished levels changes nothing inside them). Under
 the lock, :meth:`RunDir.clean_stale_temps` removes the temporary files a killed writer left behind.
 """
 
@@ -38,9 +39,11 @@ from ..core.io import (
 )
 from ..core.mask import Mask
 
-__all__ = ["RunDir", "LevelDir", "save_state", "load_state", "check_writable", "LOCK_NAME"]
+__all__ = ["RunDir", "LevelDir", "save_state", "load_state", "check_writable", "lock_name"]
 
-LOCK_NAME = ".lock"
+
+def lock_name(seed: int) -> str:
+    return f".replicate_{seed}.lock"
 
 
 def check_writable(root: str | os.PathLike[str]) -> None:
@@ -212,14 +215,15 @@ class RunDir:
         """Hold replicate ``seed`` exclusively for the ``with`` block; yields the lock file's path.
 
         Two processes resuming the same replicate would interleave checkpoints and metrics. The lock is
-        ``flock`` on ``replicate_<seed>/.lock``, so the kernel drops it when its holder dies (kill -9
+        ``flock`` on ``<run>/.replicate_<seed>.lock``, so the kernel drops it when its holder dies (kill -9
         included): there are no stale locks to clear. Its content names the holder (pid and host) for the
         message. If another process holds it: ``on_wait(message)`` is called once and we block until it
         is released (``wait=True``), or :class:`RunLockedError` is raised (``wait=False``). Re-entering
         from the process that holds it is a no-op, so nested callers cannot deadlock themselves. On NFS
         the lock works only where the server supports locking (Linux maps flock to NFS locks).
         """
-        path = self.replicate(seed) / LOCK_NAME
+        self.replicate(seed)
+        path = self.path / lock_name(seed)
         key = os.path.realpath(path)
         with _HELD_GUARD:
             nested = key in _HELD

@@ -1,15 +1,23 @@
-"""Run a ticket search end to end with persistence: IMP levels, one-shot scorers, learned supermasks.
+"""Persistence, resume, locking and controls for every method; the algorithms live in ``ticketsearch.methods``.
 
 Each level is a directory; a finished level (``result.json``) is loaded, never recomputed; a level in
 progress resumes from its ``checkpoint.pt``. On CPU a killed and resumed run ends with the same masks and
 metrics as an uninterrupted one, because model init is stored (``init.safetensors``), batches are a pure
 function of (seed, iteration), and checkpoints hold the full optimizer state.
+
+Order of work, so that bad input never leaves a file behind: every hyperparameter is validated, the data
+is loaded and the model built (a missing file or a shape that does not fit fails here); only then is the
+run directory created, and the replicate locked. A user error raised before any level finished removes
+what this call created.
 """
 
 from __future__ import annotations
 
-import copy
-import time
+import contextlib
+import hashlib
+import shutil
+import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,19 +25,19 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..core.errors import ConfigError
-from ..core.hparams import RunHparams, TrainingHparams, to_iterations
+from ..core.errors import ConfigError, TicketsearchError
+from ..core.hparams import RunHparams, TrainingHparams, check_seed, stable_hash
 from ..core.mask import Mask
-from ..core.select import check_density
-from ..sparse import apply_mask, get_mask, output_parameter, prunable_shapes
-from ..training.imp import check_rates, levels_for_density, prune, reset_to
-from ..training.loop import TrainResult, TrainState, evaluate, train
+from ..methods import LevelRow, Method, get_method
+from ..sparse import get_mask, prunable_shapes
+from ..training.imp import reset_to
+from ..training.loop import TrainResult, TrainState, train
+from .controls import CONTROLS
 from .rundir import LevelDir, RunDir, load_state, save_state
 
-__all__ = ["RunOptions", "RunSummary", "run_find", "train_mask", "resolve_device", "CONTROLS", "method_kind"]
+__all__ = ["RunOptions", "RunSummary", "Run", "run_find", "train_mask", "resolve_device", "mask_digest"]
 
-CONTROLS = ("reinit", "random_mask")
-_CONTROL_SEED_OFFSET = 1_000_003
+# a fresh init must differ from the ticket's own even when --seed equals the seed that made the mask
 _FRESH_INIT_SEED_OFFSET = 7_000_001
 
 
@@ -52,7 +60,10 @@ class RunOptions:
 class RunSummary:
     run_dir: Path
     seed: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[LevelRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "seed": self.seed, "rows": [r.to_dict() for r in self.rows]}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,57 +76,85 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def method_kind(method: str) -> str:
-    from ..scorers import METHODS
-
-    return METHODS.get(method).kind
-
-
-def _build_model(hp: RunHparams, data: Any, seed: int, device: torch.device) -> nn.Module:
-    from ..models import create_model
-
-    torch.manual_seed(seed)
-    model = create_model(hp.model.model, tuple(data.input_shape), int(data.num_classes), init=hp.model.init)
-    return model.to(device)
-
-
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def _load_data(hp: RunHparams, seed: int, opts: RunOptions, device: torch.device) -> Any:
     from ..data import load_dataset
 
-    val = hp.dataset.val_size
+    val = hp.dataset.val_size  # validated: a fraction, a whole count, or < 0 for the dataset's default
     kwargs: dict[str, Any] = {} if val < 0 else {"val_size": int(val) if val >= 1 else float(val)}
     return load_dataset(
         hp.dataset.dataset, root=opts.data_root, seed=seed, device=device, download=opts.download, **kwargs
     )
 
 
-def _row(level: int, mask: Mask, res: dict[str, Any], path: Path) -> dict[str, Any]:
-    return {"level": level, "density": mask.density, "mask": str(path), **res}
+def _check_controls(controls: tuple[str, ...]) -> None:
+    for c in controls:
+        CONTROLS.entry(c)  # unknown → one line with a suggestion
 
 
-class _Run:
-    """State shared by the methods' level loops."""
+class Run:
+    """The :class:`~ticketsearch.methods.RunContext` of one replicate: storage, data, init, shared steps.
 
-    def __init__(self, hp: RunHparams, seed: int, opts: RunOptions, *, init_seed: int | None = None) -> None:
-        self.hp, self.seed, self.opts = hp, seed, opts
+    Building it validates and loads everything but writes nothing; :meth:`open` (inside :func:`_opened`)
+    creates the run directory, takes the replicate's lock and stores (or reloads) the init.
+    """
+
+    def __init__(
+        self,
+        hp: RunHparams,
+        seed: int,
+        opts: RunOptions,
+        *,
+        init_seed: int | None = None,
+        method: Method | None = None,
+    ) -> None:
+        self.hp, self.seed, self.opts = hp, check_seed(seed), opts
+        self.method = method
         self.device = resolve_device(opts.device)
-        self.run = RunDir(opts.root, hp).create()
-        self.rep = self.run.replicate(seed)
+        self.progress = opts.progress
+        self.then_train = opts.then_train
+        self.then_train_hp = opts.then_train_hp
+        self.baseline = opts.baseline
         self.data = _load_data(hp, seed, opts, self.device)
-        self.model = _build_model(hp, self.data, seed if init_seed is None else init_seed, self.device)
-        init_path = self.rep / "init.safetensors"
-        if init_path.is_file():  # resume: the stored init, bit for bit
+        self.model = self.build_model(seed if init_seed is None else init_seed)
+        self.shapes = prunable_shapes(self.model)
+        if not self.shapes:
+            raise ConfigError(f"model '{hp.model.model}' has no prunable (Linear/Conv2d) layers")
+        self.run = RunDir(opts.root, hp)
+        self.init_state: dict[str, torch.Tensor] = {}
+
+    # -- storage --------------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Store the init (or reload it, bit for bit, on resume); the run directory exists and is locked."""
+        init_path = self.replicate_path() / "init.safetensors"
+        if init_path.is_file():
             self.model.load_state_dict(load_state(init_path, self.device))
         else:
             save_state(init_path, self.model.state_dict())
         self.init_state = load_state(init_path, self.device)
-        self.shapes = prunable_shapes(self.model)
-        if not self.shapes:
-            raise ConfigError(f"model '{hp.model.model}' has no prunable (Linear/Conv2d) layers")
+
+    def replicate_path(self) -> Path:
+        return self.run.replicate(self.seed)
+
+    def level(self, k: int) -> LevelDir:
+        return self.run.level(self.seed, k)
+
+    def save_state(self, path: Path, state: Mapping[str, torch.Tensor]) -> Path:
+        return save_state(path, dict(state))
+
+    def load_state(self, path: Path) -> dict[str, torch.Tensor]:
+        return load_state(path, self.device)
+
+    def build_model(self, seed: int) -> nn.Module:
+        from ..models import create_model
+
+        torch.manual_seed(seed)
+        model = create_model(
+            self.hp.model.model,
+            tuple(self.data.input_shape),
+            int(self.data.num_classes),
+            init=self.hp.model.init,
+        )
+        return model.to(self.device)
 
     def mask_metadata(self, **extra: Any) -> dict[str, Any]:
         hp = self.hp
@@ -132,6 +171,7 @@ class _Run:
             **extra,
         }
 
+    # -- the shared steps -----------------------------------------------------------------------------
     def train_level(
         self,
         level: LevelDir,
@@ -153,7 +193,7 @@ class _Run:
             save_checkpoint=lambda st: level.save_checkpoint(st.to_dict()),
             log=level.log,
             on_step=on_step,
-            progress=self.opts.progress,
+            progress=self.progress,
             desc=desc,
         )
 
@@ -178,267 +218,86 @@ class _Run:
 
     def run_controls(
         self, k: int, level: LevelDir, mask: Mask, start_state: dict[str, torch.Tensor]
-    ) -> dict[str, Any]:
-        """Controls of Frankle & Carbin / Frankle et al. 2021 beside a ticket: same mask + fresh init, and
-        a random mask with the same per-layer densities on the ticket's init."""
-        out: dict[str, Any] = {}
+    ) -> dict[str, dict[str, Any]]:
+        """Each requested control beside level ``k``: stored, resumed and trained like a level."""
+        out: dict[str, dict[str, Any]] = {}
         for name in self.opts.controls:
             sub = level.sub(f"control_{name}")
-            sub.path.mkdir(parents=True, exist_ok=True)
             if sub.done():
                 out[name] = sub.result()
                 continue
-            cseed = self.seed + _CONTROL_SEED_OFFSET * (k + 1)
-            if name == "reinit":
-                model = _build_model(self.hp, self.data, cseed, self.device)
-                cmask = mask
-                apply_mask(model, cmask)
-            elif name == "random_mask":
-                cmask = mask.shuffled(torch.Generator().manual_seed(cseed))
-                model = copy.deepcopy(self.model)
-                reset_to(model, start_state, cmask)
-            else:
-                raise ConfigError(f"unknown control '{name}' (choose from: {', '.join(CONTROLS)})")
-            sub.save_mask(cmask, **self.mask_metadata(control=name, level=k))
-            if name == "reinit":
-                save_state(sub.path / "init.safetensors", model.state_dict())
-            res = self.train_level(sub, model, desc=f"level {k} {name}")
-            out[name] = self.finish_level(sub, model, res, density=cmask.density)
+            setup = CONTROLS.get(name)().setup(self, k, mask, start_state)
+            sub.save_mask(setup.mask, **self.mask_metadata(control=name, level=k))
+            if setup.fresh_init:
+                save_state(sub.path / "init.safetensors", setup.model.state_dict())
+            res = self.train_level(sub, setup.model, desc=f"level {k} {name}")
+            out[name] = self.finish_level(sub, setup.model, res, density=setup.mask.density)
         return out
 
 
-def _imp(r: _Run) -> list[dict[str, Any]]:
-    hp = r.hp
-    check_rates(hp.pruning)
-    output = output_parameter(r.model)
-    levels = hp.pruning.rounds or levels_for_density(hp.pruning, r.shapes, output, hp.pruning.density)
-    rewind_path = r.rep / "rewind.safetensors"
-    rewind_it = to_iterations(hp.pruning.rewind, _steps_per_epoch(r), name="rewind")
-    budget = to_iterations(hp.training.budget, _steps_per_epoch(r), name="budget")
-    if rewind_it > budget:
-        raise ConfigError(
-            f"rewind point {hp.pruning.rewind!r} is past the training budget {hp.training.budget!r}"
-        )
-
-    def save_rewind(it: int, model: nn.Module) -> None:
-        if it == rewind_it and not rewind_path.is_file():
-            save_state(rewind_path, model.state_dict())
-
-    rows: list[dict[str, Any]] = []
-    mask = Mask.ones(r.shapes)
-    cost = {"wall_time": 0.0, "forward": 0, "backward": 0}
-    prev_final: dict[str, torch.Tensor] | None = None
-    for k in range(levels + 1):
-        level = r.run.level(r.seed, k)
-        if level.done():
-            mask = level.load_mask()
-            res = level.result()
-            prev_final = load_state(level.final_path, r.device)
-        else:
-            if k > 0:
-                assert prev_final is not None
-                trained = copy.deepcopy(r.model)
-                trained.load_state_dict(prev_final)
-                apply_mask(trained, mask)
-                mask = prune(hp.pruning, trained, mask)
-            if rewind_it > 0 and k > 0:
-                start_state = load_state(rewind_path, r.device)
-            else:
-                start_state = r.init_state
-            reset_to(r.model, start_state, mask)
-            level.save_mask(mask, **r.mask_metadata(level=k))
-            result = r.train_level(
-                level,
-                r.model,
-                desc=f"level {k} ({mask.density:.1%})",
-                on_step=save_rewind if k == 0 and rewind_it > 0 else None,
-            )
-            c = {
-                "wall_time": cost["wall_time"] + result.wall_time,
-                "forward": cost["forward"] + result.passes["forward"],
-                "backward": cost["backward"] + result.passes["backward"],
-            }
-            res = r.finish_level(level, r.model, result, density=mask.density, cost_to_find=c)
-            prev_final = _state(r.model)
-        cost = res.get("cost_to_find", cost)
-        if k > 0 and r.opts.controls:
-            start_state = load_state(rewind_path, r.device) if rewind_it > 0 else r.init_state
-            res = {**res, "controls": r.run_controls(k, level, mask, start_state)}
-        rows.append(_row(k, mask, res, level.mask_path))
-    return rows
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def _steps_per_epoch(r: _Run) -> int:
-    n = int(r.data.x_train.shape[0])
-    return max(1, -(-n // r.hp.training.batch_size))
+@contextlib.contextmanager
+def _opened(run: Run) -> Iterator[Run]:
+    """Create, lock and clean the replicate; on a user error before any level finished, remove what this
+    call created, so a bad value never leaves a started run directory behind."""
+    run_existed = run.run.path.exists()
+    rep = run.run.path / f"replicate_{run.seed}"
+    rep_existed = rep.exists()
+    try:
+        run.run.create()
+        with run.run.lock(run.seed, on_wait=_say):
+            run.run.clean_stale_temps(run.seed)
+            try:
+                run.open()
+                yield run
+            except TicketsearchError:
+                if not rep_existed and not any(rep.rglob("result.json")):
+                    shutil.rmtree(rep, ignore_errors=True)
+                raise
+    except TicketsearchError:
+        if not run_existed and not any(p.name.startswith("replicate_") for p in run.run.path.glob("*")):
+            shutil.rmtree(run.run.path, ignore_errors=True)
+        raise
 
 
-def _baseline(r: _Run) -> dict[str, Any]:
-    level = r.run.level(r.seed, 0)
-    mask = Mask.ones(r.shapes)
-    if not level.done():
-        model = copy.deepcopy(r.model)
-        reset_to(model, r.init_state, mask)
-        level.save_mask(mask, **r.mask_metadata(level=0))
-        res = r.finish_level(level, model, r.train_level(level, model, desc="dense"), density=1.0)
-    else:
-        res = level.result()
-    return _row(0, mask, res, level.mask_path)
-
-
-def _score_batches(r: _Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from ..data import Batcher
-
-    p = r.hp.pruning
-    bs = p.score_batch_size or r.hp.training.batch_size
-    if p.score_batches < 1:
-        raise ConfigError(f"score_batches must be ≥ 1, got {p.score_batches}")
-    b = Batcher(r.data.x_train, r.data.y_train, bs, seed=r.seed + 7)
-    return [b.batch(i) for i in range(p.score_batches)]
-
-
-def _oneshot(r: _Run) -> list[dict[str, Any]]:
-    from ..scorers import METHODS
-    from ..scorers.iterative import find_mask
-
-    hp = r.hp
-    rows = [_baseline(r)] if r.opts.baseline else []
-    level = r.run.level(r.seed, 1)
-    if level.done():
-        mask = level.load_mask()
-        res = level.result()
-    else:
-        if level.mask_path.is_file():  # scored before a crash: scoring is deterministic, reuse it
-            mask = level.load_mask()
-            find_cost = mask.metadata.get("cost_to_find", {})
-        else:
-            scorer = METHODS.get(hp.pruning.method)()
-            from ..scorers.base import ScoringContext
-
-            batches = [] if scorer.data_free else _score_batches(r)
-            t0 = time.perf_counter()
-            mask, find_cost = find_mask(
-                scorer,
-                r.model,
-                batches,
-                hp,
-                context=ScoringContext(data=r.data, seed=r.seed, progress=r.opts.progress),
-            )
-            find_cost = {
-                "wall_time": time.perf_counter() - t0,
-                **{k: v for k, v in find_cost.items() if k != "wall_time"},
-            }
-            level.save_mask(mask, **r.mask_metadata(level=1, cost_to_find=find_cost))
-        reset_to(r.model, r.init_state, mask)
-        result = r.train_level(level, r.model, desc=f"{hp.pruning.method} ({mask.density:.1%})")
-        res = r.finish_level(level, r.model, result, density=mask.density, cost_to_find=find_cost)
-    if r.opts.controls:
-        res = {**res, "controls": r.run_controls(1, level, mask, r.init_state)}
-    rows.append(_row(1, mask, res, level.mask_path))
-    return rows
-
-
-def _learned(r: _Run) -> list[dict[str, Any]]:
-    from ..scorers.supermask import run_learned
-
-    hp = r.hp
-    rows = [_baseline(r)] if r.opts.baseline else []
-    level = r.run.level(r.seed, 1)
-    if level.done():
-        mask = level.load_mask()
-        res = level.result()
-        init_state = load_state(level.path / "init.safetensors", r.device)
-        if any(k.endswith("running_mean") for k in init_state):  # BN made non-affine by the method
-            from ..sparse.supermask import make_bn_nonaffine
-
-            bn_affine = [
-                n
-                for n, m in r.model.named_modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
-            ]
-            if bn_affine and f"{bn_affine[0]}.weight" not in init_state:
-                make_bn_nonaffine(r.model)
-    else:
-        ck = level.load_checkpoint()  # scores + optimizer state of a run in progress
-        start = TrainState.from_dict(ck) if ck is not None else None
-        level.reset_metrics(start.history if start is not None else [])
-        torch.manual_seed(r.seed)
-        lr = run_learned(
-            hp.pruning.method,
-            r.model,
-            r.data,
-            hp,
-            seed=r.seed,
-            log=level.log,
-            progress=r.opts.progress,
-            start=start,
-            save_checkpoint=lambda st: level.save_checkpoint(st.to_dict()),
-        )
-        # run_learned already selected with core.select (same density, scope, distribution, guard)
-        assert lr.mask is not None
-        mask = lr.mask
-        apply_mask(lr.model, mask)
-        untrained = evaluate(lr.model, r.data.x_test, r.data.y_test)
-        init_state = {k: v.detach().clone() for k, v in lr.init_state.items()}
-        save_state(level.path / "init.safetensors", init_state)
-        save_state(level.final_path, lr.model.state_dict())
-        level.save_mask(mask, **r.mask_metadata(level=1, init="init.safetensors"))
-        metrics = dict(lr.metrics)
-        best = metrics.get("supermask_best") or {}
-        res = {
-            "es_iteration": best.get("iteration"),
-            "es_test_acc": best.get("test_acc"),
-            "test_acc": untrained["acc"],
-            "test_loss": untrained["loss"],
-            "untrained_test_acc": untrained["acc"],
-            "weights_trained": False,
-            "cost_to_find": {
-                "wall_time": metrics.get("wall_time"),
-                "forward": metrics.get("passes", {}).get("forward"),
-                "backward": metrics.get("passes", {}).get("backward"),
-            },
-            **{k: v for k, v in metrics.items() if k not in ("passes",)},
-        }
-        level.write_result(res)
-    if r.opts.then_train:
-        from .presets import default_training
-
-        sub = level.sub("then_train")
-        sub.path.mkdir(parents=True, exist_ok=True)
-        if sub.done():
-            tres = sub.result()
-        else:
-            model = copy.deepcopy(r.model)
-            reset_to(model, init_state, mask)
-            tres = r.finish_level(
-                sub,
-                model,
-                r.train_level(
-                    sub, model, r.opts.then_train_hp or default_training(hp.model.model), desc="then-train"
-                ),
-                density=mask.density,
-            )
-        res = {**res, "then_train": tres}
-    rows.append(_row(1, mask, res, level.mask_path))
-    return rows
+def prepare(hp: RunHparams, opts: RunOptions) -> tuple[Method, RunHparams]:
+    """The method and the canonical hparams of a run, every value validated; nothing is written."""
+    method = get_method(hp.pruning.method)
+    hp = method.canonical(hp)
+    method.validate(hp)
+    _check_controls(opts.controls)
+    return method, hp
 
 
 def run_find(hp: RunHparams, *, seed: int = 0, opts: RunOptions | None = None) -> RunSummary:
     """Find (and train) a ticket with ``hp.pruning.method``; resumable; returns one row per level."""
     opts = opts or RunOptions()
-    check_density(hp.pruning.density)
-    for c in opts.controls:
-        if c not in CONTROLS:
-            raise ConfigError(f"unknown control '{c}' (choose from: {', '.join(CONTROLS)})")
-    kind = method_kind(hp.pruning.method)
-    r = _Run(hp, seed, opts)
-    if kind == "imp":
-        rows = _imp(r)
-    elif kind == "learned":
-        rows = _learned(r)
-    else:
-        rows = _oneshot(r)
-    return RunSummary(run_dir=r.run.path, seed=seed, rows=rows)
+    method, hp = prepare(hp, opts)
+    run = Run(hp, seed, opts, method=method)
+    with _opened(run):
+        rows = method.run_levels(run)
+    return RunSummary(run_dir=run.run.path, seed=seed, rows=rows)
+
+
+def mask_digest(mask: Mask) -> str:
+    """sha256 of a mask's content (layer names, shapes, bits), independent of dict order."""
+    h = hashlib.sha256()
+    for name in sorted(mask):
+        t = mask[name].detach().to("cpu", torch.uint8).contiguous()
+        h.update(f"{name}:{list(t.shape)}:".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def train_mask(
@@ -449,46 +308,59 @@ def train_mask(
     init: str = "source",
     opts: RunOptions | None = None,
 ) -> RunSummary:
-    """Train a given ticket: the mask's own init (``source``) or a fresh one from ``seed`` (``fresh``)."""
-    from ..core.hparams import stable_hash
+    """Train a given ticket: the mask's own init (``source``) or a fresh one from ``seed`` (``fresh``).
 
+    The run's identity holds the mask's content and the init it trains from (the init file's content for
+    ``source``, the derived seed for ``fresh``): two different tickets never share a cached result.
+    """
     opts = opts or RunOptions()
     if init not in ("source", "fresh"):
         raise ConfigError(f"unknown init '{init}' (choose from: source, fresh)")
+    hp.validate()
+    check_seed(seed)
     mask = Mask.load(mask_path)
-    # a fresh init must differ from the ticket's own even when --seed equals the seed that made the mask
-    # (model init is drawn from the seed): it comes from a seed derived from --seed, never --seed itself
-    init_seed = seed + _FRESH_INIT_SEED_OFFSET if init == "fresh" else None
-    mask_hash = stable_hash(
-        {
-            "mask": mask.layer_counts(),
-            "file": mask.metadata.get("hparams_hash"),
-            "init": init,
-            "init_seed": init_seed,
-        }
-    )
-    hp = hp.replace(method_args=tuple(sorted({**dict(hp.method_args), "mask": mask_hash}.items())))
-    r = _Run(hp, seed, opts, init_seed=init_seed)
-    mask.check_shapes(r.shapes, what=f"model '{hp.model.model}' on '{hp.dataset.dataset}'")
-    level = r.run.level(seed, 1)
-    if level.done():
-        return RunSummary(r.run.path, seed, [_row(1, mask, level.result(), level.mask_path)])
-    state = r.init_state
+    init_seed = (seed + _FRESH_INIT_SEED_OFFSET) % (2**63) if init == "fresh" else None
+    source_init: Path | None = None
     if init == "source":
         src = mask.metadata.get("init")
         if not src:
-            raise ConfigError(f"mask '{mask_path}' records no init; use --init fresh")
-        p = (Path(mask_path).parent / src).resolve()
-        if not p.is_file():
-            raise ConfigError(f"the mask's init file '{p}' is missing; use --init fresh")
-        state = load_state(p, r.device)
-    reset_to(r.model, state, mask)
-    save_state(level.path / "init.safetensors", state)  # the init this ticket trained from, whichever it was
-    level.save_mask(
-        get_mask(r.model),
-        **r.mask_metadata(level=1, source_mask=str(mask_path), init_mode=init, init="init.safetensors"),
+            raise ConfigError(f"mask '{mask_path}' records no init; use --init-from fresh")
+        source_init = (Path(mask_path).parent / str(src)).resolve()
+        if not source_init.is_file():
+            raise ConfigError(f"the mask's init file '{source_init}' is missing; use --init-from fresh")
+    identity = {
+        "mask": mask_digest(mask),
+        "init": init,
+        "init_digest": _file_digest(source_init) if source_init is not None else None,
+        "init_seed": init_seed,
+    }
+    hp = hp.replace(
+        method_args=tuple(sorted({**dict(hp.method_args), "ticket": stable_hash(identity)}.items()))
     )
-    res = r.finish_level(
-        level, r.model, r.train_level(level, r.model, desc="train ticket"), density=mask.density
-    )
-    return RunSummary(r.run.path, seed, [_row(1, mask, res, level.mask_path)])
+    run = Run(hp, seed, opts, init_seed=init_seed)
+    mask.check_shapes(run.shapes, what=f"model '{hp.model.model}' on '{hp.dataset.dataset}'")
+    state = load_state(source_init, run.device) if source_init is not None else None
+    if state is not None:
+        missing = sorted(set(run.model.state_dict()) - set(state))
+        if missing:
+            raise ConfigError(
+                f"the mask's init file '{source_init}' does not fit model '{hp.model.model}' "
+                f"(missing: {', '.join(missing[:3])}); use --init-from fresh"
+            )
+    with _opened(run):
+        level = run.level(1)
+        if level.done():
+            return RunSummary(
+                run.run.path, seed, [LevelRow(1, mask.density, str(level.mask_path), level.result())]
+            )
+        start = state if state is not None else run.init_state
+        reset_to(run.model, start, mask)
+        save_state(level.path / "init.safetensors", start)  # the init this ticket trained from
+        level.save_mask(
+            get_mask(run.model),
+            **run.mask_metadata(level=1, source_mask=str(mask_path), init_mode=init, init="init.safetensors"),
+        )
+        res = run.finish_level(
+            level, run.model, run.train_level(level, run.model, desc="train ticket"), density=mask.density
+        )
+    return RunSummary(run.run.path, seed, [LevelRow(1, mask.density, str(level.mask_path), res)])

@@ -16,6 +16,7 @@ from .init import INITS, init_weights
 from .lenet import LeNet5
 from .mlp import MLP
 from .mnist1d import CNN1D
+from .recipes import RECIPES, training_recipe
 from .registry import (
     MODELS,
     ModelRow,
@@ -43,6 +44,8 @@ __all__ = [
     "check_input_shape",
     "shape_error",
     "INITS",
+    "RECIPES",
+    "training_recipe",
     "init_weights",
     "MLP",
     "LeNet5",

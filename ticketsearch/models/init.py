@@ -15,11 +15,10 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import ConfigError
+from ..core.hparams import INITS
 from ..sparse.layers import enforce_mask
 
 __all__ = ["INITS", "init_weights"]
-
-INITS: tuple[str, ...] = ("kaiming_normal", "kaiming_uniform", "signed_constant", "default")
 
 
 @torch.no_grad()

@@ -1,29 +1,28 @@
-"""Ticket-finding methods: scorers (higher score = keep) and the registry that names them.
+"""One-shot scorers (higher score = keep) and the registry that names them; ``core.select`` makes masks.
 
-Built-ins: ``magnitude``, ``random``, ``snip``, ``grasp``, ``synflow`` (one-shot or iterative scorers),
-``imp`` (run by ``training.imp``) and learned supermasks. Third-party scorers are found through the
-entry-point group ``ticketsearch.scorers`` the first time the registry is listed or a name is missing.
+Built-ins: ``magnitude``, ``random``, ``snip``, ``grasp``, ``synflow`` (one-shot or iterative scorers).
+Third-party scorers are found through the entry-point group ``ticketsearch.scorers`` the first time the
+registry is listed or a name is missing. Methods that train (IMP, learned supermasks) are strategies in
+:mod:`ticketsearch.methods`, where every scorer also becomes a method.
 
->>> from ticketsearch.scorers import METHODS, find_mask
->>> scorer = METHODS.get("snip")()
+>>> from ticketsearch.scorers import SCORERS, find_mask
+>>> scorer = SCORERS.get("snip")()
 """
 
 from __future__ import annotations
 
-import importlib as _importlib
-
-from . import grasp, imp, magnitude, random_, snip, synflow  # noqa: F401  (registers the built-ins)
+from . import grasp, magnitude, random_, snip, synflow  # noqa: F401  (registers the built-ins)
 from .base import (
-    METHODS,
+    SCORERS,
     Batch,
-    MethodRegistry,
     Scorer,
+    ScorerRegistry,
     ScoringContext,
     cost_counter,
     loss_gradients,
     method_arg,
     note_cost,
-    register_method,
+    register_scorer,
     require_batches,
     scoring_copy,
 )
@@ -34,21 +33,13 @@ from .random_ import RandomScorer
 from .snip import SNIP
 from .synflow import SynFlow
 
-# --- learned supermasks: owned by scorers/supermask*.py; add their imports in this block only ---------------
-try:
-    _importlib.import_module(f"{__name__}.supermask")  # registers the learned methods
-except ModuleNotFoundError as _exc:  # only while scorers/supermask.py does not exist yet
-    if _exc.name != f"{__name__}.supermask":
-        raise
-# --- end of supermask block --------------------------------------------------------------------------------
-
 __all__ = [
-    "METHODS",
-    "MethodRegistry",
+    "SCORERS",
+    "ScorerRegistry",
     "Batch",
     "Scorer",
     "ScoringContext",
-    "register_method",
+    "register_scorer",
     "method_arg",
     "require_batches",
     "scoring_copy",

@@ -22,14 +22,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.errors import ConfigError
-from ..core.hparams import RunHparams
+from ..core.hparams import RunHparams, coerce_knob
 from ..core.registry import BrokenEntry, Registry
 
 __all__ = [
     "Scorer",
     "ScoringContext",
-    "METHODS",
-    "register_method",
+    "SCORERS",
+    "ScorerRegistry",
+    "register_scorer",
     "Batch",
     "method_arg",
     "require_batches",
@@ -50,7 +51,6 @@ class ScoringContext:
     data: Any = None  # ticketsearch.data.Dataset
     seed: int = 0
     log: Callable[[dict[str, Any]], None] | None = None
-    checkpoint_dir: Any = None  # a Path where a learned scorer may keep resumable state
     progress: bool | str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -66,16 +66,24 @@ class Scorer(ABC):
     same selection rule. Weights already pruned (zero, with a mask attached) are excluded by the selection,
     whatever their score.
 
-    ``kind``: ``"oneshot"`` (scored at init, e.g. SNIP), ``"learned"`` (scores trained, e.g. supermask) or
-    ``"imp"`` (iterative magnitude pruning, run by ``training.imp``). ``data_free`` scorers ignore batches.
-    ``default_rounds`` > 1 makes the scorer iterative by default (SynFlow: 100); any scorer can be run
-    iteratively with ``--rounds`` (see :func:`ticketsearch.scorers.iterative.find_mask`).
+    ``data_free`` scorers ignore batches. ``default_rounds`` > 1 makes the scorer iterative by default
+    (SynFlow: 100); any scorer can be run iteratively with ``--rounds`` (see
+    :func:`ticketsearch.scorers.iterative.find_mask`). ``default_scope`` is the selection the method's paper
+    uses (``global`` for SNIP, GraSP and SynFlow), so ``find --method snip`` reproduces SNIP without extra
+    flags. ``knobs`` declares the ``--arg key=value`` knobs with their defaults (read them with
+    :func:`method_arg`); an undeclared key is then refused in one line. ``None`` (a plugin that declares
+    nothing) accepts any key.
+
+    Methods that are not "score once, select" (IMP, learned supermasks) are strategies in
+    :mod:`ticketsearch.methods`; a scorer becomes a method through ``methods.OneShot``.
     """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "oneshot"
     data_free: ClassVar[bool] = False
     default_rounds: ClassVar[int] = 1
+    default_scope: ClassVar[str] = "layerwise"
+    knobs: ClassVar[dict[str, Any] | None] = None
     citation: ClassVar[str] = ""
 
     @abstractmethod
@@ -90,8 +98,8 @@ class Scorer(ABC):
         """Scores for every prunable weight of ``model`` (higher = keep)."""
 
 
-class MethodRegistry(Registry[type[Scorer]]):
-    """The method registry: also accepts duck-typed plugin classes, and names them after their entry.
+class ScorerRegistry(Registry[type[Scorer]]):
+    """The scorer registry: also accepts duck-typed plugin classes, and names them after their entry.
 
     A plugin entry point that is not a class with a ``score`` method is recorded as broken (with the reason)
     instead of taking the registry down at the first lookup.
@@ -109,15 +117,15 @@ class MethodRegistry(Registry[type[Scorer]]):
         super().add(name, obj, description=description, source=source)
 
 
-METHODS: MethodRegistry = MethodRegistry("method", entry_point_group="ticketsearch.scorers")
+SCORERS: ScorerRegistry = ScorerRegistry("method", entry_point_group="ticketsearch.scorers")
 
 
-def register_method(name: str, *, description: str | None = None):
-    """Class decorator registering a built-in method under ``name`` (a taken name raises)."""
+def register_scorer(name: str, *, description: str | None = None):
+    """Class decorator registering a built-in scorer under ``name`` (a taken name raises)."""
 
     def deco(cls: type[Scorer]) -> type[Scorer]:
         cls.name = name
-        METHODS.add(name, cls, description=description)
+        SCORERS.add(name, cls, description=description)
         return cls
 
     return deco
@@ -129,19 +137,7 @@ def method_arg(hparams: RunHparams, key: str, default: Any, cast: Callable[[Any]
     args = hparams.args
     if key not in args:
         return default
-    value = args[key]
-    conv = cast or (type(default) if default is not None else (lambda v: v))
-    try:
-        if conv is bool and isinstance(value, str):
-            low = value.strip().lower()
-            if low not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(value)
-            return low in ("1", "true", "yes")
-        return conv(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"method argument {key}={value!r} is not a valid {getattr(conv, '__name__', 'value')}"
-        ) from None
+    return coerce_knob(key, args[key], default, cast)
 
 
 def require_batches(batches: Sequence[Batch], method: str) -> list[Batch]:

@@ -19,7 +19,7 @@ from .base import (
     loss_gradients,
     method_arg,
     note_cost,
-    register_method,
+    register_scorer,
     require_batches,
     scoring_copy,
 )
@@ -68,7 +68,7 @@ def hessian_gradient_product(
     return hg, g
 
 
-@register_method("grasp", description="GraSP: w ⊙ Hg, keeps gradient flow (Wang et al., ICLR 2020)")
+@register_scorer("grasp", description="GraSP: w ⊙ Hg, keeps gradient flow (Wang et al., ICLR 2020)")
 class GraSP(Scorer):
     """Gradient Signal Preservation: Wang, Zhang & Grosse, "Picking Winning Tickets Before Training by
     Preserving Gradient Flow", ICLR 2020.
@@ -88,6 +88,8 @@ class GraSP(Scorer):
     """
 
     citation = "Wang, Zhang & Grosse, ICLR 2020"
+    default_scope = "global"  # one threshold over all layers, as the paper and its code
+    knobs = {"temperature": 200.0, "chunk_size": 0}
 
     def score(
         self,

@@ -23,7 +23,7 @@ from ..core.select import check_density, select, validate_scores
 from ..sparse import apply_mask, get_mask, masked_layers, prunable_shapes
 from .base import Batch, Scorer, ScoringContext, cost_counter
 
-__all__ = ["find_mask", "density_schedule", "first_collapse_density", "empty_layers"]
+__all__ = ["find_mask", "density_schedule", "first_collapse_density", "empty_layers", "scope_of"]
 
 
 def density_schedule(density: float, rounds: int, start: float = 1.0) -> list[float]:
@@ -32,6 +32,11 @@ def density_schedule(density: float, rounds: int, start: float = 1.0) -> list[fl
         raise ConfigError(f"rounds must be ≥ 1, got {rounds}")
     out = [start * (density / start) ** (r / rounds) for r in range(1, rounds)]
     return out + [density]
+
+
+def scope_of(scorer: Any, scope: str) -> str:
+    """The selection scope a run uses: the one asked for, else the scorer's paper's (``default_scope``)."""
+    return scope or getattr(scorer, "default_scope", "") or "layerwise"
 
 
 def _scorer_name(scorer: Any) -> str:
@@ -92,7 +97,7 @@ def find_mask(
             current = select(
                 scores,
                 d,
-                scope=p.scope,
+                scope=scope_of(scorer, p.scope),
                 distribution=p.distribution,
                 current=current,
                 min_layer_density=p.min_layer_density,
@@ -132,7 +137,9 @@ def first_collapse_density(
         validate_scores(scores, prunable_shapes(model), source=f"scorer '{_scorer_name(scorer)}'")
         current = _existing_mask(model)
         for d in dens:
-            m = select(scores, d, scope=p.scope, distribution=p.distribution, current=current)
+            m = select(
+                scores, d, scope=scope_of(scorer, p.scope), distribution=p.distribution, current=current
+            )
             if empty_layers(m):
                 return d
         return None

@@ -9,12 +9,12 @@ import torch.nn as nn
 
 from ..core.hparams import RunHparams
 from ..sparse import prunable_parameters
-from .base import Batch, Scorer, ScoringContext, register_method
+from .base import Batch, Scorer, ScoringContext, register_scorer
 
 __all__ = ["Magnitude"]
 
 
-@register_method("magnitude", description="|w| at initialisation (baseline; data-free)")
+@register_scorer("magnitude", description="|w| at initialisation (baseline; data-free)")
 class Magnitude(Scorer):
     """Keep the largest |w| of the network as it is now (at init for one-shot use).
 
@@ -26,6 +26,8 @@ class Magnitude(Scorer):
 
     data_free = True
     citation = "Frankle et al., ICLR 2021 (magnitude at init baseline); Han et al., NeurIPS 2015"
+    default_scope = "global"  # the baseline of SynFlow and Frankle et al. 2021 ranks all layers together
+    knobs: dict = {}
 
     def score(
         self,

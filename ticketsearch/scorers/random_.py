@@ -9,12 +9,12 @@ import torch.nn as nn
 
 from ..core.hparams import RunHparams
 from ..sparse import masked_layers
-from .base import Batch, Scorer, ScoringContext, register_method
+from .base import Batch, Scorer, ScoringContext, register_scorer
 
 __all__ = ["RandomScorer"]
 
 
-@register_method("random", description="uniform random scores (control baseline; data-free)")
+@register_scorer("random", description="uniform random scores (control baseline; data-free)")
 class RandomScorer(Scorer):
     """I.i.d. uniform scores: random pruning with the selection rule's layerwise densities.
 
@@ -27,6 +27,7 @@ class RandomScorer(Scorer):
 
     data_free = True
     citation = "Frankle et al., ICLR 2021; Liu et al., ICLR 2022"
+    knobs: dict = {}
 
     def score(
         self,

@@ -15,7 +15,7 @@ from .base import (
     ScoringContext,
     loss_gradients,
     method_arg,
-    register_method,
+    register_scorer,
     require_batches,
     scoring_copy,
 )
@@ -23,7 +23,7 @@ from .base import (
 __all__ = ["SNIP"]
 
 
-@register_method("snip", description="SNIP: |g ⊙ w| from the loss on real batches (Lee et al., ICLR 2019)")
+@register_scorer("snip", description="SNIP: |g ⊙ w| from the loss on real batches (Lee et al., ICLR 2019)")
 class SNIP(Scorer):
     """Connection sensitivity: Lee, Ajanthan & Torr, "SNIP: Single-shot Network Pruning based on Connection
     Sensitivity", ICLR 2019.
@@ -38,6 +38,8 @@ class SNIP(Scorer):
     """
 
     citation = "Lee, Ajanthan & Torr, ICLR 2019"
+    default_scope = "global"  # one top-k over all layers, as the paper and its code
+    knobs = {"chunk_size": 0}
 
     def score(
         self,

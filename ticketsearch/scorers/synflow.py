@@ -10,12 +10,12 @@ import torch.nn as nn
 from ..core.errors import ConfigError
 from ..core.hparams import RunHparams
 from ..sparse import prunable_parameters
-from .base import Batch, Scorer, ScoringContext, input_shape_of, method_arg, register_method, scoring_copy
+from .base import Batch, Scorer, ScoringContext, input_shape_of, method_arg, register_scorer, scoring_copy
 
 __all__ = ["SynFlow"]
 
 
-@register_method(
+@register_scorer(
     "synflow", description="SynFlow: data-free path-norm saliency, 100 rounds (Tanaka et al., NeurIPS 2020)"
 )
 class SynFlow(Scorer):
@@ -33,6 +33,8 @@ class SynFlow(Scorer):
     data_free = True
     default_rounds = 100
     citation = "Tanaka, Kunin, Yamins & Ganguli, NeurIPS 2020"
+    default_scope = "global"  # the paper's (and its code's) global masking
+    knobs = {"dtype": "float64"}
 
     def score(
         self,

@@ -27,7 +27,7 @@ import torch.nn as nn
 from ..core.hparams import PruningHparams, RunHparams
 from ..core.mask import Mask, exact_count
 from ..core.select import validate_scores
-from ..scorers import METHODS, Scorer, ScoringContext, find_mask
+from ..scorers import SCORERS, Scorer, ScoringContext, find_mask
 from ..sparse import MaskedConv2d, MaskedLinear, apply_mask, get_mask, prunable_shapes
 
 __all__ = ["ScorerConformance", "conformance_models", "make_batches"]
@@ -140,7 +140,7 @@ class ScorerConformance:
         if cls is None:
             if not self.scorer_name:
                 raise TypeError(f"{type(self).__name__}: set scorer_name or scorer_cls")
-            cls = METHODS.get(self.scorer_name)
+            cls = SCORERS.get(self.scorer_name)
         return cls()
 
     @pytest.fixture

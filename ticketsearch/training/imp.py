@@ -29,7 +29,7 @@ def check_rates(hp: PruningHparams) -> None:
         )
     if hp.output_rate >= 1.0:
         raise ConfigError(f"IMP output_rate must be < 1 (negative: same as rate), got {hp.output_rate}")
-    if hp.scope not in ("layerwise", "global"):
+    if hp.scope not in ("", "layerwise", "global"):
         raise ConfigError(f"unknown IMP scope '{hp.scope}' (choose from: layerwise, global)")
 
 
@@ -46,7 +46,7 @@ def level_counts(
     """Weights kept after one round. Layerwise: a count per layer. Global: (None, pooled k, fixed counts)."""
     names = list(alive)
     rates = _rates(hp, names, output)
-    if hp.scope == "layerwise":
+    if hp.scope in ("", "layerwise"):  # "": IMP's default, the paper's layerwise rule
         return {n: alive[n] - exact_count(rates[n], alive[n]) for n in names}, None, {}
     fixed = {}
     if hp.output_rate >= 0 and output in alive:

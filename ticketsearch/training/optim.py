@@ -12,12 +12,9 @@ from collections.abc import Iterable
 import torch
 
 from ..core.errors import ConfigError
-from ..core.hparams import TrainingHparams, to_iterations
+from ..core.hparams import OPTIMIZERS, SCHEDULES, TrainingHparams, to_iterations
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "Optimizer", "make_optimizer", "LRSchedule"]
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "cosine")
 
 
 class Optimizer:

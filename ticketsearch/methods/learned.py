@@ -19,7 +19,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,10 +27,10 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import ConfigError
-from ..core.hparams import RunHparams, TrainingHparams
+from ..core.hparams import RunHparams, TrainingHparams, coerce_knob
 from ..core.mask import Mask
-from ..core.select import check_density, select
-from ..sparse import apply_mask, masked_layers
+from ..core.select import check_density, check_empty_layers, select
+from ..sparse import apply_mask, masked_layers, param_name, prunable_parameters
 from ..sparse.supermask import (
     SUPERMASK_KERNELS,
     WEIGHT_INITS,
@@ -42,13 +42,14 @@ from ..sparse.supermask import (
     supermask_controller,
     to_supermask,
 )
-from .base import Batch, Scorer, ScoringContext, register_method
+from .base import LevelRow, Method, RunContext, register_strategy
 
 __all__ = [
     "SupermaskKnobs",
     "BernoulliKnobs",
     "knobs_from_args",
-    "default_training",
+    "learned_recipe",
+    "Learned",
     "run_learned",
     "LearnedResult",
     "EdgePopup",
@@ -103,31 +104,6 @@ class BernoulliKnobs(SupermaskKnobs):
     init_logit: float = 0.0
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        low = str(value).strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"method argument {name}={value!r} is not a boolean (true/false)")
-    try:
-        if isinstance(default, int):
-            f = float(value)
-            if f != int(f):
-                raise ValueError
-            return int(f)
-        if isinstance(default, float):
-            return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"method argument {name}={value!r} is not a valid {type(default).__name__}"
-        ) from None
-    return str(value)
-
-
 def knobs_from_args(
     args: dict[str, Any] | None, cls: type[SupermaskKnobs] = SupermaskKnobs
 ) -> SupermaskKnobs:
@@ -140,7 +116,7 @@ def knobs_from_args(
             f"unknown method argument(s) {', '.join(unknown)} for {cls.__name__} (allowed: {', '.join(fields)})"
         )
     base = cls()
-    knobs = cls(**{k: _coerce(k, v, getattr(base, k)) for k, v in args.items()})
+    knobs = cls(**{k: coerce_knob(k, v, getattr(base, k)) for k, v in args.items()})
     knobs.validate()
     return knobs
 
@@ -148,7 +124,7 @@ def knobs_from_args(
 _MNIST_LIKE = ("mnist", "fashion_mnist", "digits", "mnist1d", "kmnist", "emnist")
 
 
-def default_training(dataset_name: str, method: str = "supermask") -> TrainingHparams:
+def learned_recipe(dataset_name: str, method: str = "supermask") -> TrainingHparams:
     """The recipe a supermask trains its scores with (the weights never train).
 
     Edge-popup: SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine, batch 128 (Ramanujan et al. 2020);
@@ -243,13 +219,24 @@ def run_learned(
     kind, knob_cls = LEARNED_METHODS[method_name]
     knobs = knobs_from_args(hparams.args, knob_cls)
     density = check_density(hparams.pruning.density)
-    scope = hparams.pruning.scope
+    scope = hparams.pruning.scope or "layerwise"  # edge-popup's per-layer k
     if scope not in ("layerwise", "global"):
         raise ConfigError(f"unknown selection scope '{scope}' (choose from: global, layerwise)")
     if not list(masked_layers(model)):
         raise ConfigError(
             f"model {type(model).__name__} has no prunable (Linear/Conv2d) layers for a supermask"
         )
+    allow_empty = hparams.pruning.allow_empty_layers
+    if scope == "layerwise":  # per-layer counts do not depend on the scores: refuse before training
+        flat = {n: torch.zeros(p.shape) for n, p in prunable_parameters(model).items()}
+        counts = select(
+            flat,
+            density,
+            scope=scope,
+            distribution=hparams.pruning.distribution,
+            min_layer_density=hparams.pruning.min_layer_density,
+        )
+        check_empty_layers(counts, allow=allow_empty, scope=scope, distribution=hparams.pruning.distribution)
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(int(seed))
     converted = make_bn_nonaffine(model) if knobs.nonaffine_bn else 0
@@ -315,6 +302,9 @@ def run_learned(
         distribution=hparams.pruning.distribution,
         min_layer_density=hparams.pruning.min_layer_density,
     )
+    check_empty_layers(
+        mask, scores, allow=allow_empty, scope=scope, distribution=hparams.pruning.distribution
+    )
     probe = copy.deepcopy(model)
     apply_mask(probe, mask)
     metrics["supermask_test_acc"] = evaluate(probe, data.x_test, data.y_test)["acc"]
@@ -337,58 +327,114 @@ def _bake_rescale(
     model: nn.Module, scores: dict[str, torch.Tensor], density: float, hparams: RunHparams
 ) -> None:
     """Dynamic weight rescaling: the final per-layer factor (size / kept) goes into the returned weights."""
-    mask = select(scores, density, scope=hparams.pruning.scope, distribution=hparams.pruning.distribution)
+    p = hparams.pruning
+    mask = select(scores, density, scope=p.scope or "layerwise", distribution=p.distribution)
     for name, layer in masked_layers(model):
-        key = f"{name}.weight" if name else "weight"
-        kept = max(int(mask[key].sum()), 1)
+        kept = max(int(mask[param_name(name)].sum()), 1)
         layer.weight.mul_(layer.weight.numel() / kept)
 
 
-class _LearnedScorer(Scorer):
-    """Shared: ``score`` runs :func:`run_learned` on a copy of the model and returns its keep-scores."""
+def _knob_defaults(cls: type[SupermaskKnobs]) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls)}
 
-    kind: ClassVar[str] = "learned"
-    knobs: ClassVar[type[SupermaskKnobs]] = SupermaskKnobs
 
-    @staticmethod
-    def default_training(dataset_name: str) -> TrainingHparams:
-        return default_training(dataset_name, "supermask")
+class Learned(Method):
+    """Shared by the learned supermasks: train scores on frozen weights, record the selected Mask."""
 
-    def score(
-        self,
-        model: nn.Module,
-        batches: Sequence[Batch],
-        *,
-        hparams: RunHparams,
-        context: ScoringContext | None = None,
-    ) -> dict[str, torch.Tensor]:
-        if context is None or context.data is None:
-            raise ConfigError(
-                f"method '{self.name}' learns scores on the training data: pass a ScoringContext with data"
+    kind = "learned"
+    fields = ("scope", "distribution")
+    knob_cls: ClassVar[type[SupermaskKnobs]] = SupermaskKnobs
+
+    def validate(self, hp: RunHparams) -> None:
+        super().validate(hp)
+        knobs_from_args(hp.args, self.knob_cls)  # every knob checked before a file exists
+
+    def recipe(self, model: str, dataset: str) -> TrainingHparams | None:
+        return learned_recipe(dataset, self.name)
+
+    def run_levels(self, run: RunContext) -> list[LevelRow]:
+        from ..models import training_recipe
+        from ..training import TrainState, evaluate
+        from ..training.imp import reset_to
+        from .oneshot import dense_baseline
+
+        hp = run.hp
+        rows = [dense_baseline(run)] if run.baseline else []
+        level = run.level(1)
+        init_path = level.path / "init.safetensors"
+        if level.done():
+            mask = level.load_mask()
+            res = level.result()
+            init_state = run.load_state(init_path)
+            bn_affine = [
+                n
+                for n, m in run.model.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
+            ]
+            if bn_affine and f"{bn_affine[0]}.weight" not in init_state:
+                make_bn_nonaffine(run.model)  # the stored init's BatchNorm is non-affine: match its structure
+        else:
+            ck = level.load_checkpoint()  # scores + optimizer state of a run in progress
+            start = TrainState.from_dict(ck) if ck is not None else None
+            level.reset_metrics(start.history if start is not None else [])
+            torch.manual_seed(run.seed)
+            lr = run_learned(
+                self.name,
+                run.model,
+                run.data,
+                hp,
+                seed=run.seed,
+                log=level.log,
+                progress=run.progress,
+                start=start,
+                save_checkpoint=lambda st: level.save_checkpoint(st.to_dict()),
             )
-        work = copy.deepcopy(model)
-        for n, layer in masked_layers(work):
-            if layer.weight_mask is not None:
-                raise ConfigError(
-                    f"method '{self.name}' starts from a dense network, but layer '{n}' carries a mask"
+            assert lr.mask is not None  # run_learned selected with core.select (density, scope, guard)
+            mask = lr.mask
+            apply_mask(lr.model, mask)
+            untrained = evaluate(lr.model, run.data.x_test, run.data.y_test)
+            init_state = {k: v.detach().clone() for k, v in lr.init_state.items()}
+            run.save_state(init_path, init_state)
+            run.save_state(level.final_path, lr.model.state_dict())
+            level.save_mask(mask, **run.mask_metadata(level=1, init="init.safetensors"))
+            metrics = dict(lr.metrics)
+            best = metrics.get("supermask_best") or {}
+            res = {
+                "es_iteration": best.get("iteration"),
+                "es_test_acc": best.get("test_acc"),
+                "test_acc": untrained["acc"],
+                "test_loss": untrained["loss"],
+                "untrained_test_acc": untrained["acc"],
+                "weights_trained": False,
+                "cost_to_find": {
+                    "wall_time": metrics.get("wall_time"),
+                    "forward": metrics.get("passes", {}).get("forward"),
+                    "backward": metrics.get("passes", {}).get("backward"),
+                },
+                **{k: v for k, v in metrics.items() if k not in ("passes",)},
+            }
+            level.write_result(res)
+        row = LevelRow(1, mask.density, str(level.mask_path), res)
+        if run.then_train:
+            sub = level.sub("then_train")
+            if sub.done():
+                row.then_train = sub.result()
+            else:
+                model = copy.deepcopy(run.model)
+                reset_to(model, init_state, mask)
+                recipe = run.then_train_hp or training_recipe(hp.model.model)
+                row.then_train = run.finish_level(
+                    sub, model, run.train_level(sub, model, recipe, desc="then-train"), density=mask.density
                 )
-        result = run_learned(
-            self.name,
-            work,
-            context.data,
-            hparams,
-            seed=context.seed,
-            log=context.log,
-            progress=context.progress,
-        )
-        return result.scores
+        rows.append(row)
+        return rows
 
 
-@register_method(
+@register_strategy(
     "supermask",
     description="edge-popup supermask: scores learned on frozen random weights (Ramanujan et al. 2020)",
 )
-class EdgePopup(_LearnedScorer):
+class EdgePopup(Learned):
     """Edge-popup (Ramanujan et al., "What's Hidden in a Randomly Weighted Neural Network?", CVPR 2020).
 
     Frozen signed-Kaiming-constant weights; each weight has a score; the forward keeps the top ``density``
@@ -396,13 +442,14 @@ class EdgePopup(_LearnedScorer):
     """
 
     citation = "Ramanujan et al., CVPR 2020 (arXiv:1911.13299)"
-    knobs = SupermaskKnobs
+    knob_cls = SupermaskKnobs
+    knobs = _knob_defaults(SupermaskKnobs)
 
 
-@register_method(
+@register_strategy(
     "supermask-bernoulli", description="Bernoulli supermask: sampled masks, sigmoid scores (Zhou et al. 2019)"
 )
-class BernoulliSupermask(_LearnedScorer):
+class BernoulliSupermask(Learned):
     """Zhou et al., "Deconstructing Lottery Tickets: Zeros, Signs, and the Supermask", NeurIPS 2019.
 
     Masks sampled from sigmoid(scores) in training (straight-through), the expected mask in eval; the density
@@ -410,8 +457,5 @@ class BernoulliSupermask(_LearnedScorer):
     """
 
     citation = "Zhou et al., NeurIPS 2019 (arXiv:1905.01067)"
-    knobs = BernoulliKnobs
-
-    @staticmethod
-    def default_training(dataset_name: str) -> TrainingHparams:
-        return default_training(dataset_name, "supermask-bernoulli")
+    knob_cls = BernoulliKnobs
+    knobs = _knob_defaults(BernoulliKnobs)

@@ -10,9 +10,9 @@ import dataclasses
 
 from ..core.hparams import TrainingHparams
 
-__all__ = ["default_training", "PRESETS"]
+__all__ = ["training_recipe", "RECIPES"]
 
-PRESETS: dict[str, TrainingHparams] = {
+RECIPES: dict[str, TrainingHparams] = {
     # Frankle & Carbin 2019: Adam 1.2e-3, batch 60, 50K iterations
     "lenet_300_100": TrainingHparams(
         optimizer="adam", lr=1.2e-3, batch_size=60, budget="50000it", eval_every="1000it"
@@ -67,6 +67,7 @@ PRESETS: dict[str, TrainingHparams] = {
 }
 
 
-def default_training(model: str, **overrides: object) -> TrainingHparams:
-    base = PRESETS.get(model, TrainingHparams())
+def training_recipe(model: str, **overrides: object) -> TrainingHparams:
+    """How ``model``'s weights are trained when no flag says otherwise (unknown models: the defaults)."""
+    base = RECIPES.get(model, TrainingHparams())
     return dataclasses.replace(base, **overrides) if overrides else base

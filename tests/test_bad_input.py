@@ -1,0 +1,145 @@
+"""Every bad value a user can type: one ``error:`` line naming it, exit code 2, and nothing left in the root.
+
+Table-driven, so the next flag gets the same treatment by adding a row: (arguments after ``find`` on
+digits, words the one line must contain).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from ticketsearch.cli import main
+
+FIND = ["find", "--dataset", "digits", "--no-progress", "--device", "cpu", "--budget", "1ep"]
+
+CASES = [
+    # values accepted silently before
+    (["--output-rate", "nan"], ["output_rate", "nan"]),
+    (["--grad-clip", "nan"], ["grad_clip", "nan"]),
+    (["--grad-clip", "-1"], ["grad_clip", "≥ 0", "-1"]),
+    (["--gamma", "nan"], ["gamma", "nan"]),
+    (["--weight-decay", "nan"], ["weight_decay", "nan"]),
+    (["--label-smoothing", "1.5"], ["label_smoothing", "[0, 1)", "1.5"]),
+    (["--label-smoothing", "-0.1"], ["label_smoothing", "-0.1"]),
+    (["--val-size", "10.5"], ["val_size", "whole count", "10.5"]),
+    (["--arg", "foo=1"], ["unknown method argument 'foo'", "imp", "allowed: none"]),
+    (["--method", "grasp", "--arg", "temprature=1"], ["'temprature'", "allowed: chunk_size, temperature"]),
+    (["--rounds", "-3"], ["rounds", "-3"]),
+    # tracebacks before
+    (["--label-smoothing", "2"], ["label_smoothing", "2"]),
+    (["--lr", "1e39"], ["lr", "float32", "1e+39"]),
+    (["--gamma", "1e300"], ["gamma", "float32", "1e+300"]),
+    (["--seed", str(2**63)], ["seed", "2^63 - 1", str(2**63)]),
+    (["--seed", "-1"], ["seed", "-1"]),
+    # a mask that empties layers is refused, with the density that keeps one weight per layer
+    (["--method", "random", "--density", "1e-9"], ["keeps no weight", "--allow-empty-layers", "0.000782"]),
+    (
+        ["--method", "snip", "--density", "1e-9"],
+        ["keeps no weight", "global selection", "--allow-empty-layers"],
+    ),
+    (["--method", "supermask", "--density", "1e-9"], ["keeps no weight", "--allow-empty-layers", "0.000782"]),
+    # argparse's own errors: one line and the subcommand's --help, not the 23-line usage
+    (["--density", "abc"], ["--density", "'abc'", "ticketsearch find --help"]),
+    (["--no-such-flag"], ["--no-such-flag", "ticketsearch find --help"]),
+    # a flag the method does not read
+    (["--method", "snip", "--rate", "0.5"], ["--rate", "does not apply", "'snip'"]),
+    (["--method", "supermask", "--rewind-iter", "5"], ["--rewind-iter", "does not apply"]),
+    # every other value, checked before anything is created
+    (["--lr", "nan"], ["lr", "nan"]),
+    (["--lr", "0"], ["lr", "positive"]),
+    (["--batch-size", "0"], ["batch_size", "0"]),
+    (["--schedule", "linear"], ["schedule", "'linear'", "cosine"]),
+    (["--milestones", "5 epochs"], ["milestone", "'5 epochs'"]),
+    (["--eval-every", "0it"], ["eval_every", "'0it'"]),
+    (["--method", "snip", "--scope", "local"], ["scope", "'local'", "global"]),
+    (["--method", "snip", "--distribution", "normal"], ["distribution", "'normal'", "erk"]),
+    (["--method", "snip", "--score-batches", "0"], ["score_batches", "0"]),
+    (["--min-layer-density", "2"], ["min_layer_density", "2"]),
+    (["--method", "supermask", "--arg", "kernel=gpu"], ["kernel", "'gpu'"]),
+    (["--method", "supermask", "--arg", "scale_fan=maybe"], ["scale_fan", "boolean"]),
+    (["--controls", "shuffle_all"], ["control 'shuffle_all'", "random_mask"]),
+    (["--init", "xavier"], ["init 'xavier'", "kaiming_normal"]),
+    (["--method", "snp"], ["'snp'", "did you mean 'snip'"]),
+    (["--rate", "1.5"], ["rate", "(0, 1)", "1.5"]),
+    (["--rewind-iter", "1000ep"], ["rewind point", "past the training budget"]),
+    (["--data-root", "~nosuchuser_ts/data", "--dataset", "mnist"], ["~nosuchuser_ts"]),
+]
+
+
+def run_cli(capsys, *args: str) -> subprocess.CompletedProcess:
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse exits itself
+        code = exc.code if isinstance(exc.code, int) else 2
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr and "usage:" not in r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def nothing_left(root) -> list[str]:
+    return [str(p) for p in root.rglob("*")] if root.exists() else []
+
+
+@pytest.mark.parametrize("args,needles", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_find_input(tmp_path, capsys, args, needles):
+    root = tmp_path / "runs"
+    r = run_cli(capsys, *FIND, "--root", str(root), *args)
+    assert_one_line_error(r, *needles)
+    assert nothing_left(root) == []
+
+
+def test_bad_root_path(tmp_path, capsys):
+    r = run_cli(capsys, *FIND, "--root", "~nosuchuser_ts/runs")
+    assert_one_line_error(r, "~nosuchuser_ts")
+
+
+def test_train_mask_without_init_names_the_right_flag(tmp_path, capsys):
+    from ticketsearch.core import Mask
+
+    m = Mask.ones({"layers.0.weight": (128, 64), "layers.1.weight": (128, 128), "fc.weight": (10, 128)})
+    path = m.save(tmp_path / "m.safetensors", model="mlp_digits", dataset="digits")
+    root = tmp_path / "runs"
+    r = run_cli(capsys, "train", "--mask", str(path), "--root", str(root), "--no-progress", "--budget", "1ep")
+    assert_one_line_error(r, "records no init", "--init-from fresh")
+    assert nothing_left(root) == []
+
+
+def test_train_bad_choice_is_one_line(tmp_path, capsys):
+    r = run_cli(capsys, "train", "--mask", "x.safetensors", "--init-from", "other")
+    assert_one_line_error(r, "--init-from", "'other'", "ticketsearch train --help")
+
+
+def test_allow_empty_layers_is_honoured(tmp_path, capsys):
+    """Asked for, an empty layer is accepted and recorded."""
+    import json
+
+    root = tmp_path / "runs"
+    r = run_cli(
+        capsys,
+        *FIND,
+        "--root",
+        str(root),
+        "--method",
+        "random",
+        "--density",
+        "5e-4",
+        "--allow-empty-layers",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)["rows"][-1]
+    from ticketsearch.core import Mask
+
+    mask = Mask.load(row["mask"])
+    assert mask.metadata["empty_layers"] and 0 in mask.layer_counts().values()

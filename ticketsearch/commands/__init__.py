@@ -1,0 +1,11 @@
+"""Subcommands, one module each; ``cli.py`` only dispatches and maps errors.
+
+Add a subcommand: a module with a ``@register_command("name")`` class, imported below, and its test file.
+"""
+
+from __future__ import annotations
+
+from . import find, list_, train  # noqa: F401  (registers the built-in commands)
+from .base import COMMANDS, Command, register_command
+
+__all__ = ["COMMANDS", "Command", "register_command"]

@@ -1,0 +1,56 @@
+"""``ticketsearch find``: find a ticket with a method, train it, write a resumable run directory."""
+
+from __future__ import annotations
+
+import argparse
+
+from .base import Command, register_command
+from .flags import (
+    add_model_flags,
+    add_pruning_flags,
+    add_run_flags,
+    add_training_flags,
+    resolve_hparams,
+    run_options,
+)
+from .table import emit
+
+
+@register_command("find")
+class Find(Command):
+    help = "find a ticket and train it"
+    description = (
+        "Find a ticket with --method, train it from its init, write a resumable run directory "
+        "root/<method>_<hash>/replicate_<seed>/level_<k>/, and print one row per level."
+    )
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--method",
+            default="imp",
+            help="imp | snip | grasp | synflow | magnitude | random | supermask | ... (see `list methods`)",
+        )
+        add_model_flags(parser)
+        add_training_flags(parser)
+        add_pruning_flags(parser)
+        parser.add_argument(
+            "--controls", default="", help="comma-separated controls per level: reinit, random_mask"
+        )
+        parser.add_argument(
+            "--then-train",
+            action="store_true",
+            help="learned supermasks: also train the kept weights from their init",
+        )
+        parser.add_argument(
+            "--baseline", action="store_true", help="one-shot/learned methods: also train the dense network"
+        )
+        add_run_flags(parser)
+
+    def run(self, ns: argparse.Namespace) -> int:
+        from ..experiments.runner import run_find
+
+        hp = resolve_hparams(ns, method=ns.method)
+        controls = tuple(c.strip() for c in ns.controls.split(",") if c.strip())
+        opts = run_options(ns, controls=controls, then_train=ns.then_train, baseline=ns.baseline)
+        emit(run_find(hp, seed=ns.seed, opts=opts), as_json=ns.json)
+        return 0

@@ -1,0 +1,221 @@
+"""Flag groups shared by subcommands, and flags → RunHparams (model recipe, then method recipe, then flags)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import ConfigError
+from ..core.hparams import (
+    DatasetHparams,
+    ModelHparams,
+    PruningHparams,
+    RunHparams,
+    TrainingHparams,
+    add_dataclass_arguments,
+    dataclass_from_args,
+    parse_duration,
+)
+
+__all__ = [
+    "add_run_flags",
+    "add_model_flags",
+    "add_training_flags",
+    "add_pruning_flags",
+    "resolve_hparams",
+    "run_options",
+    "parse_kv",
+]
+
+TRAIN_HELP = {
+    "optimizer": "sgd | adam | adamw",
+    "lr": "learning rate",
+    "momentum": "SGD momentum",
+    "nesterov": "SGD Nesterov momentum",
+    "weight_decay": "L2 (sgd, adam) or decoupled (adamw) weight decay",
+    "batch_size": "training batch size",
+    "budget": "training length per level, e.g. 10ep or 5000it",
+    "schedule": "constant | step | cosine",
+    "warmup": "linear warm-up length, e.g. 1ep",
+    "milestones": "step schedule milestones, e.g. 80ep,120ep",
+    "gamma": "step schedule factor",
+    "eval_every": "evaluate (and checkpoint) every, e.g. 1ep or 1000it",
+    "label_smoothing": "cross-entropy label smoothing, in [0, 1)",
+    "grad_clip": "clip the gradient norm (0: off)",
+}
+PRUNE_HELP = {
+    "density": "fraction of weights KEPT, in (0, 1] (sparsity = 1 - density); default 0.2",
+    "rounds": "IMP: number of pruning levels (0: as many as reach --density); scorers: iterative rounds "
+    "with an exponential schedule (0: the method's default, e.g. 100 for synflow)",
+    "rate": "IMP: fraction of the remaining weights pruned per level (default 0.2)",
+    "output_rate": "IMP: the output layer's rate (default 0.1; negative: same as --rate)",
+    "scope": "layerwise | global top-k selection (default: the method's paper; see `list methods`)",
+    "distribution": "layerwise densities of one-shot and learned methods: uniform | erk",
+    "min_layer_density": "guard: every layer keeps at least this fraction (default 0: no guard)",
+    "rewind": "IMP: rewind kept weights to this point of the dense run (0 = reset to init), e.g. 500 or 1ep",
+    "score_batches": "data-driven scorers: batches of real data used for scoring (default 1)",
+    "score_batch_size": "data-driven scorers: batch size for scoring (0: training batch size)",
+    "allow_empty_layers": "accept a mask that keeps no weight of some layer (a disconnected network)",
+}
+# PruningHparams field -> the flag that sets it, for messages
+_FLAG = {"rewind": "--rewind-iter"}
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="replicate seed in [0, 2^63-1]: init, data order, validation split",
+    )
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    g.add_argument("--root", default="runs", help="results root (default: ./runs)")
+    g.add_argument(
+        "--data-root", default=None, help="where datasets live (default: $TICKETSEARCH_DATA, else ./data)"
+    )
+    g.add_argument(
+        "--download",
+        action="store_true",
+        help="download missing MNIST/Fashion-MNIST files (needs torchvision)",
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--json", action="store_true", help="print the result rows as JSON instead of a table")
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and data")
+    g.add_argument(
+        "--model", default=None, help="model name (default: the dataset's default; see `list models`)"
+    )
+    g.add_argument(
+        "--init",
+        default=None,
+        help="weight init: kaiming_normal (default) | kaiming_uniform | signed_constant | default (PyTorch's)",
+    )
+    g.add_argument("--dataset", default=None, help="dataset name (default: digits; see `list datasets`)")
+    g.add_argument(
+        "--val-size", type=float, default=None, help="held-out validation: a fraction (<1) or a whole count"
+    )
+
+
+def add_training_flags(p: argparse.ArgumentParser) -> None:
+    t = p.add_argument_group(
+        "training (every default comes from the model's recipe: see README, 'Training recipes')"
+    )
+    add_dataclass_arguments(t, TrainingHparams, help_overrides=TRAIN_HELP)
+
+
+def add_pruning_flags(p: argparse.ArgumentParser) -> None:
+    q = p.add_argument_group("pruning")
+    add_dataclass_arguments(
+        q, PruningHparams, skip=("method", "density", "rewind"), help_overrides=PRUNE_HELP
+    )
+    q.add_argument("--density", type=float, default=None, help=PRUNE_HELP["density"])
+    q.add_argument("--sparsity", type=float, default=None, help="fraction of weights REMOVED (= 1 - density)")
+    q.add_argument(
+        "--rewind-iter",
+        dest="rewind_iter",
+        default=None,
+        help=PRUNE_HELP["rewind"] + " (a bare number means iterations)",
+    )
+    q.add_argument(
+        "--arg", action="append", default=[], metavar="KEY=VALUE", help="a method's own knob (repeatable)"
+    )
+
+
+def parse_kv(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are JSON when they parse (numbers, true/false), else strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"--arg expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def _default_model(dataset: str) -> str:
+    from ..data import DATASETS
+
+    return DATASETS.entry(dataset).obj.default_model  # type: ignore[attr-defined]
+
+
+def resolve_hparams(ns: argparse.Namespace, *, method: str | None = None) -> RunHparams:
+    """Flags → RunHparams: dataset default model, then the model's (or method's) recipe, then the flags.
+
+    ``method=None``: no pruning flags (``train --mask``). A pruning flag the method does not read is
+    refused: silently ignoring ``--rate`` for SNIP would let a user think it changed something.
+    """
+    from ..data import DATASETS
+    from ..models import MODELS, training_recipe
+
+    dataset = ns.dataset or "digits"
+    DATASETS.entry(dataset)  # unknown dataset → one line with a suggestion
+    model = ns.model or _default_model(dataset)
+    MODELS.entry(model)
+    model_hp = ModelHparams(model=model, init=ns.init or ModelHparams().init)
+    data_hp = DatasetHparams(dataset=dataset, val_size=ns.val_size if ns.val_size is not None else -1.0)
+    strategy = None
+    if method is not None:
+        from ..methods import get_method
+
+        strategy = get_method(method)
+    base = strategy.recipe(model, dataset) if strategy is not None else None
+    training = dataclass_from_args(TrainingHparams, ns, base or training_recipe(model))
+    for name in ("budget", "warmup", "eval_every"):
+        parse_duration(getattr(training, name), name=f"--{name.replace('_', '-')}")
+    if strategy is None:
+        return RunHparams(
+            model=model_hp, dataset=data_hp, training=training, pruning=PruningHparams(method="train")
+        )
+    if ns.density is not None and ns.sparsity is not None:
+        raise ConfigError("give --density or --sparsity, not both")
+    values = vars(ns).copy()
+    if ns.sparsity is not None:
+        if not 0.0 <= ns.sparsity < 1.0:
+            raise ConfigError(f"--sparsity must be in [0, 1), got {ns.sparsity}")
+        values["density"] = 1.0 - ns.sparsity
+    if ns.rewind_iter is not None:
+        r = str(ns.rewind_iter).strip()
+        values["rewind"] = f"{r}it" if r.isdigit() else r
+        parse_duration(values["rewind"], name="--rewind-iter")
+    from ..core.select import check_density
+
+    if values.get("density") is not None:
+        check_density(values["density"], name="--density")
+    for name in strategy.ignored_fields():
+        if values.get(name) is not None and name != "method":
+            flag = _FLAG.get(name, "--" + name.replace("_", "-"))
+            raise ConfigError(
+                f"{flag} does not apply to method '{method}' ({strategy.kind}); drop it "
+                "(see `ticketsearch find --help`)"
+            )
+    prune = dataclass_from_args(PruningHparams, values, PruningHparams(method=method))
+    args = parse_kv(ns.arg)
+    return RunHparams(
+        model=model_hp,
+        dataset=data_hp,
+        training=training,
+        pruning=prune,
+        method_args=tuple(sorted(args.items())),
+    )
+
+
+def run_options(ns: argparse.Namespace, **extra: Any) -> Any:
+    from ..experiments.runner import RunOptions
+
+    return RunOptions(
+        root=Path(ns.root),
+        data_root=ns.data_root,
+        download=ns.download,
+        device=ns.device,
+        progress=False if ns.no_progress else "auto",
+        **extra,
+    )

@@ -1,0 +1,1 @@
+"""Run directories, the runner (persistence, resume, locking) and controls; methods live in ``methods``."""

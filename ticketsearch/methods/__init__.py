@@ -1,0 +1,52 @@
+"""Ticket-finding methods as strategies: one-shot scorers, IMP, learned supermasks.
+
+A method is a :class:`Method` with its own fields, knobs and ``run_levels(run)``; the runner in
+:mod:`ticketsearch.experiments` gives it storage and resume. Every registered scorer is a method too
+(:class:`OneShot`). A new method is one module with ``@register_strategy("name")`` plus its import here;
+third-party strategies register through the entry-point group ``ticketsearch.methods``.
+
+>>> from ticketsearch.methods import get_method
+>>> get_method("snip").default_scope
+'global'
+"""
+
+from __future__ import annotations
+
+from . import imp, learned  # noqa: F401  (registers the built-in strategies)
+from .base import (
+    METHOD_STRATEGIES,
+    SHARED_FIELDS,
+    LevelRow,
+    LevelStore,
+    Method,
+    MethodInfo,
+    RunContext,
+    get_method,
+    list_methods,
+    method_names,
+    register_strategy,
+)
+from .imp import IMP
+from .learned import BernoulliSupermask, EdgePopup, Learned, learned_recipe, run_learned
+from .oneshot import OneShot
+
+__all__ = [
+    "METHOD_STRATEGIES",
+    "SHARED_FIELDS",
+    "LevelRow",
+    "LevelStore",
+    "Method",
+    "MethodInfo",
+    "RunContext",
+    "get_method",
+    "list_methods",
+    "method_names",
+    "register_strategy",
+    "IMP",
+    "Learned",
+    "EdgePopup",
+    "BernoulliSupermask",
+    "OneShot",
+    "learned_recipe",
+    "run_learned",
+]
