@@ -151,24 +151,33 @@ def _run_cli(args, root, **kw):
 
 
 @pytest.mark.parametrize(
-    "args,level",
+    "args,where",
     [
-        (["--method", "imp", "--rounds", "2", "--budget", "15ep"], 1),
-        (["--method", "supermask", "--density", "0.5", "--budget", "15ep", "--arg", "kernel=torch"], 1),
+        (["--method", "imp", "--rounds", "2", "--budget", "15ep"], "level_1"),
+        (
+            ["--method", "supermask", "--density", "0.5", "--budget", "15ep", "--arg", "kernel=torch"],
+            "level_1",
+        ),
+        # killed inside a control, after level 1 finished: the resumed run shuffles the mask it reads back
+        # from disk, the uninterrupted one the mask it built in memory; both must give the same control
+        (
+            ["--method", "imp", "--rounds", "1", "--budget", "15ep", "--controls", "reinit,random_mask"],
+            "level_1/control_reinit",
+        ),
     ],
-    ids=["imp", "supermask"],
+    ids=["imp", "supermask", "imp-controls"],
 )
-def test_killed_run_resumes_to_identical_result(tmp_path, args, level):
+def test_killed_run_resumes_to_identical_result(tmp_path, args, where):
     args = [*args, "--device", "cpu", "--json"]
     ref = _run_cli(args, tmp_path / "ref")
     out_ref, err = ref.communicate(timeout=300)
     assert ref.returncode == 0, err
-    # start again in a fresh root, kill -9 once level 1 has a checkpoint mid-training
+    # start again in a fresh root, kill -9 once the level (or control) has a checkpoint mid-training
     root = tmp_path / "killed"
     p = _run_cli(args, root)
     deadline = time.time() + 240
     while time.time() < deadline:
-        if list(root.glob(f"*/replicate_0/level_{level}/checkpoint.pt")):
+        if list(root.glob(f"*/replicate_0/{where}/checkpoint.pt")):
             break
         if p.poll() is not None:
             pytest.fail("run finished before it could be killed")
@@ -177,7 +186,7 @@ def test_killed_run_resumes_to_identical_result(tmp_path, args, level):
         pytest.fail("no checkpoint appeared")
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    assert not list(root.glob(f"*/replicate_0/level_{level}/result.json"))
+    assert not list(root.glob(f"*/replicate_0/{where}/result.json"))
     q = _run_cli(args, root)
     out, err = q.communicate(timeout=300)
     assert q.returncode == 0, err
@@ -185,7 +194,9 @@ def test_killed_run_resumes_to_identical_result(tmp_path, args, level):
     b_dir = Path(json.loads(out)["run_dir"]) / "replicate_0"
     levels = sorted(p.name for p in a_dir.glob("level_*"))
     assert levels == sorted(p.name for p in b_dir.glob("level_*"))
-    for name in levels:
+    subdirs = sorted(str(p.relative_to(a_dir)) for p in a_dir.glob("level_*/**/mask.safetensors"))
+    assert subdirs == sorted(str(p.relative_to(b_dir)) for p in b_dir.glob("level_*/**/mask.safetensors"))
+    for name in {str(Path(s).parent) for s in subdirs}:
         la, lb = a_dir / name, b_dir / name
         assert Mask.load(la / "mask.safetensors").equals(Mask.load(lb / "mask.safetensors"))
         assert (la / "metrics.jsonl").read_text() == (lb / "metrics.jsonl").read_text()
@@ -216,3 +227,51 @@ def test_supermask_then_train_resumes_on_a_bn_model(tmp_path):
     again = run_find(hp, seed=0, opts=_opts(tmp_path, then_train=True, then_train_hp=short))
     assert again.rows[0]["test_acc"] == first.rows[0]["test_acc"]  # the finished level is reused
     assert again.rows[0]["then_train"]["iterations"] > 0
+
+
+def test_train_mask_identity_is_the_mask_and_its_init(tmp_path):
+    """Two tickets from replicates 0 and 1 of one run, trained into one root, are two runs, not one cached."""
+    s0 = run_find(_hp(rounds=1), seed=0, opts=_opts(tmp_path))
+    s1 = run_find(_hp(rounds=1), seed=1, opts=_opts(tmp_path))
+    m0, m1 = Path(s0.rows[1]["mask"]), Path(s1.rows[1]["mask"])
+    assert Mask.load(m0).layer_counts() == Mask.load(m1).layer_counts()  # same counts, different masks
+    train_hp = _hp(rounds=1).replace(pruning=PruningHparams(method="train"))
+    t0 = train_mask(m0, train_hp, seed=0, opts=_opts(tmp_path / "t"))
+    t1 = train_mask(m1, train_hp, seed=0, opts=_opts(tmp_path / "t"))
+    assert t0.run_dir != t1.run_dir
+    # each reproduces its own source level (same mask, same init, same data order)
+    assert t0.rows[0]["test_acc"] == s0.rows[1]["test_acc"]
+    assert Mask.load(t1.rows[0]["mask"]).equals(Mask.load(m1))
+    # the same ticket from a fresh init is yet another run
+    f0 = train_mask(m0, train_hp, seed=0, init="fresh", opts=_opts(tmp_path / "t"))
+    assert f0.run_dir not in (t0.run_dir, t1.run_dir)
+
+
+def test_two_identical_runs_at_once_share_the_work(tmp_path):
+    """Two identical runs started while a third process holds the replicate: each says who holds it and
+    waits; then one trains and the other reuses its finished levels, so every metrics.jsonl holds each
+    evaluation once, and both report what an undisturbed run reports."""
+    import fcntl
+
+    args = ["--method", "imp", "--rounds", "1", "--budget", "6ep", "--device", "cpu", "--json"]
+    ref = _run_cli(args, tmp_path / "ref")
+    out_ref, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err
+    name = Path(json.loads(out_ref)["run_dir"]).name
+    root = tmp_path / "shared"
+    (root / name).mkdir(parents=True)
+    with open(root / name / ".replicate_0.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        a, b = _run_cli(args, root), _run_cli(args, root)
+        for p in (a, b):
+            line = p.stderr.readline()  # blocks until the process reports the wait
+            assert "is in use by" in line and "waiting" in line, line
+        fcntl.flock(held, fcntl.LOCK_UN)
+    outs = [p.communicate(timeout=300) for p in (a, b)]
+    assert a.returncode == 0 and b.returncode == 0, outs
+    acc = [r["test_acc"] for r in json.loads(out_ref)["rows"]]
+    for out, _ in outs:
+        assert [r["test_acc"] for r in json.loads(out)["rows"]] == acc
+    for metrics in root.glob("*/replicate_0/level_*/metrics.jsonl"):
+        its = [json.loads(line)["iteration"] for line in metrics.read_text().splitlines()]
+        assert its == sorted(set(its)), metrics

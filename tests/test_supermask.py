@@ -252,8 +252,8 @@ def test_strip_restores_plain_layers():
     assert all(type(layer) is MaskedLinear for layer in model.layers)
     after = model.state_dict()
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    apply_mask(model, select(raw, 0.5))  # a plain masked model again: masks attach as to any other
     with pytest.raises(ConfigError, match="already carries a mask"):
-        apply_mask(model, select(raw, 0.5))
         to_supermask(model, density=0.5)
 
 
