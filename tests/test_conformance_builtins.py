@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ticketsearch.scorers import SCORERS
-from ticketsearch.testing import ScorerConformance
+from ticketsearch.testing import MethodConformance, ScorerConformance
 
 ONESHOT = [
     e.name for e in SCORERS.entries() if getattr(e.obj, "kind", "") == "oneshot" and e.source == "built-in"
@@ -20,3 +20,17 @@ class TestBuiltinConformance(ScorerConformance):
     @pytest.fixture(params=ONESHOT)
     def scorer(self, request):
         return SCORERS.get(request.param)()
+
+
+class TestLearnedConformance(MethodConformance):
+    """The learned methods pass the method suite (end to end on digits)."""
+
+    @pytest.fixture(autouse=True, params=["supermask", "supermask-bernoulli"])
+    def _method(self, request):
+        self.method_name = request.param
+
+
+class TestIMPConformance(MethodConformance):
+    method_name = "imp"
+    density = 0.64  # two levels of 20% (counts per level are tested against the paper's rule in test_imp)
+    exact_density = False
