@@ -143,3 +143,49 @@ def test_allow_empty_layers_is_honoured(tmp_path, capsys):
 
     mask = Mask.load(row["mask"])
     assert mask.metadata["empty_layers"] and 0 in mask.layer_counts().values()
+
+
+def _ticket(tmp_path, capsys):
+    import json
+
+    r = run_cli(
+        capsys, *FIND, "--root", str(tmp_path / "src"), "--method", "magnitude", "--density", "0.5", "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["rows"][-1]["mask"]
+
+
+@pytest.mark.parametrize("case", ["init_is_the_mask", "init_missing", "init_misshaped", "sidecar_is_a_list"])
+def test_train_mask_with_a_damaged_sidecar(tmp_path, capsys, case):
+    import json
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    from ticketsearch.experiments.rundir import save_state
+
+    src = Path(_ticket(tmp_path, capsys))
+    work = tmp_path / "ticket"
+    work.mkdir()
+    mask = work / "mask.safetensors"
+    shutil.copy(src, mask)
+    meta = json.loads(src.with_suffix(".json").read_text())
+    if case == "init_is_the_mask":
+        meta["init"] = "mask.safetensors"
+    elif case == "init_missing":
+        meta["init"] = "nowhere.safetensors"
+    elif case == "init_misshaped":
+        save_state(work / "other.safetensors", {"layers.0.weight": torch.zeros(3, 3)})
+        meta["init"] = "other.safetensors"
+    (work / "mask.json").write_text(json.dumps([meta] if case == "sidecar_is_a_list" else meta))
+    root = tmp_path / "runs"
+    r = run_cli(capsys, "train", "--mask", str(mask), "--root", str(root), "--no-progress", "--budget", "1ep")
+    needles = {
+        "init_is_the_mask": ["mask.safetensors", "does not fit"],
+        "init_missing": ["nowhere.safetensors", "missing", "--init-from fresh"],
+        "init_misshaped": ["other.safetensors", "does not fit", "fc.weight"],
+        "sidecar_is_a_list": ["mask.json", "JSON array", "expected an object"],
+    }[case]
+    assert_one_line_error(r, *needles)
+    assert nothing_left(root) == []

@@ -341,11 +341,13 @@ def train_mask(
     mask.check_shapes(run.shapes, what=f"model '{hp.model.model}' on '{hp.dataset.dataset}'")
     state = load_state(source_init, run.device) if source_init is not None else None
     if state is not None:
-        missing = sorted(set(run.model.state_dict()) - set(state))
-        if missing:
+        want = {k: tuple(v.shape) for k, v in run.model.state_dict().items()}
+        wrong = sorted(k for k in want if k not in state or tuple(state[k].shape) != want[k])
+        if wrong:
             raise ConfigError(
                 f"the mask's init file '{source_init}' does not fit model '{hp.model.model}' "
-                f"(missing: {', '.join(missing[:3])}); use --init-from fresh"
+                f"(missing or misshaped: {', '.join(wrong[:3])}); point the mask's sidecar at its init "
+                "or use --init-from fresh"
             )
     with _opened(run):
         level = run.level(1)

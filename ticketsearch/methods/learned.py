@@ -3,7 +3,7 @@
 The weights are never trained: they are redrawn (signed Kaiming constant by default) and frozen, and only a
 score per weight learns, through the one training loop (:func:`ticketsearch.training.train`). The result is
 an ordinary score dict (higher = keep: ``|s|`` for edge-popup, ``sigmoid(s)`` for Bernoulli), so
-``core.select`` makes the Mask and every other command (train --mask, transfer, bench) works on it.
+``core.select`` makes the Mask and every command that takes a mask (``train --mask``) works on it.
 
 ``density`` is the fraction of weights KEPT, as everywhere in ticketsearch (edge-popup's code calls it
 "prune rate" and uses it as the kept fraction k; we use one meaning only). For edge-popup it is the k that
