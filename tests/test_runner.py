@@ -77,6 +77,16 @@ def test_rewind_uses_stored_iteration(tmp_path):
     rewind = load_state(rep / "rewind.safetensors")
     init = load_state(rep / "init.safetensors")
     assert any(not torch.equal(rewind[k], init[k]) for k in init)
+    # the ticket's recorded init is the rewind point: `train --mask` retrains the very same level
+    level_1 = rep / "level_1" / "mask.safetensors"
+    assert Mask.load(level_1).metadata["init"] == "../rewind.safetensors"
+    t = train_mask(
+        level_1, _hp().replace(pruning=PruningHparams(method="train")), seed=0, opts=_opts(tmp_path / "t")
+    )
+    assert (
+        t.rows[0]["test_acc"] == s.rows[1]["test_acc"]
+        and t.rows[0]["es_iteration"] == s.rows[1]["es_iteration"]
+    )
     with pytest.raises(ConfigError, match="past the training budget"):
         run_find(_hp(rewind="100ep"), seed=0, opts=_opts(tmp_path / "x"))
 

@@ -94,7 +94,9 @@ class IMP(Method):
                     apply_mask(trained, mask)
                     mask = prune(hp.pruning, trained, mask)
                 reset_to(run.model, start_state() if k > 0 else run.init_state, mask)
-                level.save_mask(mask, **run.mask_metadata(level=k))
+                # the state this level trains from is the ticket's init: the rewind point once rewinding
+                start = "../rewind.safetensors" if k > 0 and rewind_it > 0 else "../init.safetensors"
+                level.save_mask(mask, **run.mask_metadata(level=k, init=start))
                 result = run.train_level(
                     level,
                     run.model,
