@@ -32,8 +32,11 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+## ruff (lint + format check) on everything, mypy on core/sparse/training (config: pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check ticketsearch tests benchmarks examples
+	$(BIN)/ruff format --check ticketsearch tests benchmarks examples
+	$(BIN)/mypy
 
 clean:
 	rm -rf runs/demo .pytest_cache

@@ -317,7 +317,8 @@ def json_kind(value: Any) -> str:
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    kinds: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

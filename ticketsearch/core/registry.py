@@ -154,7 +154,8 @@ class Registry(Generic[T]):
         from importlib.metadata import entry_points
 
         for ep in entry_points(group=self.entry_point_group):
-            source = ep.dist.name if getattr(ep, "dist", None) is not None else ep.value
+            dist = getattr(ep, "dist", None)
+            source = dist.name if dist is not None else ep.value
             if ep.name in self._reserved:
                 self._broken[f"{ep.name} ({source})"] = BrokenEntry(
                     ep.name, source, f"name '{ep.name}' is already taken by {self._reserved[ep.name]}"

@@ -8,7 +8,7 @@ dict, then row-major) is kept. Weights pruned in ``current`` are never revived.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -44,7 +44,7 @@ def check_density(density: float, *, name: str = "density") -> float:
 
 def validate_scores(
     scores: Mapping[str, torch.Tensor],
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
     *,
     source: str = "scorer",
 ) -> None:
@@ -164,7 +164,7 @@ def select_global(
 
 
 def layer_densities(
-    shapes: Mapping[str, tuple[int, ...]], density: float, distribution: str = "uniform"
+    shapes: Mapping[str, Sequence[int]], density: float, distribution: str = "uniform"
 ) -> dict[str, float]:
     """Per-layer densities whose weighted mean is ``density``.
 
@@ -265,7 +265,7 @@ def _ceil_sig(x: float, digits: int = 3) -> float:
 
 
 def _smallest_density(
-    shapes: Mapping[str, tuple[int, ...]],
+    shapes: Mapping[str, Sequence[int]],
     scope: str,
     distribution: str,
     scores: Mapping[str, torch.Tensor] | None,

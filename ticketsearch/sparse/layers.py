@@ -9,7 +9,7 @@ is one module plus a registry entry there.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -83,7 +83,7 @@ class MaskedLayer:
     backend: str
 
     def _init_mask(self) -> None:
-        self.register_buffer("weight_mask", None, persistent=False)
+        self.register_buffer("weight_mask", None, persistent=False)  # type: ignore[attr-defined]  # mixin of nn.Module
         self._mask_f = None
         self.backend = "inplace"
 
@@ -133,7 +133,8 @@ class MaskedLayer:
         return out
 
 
-class MaskedLinear(MaskedLayer, nn.Linear):
+# torch's stubs type Linear/_ConvNd.weight as Tensor; nn.Module only ever holds a Parameter there
+class MaskedLinear(MaskedLayer, nn.Linear):  # type: ignore[misc]
     """nn.Linear whose weight may carry a mask; the backend decides how the mask is enforced."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -151,7 +152,7 @@ class MaskedLinear(MaskedLayer, nn.Linear):
         return F.linear(x, weight, self.bias)
 
 
-class MaskedConv2d(MaskedLayer, nn.Conv2d):
+class MaskedConv2d(MaskedLayer, nn.Conv2d):  # type: ignore[misc]  # weight: see MaskedLinear
     """nn.Conv2d whose weight may carry a mask."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -169,7 +170,7 @@ class MaskedConv2d(MaskedLayer, nn.Conv2d):
         return self._conv_forward(x, weight, self.bias)
 
 
-_SWAP = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
+_SWAP: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
 
 
 def sparsify(model: nn.Module) -> nn.Module:
@@ -178,7 +179,7 @@ def sparsify(model: nn.Module) -> nn.Module:
         cls = _SWAP.get(type(module))
         if cls is not None:
             module.__class__ = cls
-            module._init_mask()  # type: ignore[attr-defined]
+            cast(MaskedLayer, module)._init_mask()  # its class is now a MaskedLayer
     return model
 
 
@@ -295,7 +296,7 @@ def grad_masker(model: nn.Module) -> Callable[[], None]:
     def apply() -> None:
         grads = [p.grad for p in params]
         if all(g is not None for g in grads):
-            torch._foreach_mul_(grads, masks)
+            torch._foreach_mul_(cast(list[torch.Tensor], grads), masks)
         else:
             for g, m in zip(grads, masks):
                 if g is not None:
@@ -307,7 +308,8 @@ def grad_masker(model: nn.Module) -> Callable[[], None]:
 @torch.no_grad()
 def enforce_mask(model: nn.Module) -> None:
     """Zero pruned weights (after loading a checkpoint or an optimizer that is not zero-preserving)."""
-    ws, masks = [], []
+    ws: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
     for _, layer in masked_layers(model):
         if layer.weight_mask is not None:
             ws.append(layer.weight)

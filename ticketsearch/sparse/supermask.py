@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import torch
 import torch.nn as nn
@@ -81,7 +81,7 @@ class _EdgePopupFn(torch.autograd.Function):
     """All layers at once: forward W_eff = W ⊙ topk(|s|); backward ∂L/∂s = sign(s) ⊙ ∂L/∂W_eff ⊙ W."""
 
     @staticmethod
-    def forward(ctx, ctrl: SupermaskController, *scores: torch.Tensor):  # type: ignore[override]
+    def forward(ctx, ctrl: SupermaskController, *scores: torch.Tensor):
         weights = ctrl.weights()
         sel = ctrl.selector
         out = sel.forward(scores, weights)
@@ -90,7 +90,7 @@ class _EdgePopupFn(torch.autograd.Function):
         return tuple(out)
 
     @staticmethod
-    def backward(ctx, *grads: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, *grads: torch.Tensor):
         saved = ctx.saved_tensors
         n = len(saved) // 2
         return (None, *ctx.sel.backward(grads, saved[:n], saved[n:]))
@@ -101,6 +101,8 @@ class SupermaskLinear(MaskedLinear):
     """A MaskedLinear whose weight is frozen and whose forward uses the supermask of its ``scores``."""
 
     scores: nn.Parameter
+    _supermask: SupermaskController
+    _supermask_index: int
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self._supermask.weight(self), self.bias)
@@ -110,10 +112,15 @@ class SupermaskConv2d(MaskedConv2d):
     """A MaskedConv2d whose weight is frozen and whose forward uses the supermask of its ``scores``."""
 
     scores: nn.Parameter
+    _supermask: SupermaskController
+    _supermask_index: int
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self._supermask.weight(self), self.bias)
 
+
+# a SupermaskController's layers, once to_supermask has swapped their classes
+SupermaskLayer: TypeAlias = "SupermaskLinear | SupermaskConv2d"
 
 _TO_SM = {MaskedLinear: SupermaskLinear, MaskedConv2d: SupermaskConv2d}
 _FROM_SM = {v: k for k, v in _TO_SM.items()}
@@ -153,7 +160,8 @@ class SupermaskController:
         rescale: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.layers = [m for _, m in layers]
+        # to_supermask swaps the layers' classes to SupermaskLinear/Conv2d right after building this
+        self.layers = cast("list[SupermaskLayer]", [m for _, m in layers])
         self.names = [param_name(n) for n, _ in layers]
         self.kind = kind
         self.kernel = kernel
@@ -165,7 +173,7 @@ class SupermaskController:
         shapes = {n: tuple(m.weight.shape) for n, m in zip(self.names, self.layers)}
         self.groups, self.ks = topk_counts(shapes, density, scope=scope, distribution=distribution)
         for i, m in enumerate(self.layers):
-            m._supermask_index = i  # type: ignore[attr-defined]
+            m._supermask_index = i
         self._selector: TopKSelector | None = None
         self._selector_kernel = ""
         self._selector_key: Any = None
@@ -204,8 +212,8 @@ class SupermaskController:
     def scores(self) -> list[nn.Parameter]:
         return [m.scores for m in self.layers]
 
-    def weight(self, layer: MaskedLayer) -> torch.Tensor:
-        i = layer._supermask_index  # type: ignore[attr-defined]
+    def weight(self, layer: SupermaskLayer) -> torch.Tensor:
+        i = layer._supermask_index
         if self.kind == "bernoulli":
             return self._bernoulli(layer)
         if self.kernel == _REFERENCE.name:  # the oracle: per layer, through autograd, nothing cached
@@ -233,7 +241,7 @@ class SupermaskController:
             return layer.weight * sub
         return layer.weight * straight_through_topk(layer.scores.abs(), self.ks[i])
 
-    def _bernoulli(self, layer: MaskedLayer) -> torch.Tensor:
+    def _bernoulli(self, layer: SupermaskLayer) -> torch.Tensor:
         p = torch.sigmoid(layer.scores)
         w = layer.weight
         if layer.training and torch.is_grad_enabled():
@@ -423,10 +431,11 @@ def to_supermask(
                 f"scores for '{name}' have shape {list(s.shape)}, weight has {list(m.weight.shape)}"
             )
         m.__class__ = _TO_SM[type(m)]
-        m.scores = nn.Parameter(s.detach().clone().to(device=m.weight.device, dtype=m.weight.dtype))
+        m.scores = nn.Parameter(s.detach().clone().to(device=m.weight.device, dtype=m.weight.dtype))  # type: ignore[attr-defined]
         m._supermask = ctrl  # type: ignore[attr-defined]
-    model._supermask_frozen = frozen  # type: ignore[attr-defined]
-    model._supermask_controller = ctrl  # type: ignore[attr-defined]
+    # nn.Module's stubbed __setattr__ takes only Tensor | Module; a plain attribute is fine at runtime
+    model._supermask_frozen = frozen  # type: ignore[assignment]
+    model._supermask_controller = ctrl  # type: ignore[assignment]
     return ctrl
 
 
@@ -480,7 +489,7 @@ def strip_supermask(model: nn.Module) -> dict[str, torch.Tensor]:
         del m.scores
         del m._supermask
         del m._supermask_index
-        m.__class__ = _FROM_SM[type(m)]
+        m.__class__ = _FROM_SM[type(m)]  # type: ignore[assignment]  # back to the masked base class
     frozen = getattr(model, "_supermask_frozen", {})
     for n, p in model.named_parameters():
         p.requires_grad_(frozen.get(n, True))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any, cast
 
 import torch
 
@@ -41,7 +42,7 @@ class Optimizer:
     ) -> None:
         self.params = params
         self.kind = kind
-        self.param_groups = [{"lr": lr, "params": params}]
+        self.param_groups: list[dict[str, Any]] = [{"lr": lr, "params": params}]
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
         self.betas, self.eps = betas, eps
         self.steps = 0
@@ -68,7 +69,7 @@ class Optimizer:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
             ps = self.params
-        grads = [p.grad for p in ps]
+        grads = cast(list[torch.Tensor], [p.grad for p in ps])  # every p.grad is set above
         lr = self.param_groups[0]["lr"]
         self.steps += 1
         masked = [(i, m) for i, m in enumerate(self.grad_masks) if m is not None]
@@ -91,7 +92,7 @@ class Optimizer:
         ms = self.grad_masks
         mi = [i for i, m in enumerate(ms) if m is not None]
         ui = [i for i, m in enumerate(ms) if m is None]
-        pm, gm, mm = [ps[i] for i in mi], [grads[i] for i in mi], [ms[i] for i in mi]
+        pm, gm, mm = [ps[i] for i in mi], [grads[i] for i in mi], [m for m in ms if m is not None]
         pu, gu = [ps[i] for i in ui], [grads[i] for i in ui]
         wd = self.weight_decay
         if not self.momentum:

@@ -184,9 +184,9 @@ def resolve_topk(name: str, device: torch.device | str, dtype: torch.dtype) -> K
     """
     dev = torch.device(device)
     if name == FAST:
-        for k in kernels(TOPK):
-            if k.auto and k.supports(dev, dtype) and k.available(build=False):
-                return k
+        for cand in kernels(TOPK):
+            if cand.auto and cand.supports(dev, dtype) and cand.available(build=False):
+                return cand
         raise ConfigError(f"no supermask kernel runs on {dtype} tensors on {dev.type}")
     k = find_kernel(TOPK, name)
     if k is None:

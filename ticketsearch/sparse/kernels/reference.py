@@ -48,11 +48,11 @@ class GetSubnet(torch.autograd.Function):
     """Top-k of ``|s|`` with the gradient passed straight through (edge-popup's ``GetSubnet``)."""
 
     @staticmethod
-    def forward(ctx, abs_scores: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, abs_scores: torch.Tensor, k: int) -> torch.Tensor:
         return topk_mask(abs_scores.detach().reshape(-1), k).view_as(abs_scores)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         return grad, None
 
 
