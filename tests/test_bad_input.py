@@ -65,6 +65,9 @@ CASES = [
     (["--rate", "1.5"], ["rate", "(0, 1)", "1.5"]),
     (["--rewind-iter", "1000ep"], ["rewind point", "past the training budget"]),
     (["--data-root", "~nosuchuser_ts/data", "--dataset", "mnist"], ["~nosuchuser_ts"]),
+    (["--resize", "-1"], ["resize", "-1"]),
+    (["--resize", "2000"], ["resize", "[0, 1024]", "2000"]),
+    (["--dataset", "mnist1d", "--resize", "8"], ["resize", "image datasets", "mnist1d"]),
 ]
 
 

@@ -100,6 +100,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--val-size", type=float, default=None, help="held-out validation: a fraction (<1) or a whole count"
     )
+    g.add_argument(
+        "--resize",
+        type=int,
+        default=None,
+        help="resample images to N×N (e.g. 28: digits at MNIST's size; 8: MNIST at digits'); part of the hash",
+    )
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -161,7 +167,11 @@ def resolve_hparams(ns: argparse.Namespace, *, method: str | None = None) -> Run
     model = ns.model or _default_model(dataset)
     MODELS.entry(model)
     model_hp = ModelHparams(model=model, init=ns.init or ModelHparams().init)
-    data_hp = DatasetHparams(dataset=dataset, val_size=ns.val_size if ns.val_size is not None else -1.0)
+    data_hp = DatasetHparams(
+        dataset=dataset,
+        val_size=ns.val_size if ns.val_size is not None else -1.0,
+        resize=ns.resize if ns.resize is not None else 0,
+    )
     strategy = None
     if method is not None:
         from ..methods import get_method

@@ -73,12 +73,17 @@ class DatasetHparams:
 
     dataset: str = "digits"
     val_size: float = -1.0  # <0: the dataset's default; <1: a fraction; ≥1: a count
+    resize: int = 0  # images resampled to resize × resize (0: native), so tickets move between image sizes
 
     def validate(self) -> None:
         v = finite("val_size", self.val_size)
         if v >= 1 and v != int(v):
             raise ConfigError(
                 f"val_size must be a fraction in (0, 1) or a whole count, got {self.val_size!r}"
+            )
+        if isinstance(self.resize, bool) or not isinstance(self.resize, int) or not 0 <= self.resize <= 1024:
+            raise ConfigError(
+                f"resize must be a whole number in [0, 1024] (0: native size), got {self.resize!r}"
             )
 
 

@@ -200,11 +200,56 @@ class Mask(Mapping[str, torch.Tensor]):
             if t.dtype not in (torch.uint8, torch.bool) or bool((t > 1).any()):
                 raise DataError(f"mask file '{path}': entry '{n}' is not a 0/1 tensor (dtype {t.dtype})")
         mask = cls({n: t.bool() for n, t in raw.items()}, meta)
-        if "num_kept" in meta and meta["num_kept"] != mask.num_kept:
-            raise DataError(
-                f"mask file '{path}' keeps {mask.num_kept} weights but its metadata says {meta['num_kept']}"
-            )
+        _check_metadata(path, side, mask, meta, _header(path))
         return mask
+
+
+def _header(path: Path) -> dict[str, Any]:
+    """The copy of model and density that :meth:`Mask.save` writes inside the safetensors file itself."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get("ticketsearch")
+        out = json.loads(text) if text else {}
+    except Exception:  # an unreadable header is no evidence either way
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def _check_metadata(path: Path, side: Path, mask: Mask, meta: dict[str, Any], header: dict[str, Any]) -> None:
+    """A sidecar edited to lie (about the model, shapes or density) must not steer a transfer: every claim
+    it makes is checked against the tensors and against the copy inside the mask file."""
+    lie = f"mask metadata '{side}' does not match the mask file '{path}'"
+    for key in ("model", "density"):
+        if key in header and key in meta and meta[key] != header[key]:
+            raise DataError(f"{lie}: it says {key} {meta[key]!r}, the file says {header[key]!r}")
+    if "num_kept" in meta and meta["num_kept"] != mask.num_kept:
+        raise DataError(
+            f"mask file '{path}' keeps {mask.num_kept} weights but its metadata says {meta['num_kept']}"
+        )
+    if "num_total" in meta and meta["num_total"] != mask.num_total:
+        raise DataError(f"{lie}: it says {meta['num_total']} weights in all, the file holds {mask.num_total}")
+    shapes = mask.shapes()
+    claimed = meta.get("shapes")
+    if isinstance(claimed, dict) and claimed != shapes:
+        bad = sorted(set(claimed) ^ set(shapes)) or sorted(n for n in shapes if claimed.get(n) != shapes[n])
+        n = bad[0]
+        raise DataError(
+            f"{lie}: layer '{n}' has shape {claimed.get(n)} in the metadata, {shapes.get(n)} in the file"
+        )
+    if (
+        "density" in meta
+        and isinstance(meta["density"], (int, float))
+        and abs(meta["density"] - mask.density) > 1e-12
+    ):
+        raise DataError(f"{lie}: it says density {meta['density']}, the file keeps {mask.density}")
+    layers = meta.get("layer_density")
+    if isinstance(layers, dict):
+        actual = mask.layer_density()
+        for n, d in layers.items():
+            if n not in actual or not isinstance(d, (int, float)) or abs(d - actual[n]) > 1e-12:
+                raise DataError(f"{lie}: it says layer '{n}' keeps {d}, the file keeps {actual.get(n)}")
 
 
 def layer_seed(seed: int, name: str) -> int:

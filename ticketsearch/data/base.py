@@ -285,13 +285,15 @@ def load_dataset(
     val_size: float | int | None = None,
     device: str | torch.device = "cpu",
     download: bool = False,
+    resize: int = 0,
 ) -> Dataset:
     """Load ``name`` with a validation set held out of its training set, drawn from ``seed``.
 
     The test set never depends on ``seed`` (replicates must be scored on identical data); the validation
     split does, stratified by class. ``val_size`` is ``None``/negative for the dataset's default, a
     fraction < 1, or a count (see :func:`resolve_val_size`). Files are only downloaded with
-    ``download=True``.
+    ``download=True``. ``resize`` > 0 resamples images to ``resize`` × ``resize`` (antialiased bilinear), so
+    a ticket found on one image size can be trained on another (digits 8×8 ↔ MNIST 28×28).
     """
     spec = get_dataset_spec(name)
     root_path = resolve_root(root)
@@ -312,23 +314,48 @@ def load_dataset(
     x_train_all = t(raw.x_train, torch.float32)
     y_train_all = t(raw.y_train, torch.int64)
     ti, vi = torch.from_numpy(train_idx).long(), torch.from_numpy(val_idx).long()
+    x_test = t(raw.x_test, torch.float32)
+    input_shape = tuple(spec.input_shape)
+    if resize:
+        x_train_all, x_test, input_shape = _resize(name, input_shape, resize, x_train_all, x_test)
     meta = dict(raw.meta)
     meta.update({"dataset": name, "root": str(root_path), "split_seed": int(seed), "val_size": int(n_val)})
+    if resize:
+        meta["resize"] = int(resize)
     ds = Dataset(
         name=name,
         x_train=x_train_all[ti],
         y_train=y_train_all[ti],
         x_val=x_train_all[vi],
         y_val=y_train_all[vi],
-        x_test=t(raw.x_test, torch.float32),
+        x_test=x_test,
         y_test=t(raw.y_test, torch.int64),
-        input_shape=spec.input_shape,
+        input_shape=input_shape,
         num_classes=spec.num_classes,
         meta=meta,
         train_index=ti,
         val_index=vi,
     )
     return ds.to(device) if torch.device(device) != torch.device("cpu") else ds
+
+
+def _resize(
+    name: str, shape: tuple[int, ...], size: int, *xs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """Images (C×H×W) resampled to size × size: antialiased, so downsampling averages instead of aliasing."""
+    import torch.nn.functional as F
+
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1024:
+        raise ConfigError(f"resize must be a whole number in [1, 1024] (0: native size), got {size!r}")
+    if len(shape) != 3:
+        raise ConfigError(f"resize applies to image datasets (C×H×W); '{name}' has input shape {shape}")
+    if tuple(shape[1:]) == (size, size):
+        return xs[0], xs[1], shape
+    out = [
+        F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).contiguous()
+        for x in xs
+    ]
+    return out[0], out[1], (shape[0], size, size)
 
 
 def _check_raw(spec: DatasetSpec, raw: RawSplits) -> None:

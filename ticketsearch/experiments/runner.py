@@ -14,10 +14,11 @@ what this call created.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import shutil
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,18 @@ from ..training.loop import TrainResult, TrainState, train
 from .controls import CONTROLS
 from .rundir import LevelDir, RunDir, load_state, save_state
 
-__all__ = ["RunOptions", "RunSummary", "Run", "run_find", "train_mask", "resolve_device", "mask_digest"]
+__all__ = [
+    "RunOptions",
+    "RunSummary",
+    "Run",
+    "opened",
+    "run_find",
+    "train_mask",
+    "resolve_device",
+    "mask_digest",
+    "file_digest",
+    "ticket_init",
+]
 
 # a fresh init must differ from the ticket's own even when --seed equals the seed that made the mask
 _FRESH_INIT_SEED_OFFSET = 7_000_001
@@ -82,7 +94,13 @@ def _load_data(hp: RunHparams, seed: int, opts: RunOptions, device: torch.device
     val = hp.dataset.val_size  # validated: a fraction, a whole count, or < 0 for the dataset's default
     kwargs: dict[str, Any] = {} if val < 0 else {"val_size": int(val) if val >= 1 else float(val)}
     return load_dataset(
-        hp.dataset.dataset, root=opts.data_root, seed=seed, device=device, download=opts.download, **kwargs
+        hp.dataset.dataset,
+        root=opts.data_root,
+        seed=seed,
+        device=device,
+        download=opts.download,
+        resize=hp.dataset.resize,
+        **kwargs,
     )
 
 
@@ -94,7 +112,7 @@ def _check_controls(controls: tuple[str, ...]) -> None:
 class Run:
     """The :class:`~ticketsearch.methods.RunContext` of one replicate: storage, data, init, shared steps.
 
-    Building it validates and loads everything but writes nothing; :meth:`open` (inside :func:`_opened`)
+    Building it validates and loads everything but writes nothing; :meth:`open` (inside :func:`opened`)
     creates the run directory, takes the replicate's lock and stores (or reloads) the init.
     """
 
@@ -240,7 +258,7 @@ def _say(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _opened(run: Run) -> Iterator[Run]:
+def opened(run: Run) -> Iterator[Run]:
     """Create, lock and clean the replicate; on a user error before any level finished, remove what this
     call created, so a bad value never leaves a started run directory behind."""
     run_existed = run.run.path.exists()
@@ -277,7 +295,7 @@ def run_find(hp: RunHparams, *, seed: int = 0, opts: RunOptions | None = None) -
     opts = opts or RunOptions()
     method, hp = prepare(hp, opts)
     run = Run(hp, seed, opts, method=method)
-    with _opened(run):
+    with opened(run):
         rows = method.run_levels(run)
     return RunSummary(run_dir=run.run.path, seed=seed, rows=rows)
 
@@ -292,12 +310,41 @@ def mask_digest(mask: Mask) -> str:
     return h.hexdigest()
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# adapt(mask, model, start_state) -> (mask, start_state, notes): how a ticket is fitted to another dataset
+Adapt = Callable[
+    [Mask, nn.Module, "dict[str, torch.Tensor] | None"],
+    "tuple[Mask, dict[str, torch.Tensor] | None, dict[str, Any]]",
+]
+
+
+def ticket_init(mask_path: Path, mask: Mask) -> Path:
+    """The stored state a ticket trained from (its sidecar's ``init``: the init, or IMP's rewind point)."""
+    src = mask.metadata.get("init")
+    if not src:
+        raise ConfigError(f"mask '{mask_path}' records no init; use --init-from fresh")
+    path = (Path(mask_path).parent / str(src)).resolve()
+    if not path.is_file():
+        raise ConfigError(f"the mask's init file '{path}' is missing; use --init-from fresh")
+    return path
+
+
+def _check_state_fits(state: dict[str, torch.Tensor], model: nn.Module, path: Path, model_name: str) -> None:
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = sorted(k for k in want if k not in state or tuple(state[k].shape) != want[k])
+    if wrong:
+        raise ConfigError(
+            f"the mask's init file '{path}' does not fit model '{model_name}' "
+            f"(missing or misshaped: {', '.join(wrong[:3])}); point the mask's sidecar at its init "
+            "or use --init-from fresh"
+        )
 
 
 def train_mask(
@@ -307,11 +354,19 @@ def train_mask(
     seed: int = 0,
     init: str = "source",
     opts: RunOptions | None = None,
+    adapt: Adapt | None = None,
+    untrained: bool = False,
+    record: dict[str, Any] | None = None,
 ) -> RunSummary:
     """Train a given ticket: the mask's own init (``source``) or a fresh one from ``seed`` (``fresh``).
 
     The run's identity holds the mask's content and the init it trains from (the init file's content for
     ``source``, the derived seed for ``fresh``): two different tickets never share a cached result.
+
+    For transfer (``ticketsearch.transfer``): ``adapt`` fits the mask and its init to the target model
+    (a new output layer for another class count); ``untrained`` evaluates the masked weights as they are
+    (a supermask's frozen weights) and trains them only with ``opts.then_train``; ``record`` (the source's
+    metadata and result) is stored in the run directory as ``source.json`` and in every result.
     """
     opts = opts or RunOptions()
     if init not in ("source", "fresh"):
@@ -320,49 +375,62 @@ def train_mask(
     check_seed(seed)
     mask = Mask.load(mask_path)
     init_seed = (seed + _FRESH_INIT_SEED_OFFSET) % (2**63) if init == "fresh" else None
-    source_init: Path | None = None
-    if init == "source":
-        src = mask.metadata.get("init")
-        if not src:
-            raise ConfigError(f"mask '{mask_path}' records no init; use --init-from fresh")
-        source_init = (Path(mask_path).parent / str(src)).resolve()
-        if not source_init.is_file():
-            raise ConfigError(f"the mask's init file '{source_init}' is missing; use --init-from fresh")
+    source_init = ticket_init(mask_path, mask) if init == "source" else None
     identity = {
         "mask": mask_digest(mask),
         "init": init,
-        "init_digest": _file_digest(source_init) if source_init is not None else None,
+        "init_digest": file_digest(source_init) if source_init is not None else None,
         "init_seed": init_seed,
+        "untrained": untrained,
+        "then_train": bool(untrained and opts.then_train),
     }
     hp = hp.replace(
         method_args=tuple(sorted({**dict(hp.method_args), "ticket": stable_hash(identity)}.items()))
     )
     run = Run(hp, seed, opts, init_seed=init_seed)
-    mask.check_shapes(run.shapes, what=f"model '{hp.model.model}' on '{hp.dataset.dataset}'")
     state = load_state(source_init, run.device) if source_init is not None else None
+    notes: dict[str, Any] = {}
+    if adapt is not None:
+        mask, state, notes = adapt(mask, run, state)
+    mask.check_shapes(run.shapes, what=f"model '{hp.model.model}' on '{hp.dataset.dataset}'")
     if state is not None:
-        want = {k: tuple(v.shape) for k, v in run.model.state_dict().items()}
-        wrong = sorted(k for k in want if k not in state or tuple(state[k].shape) != want[k])
-        if wrong:
-            raise ConfigError(
-                f"the mask's init file '{source_init}' does not fit model '{hp.model.model}' "
-                f"(missing or misshaped: {', '.join(wrong[:3])}); point the mask's sidecar at its init "
-                "or use --init-from fresh"
-            )
-    with _opened(run):
+        assert source_init is not None
+        _check_state_fits(state, run.model, source_init, hp.model.model)
+    extra = {**notes, **({"source": record} if record is not None else {})}
+    with opened(run):
+        if record is not None:
+            from ..core.io import atomic_write_json
+
+            atomic_write_json(run.run.path / "source.json", record)
         level = run.level(1)
-        if level.done():
-            return RunSummary(
-                run.run.path, seed, [LevelRow(1, mask.density, str(level.mask_path), level.result())]
-            )
         start = state if state is not None else run.init_state
-        reset_to(run.model, start, mask)
-        save_state(level.path / "init.safetensors", start)  # the init this ticket trained from
-        level.save_mask(
-            get_mask(run.model),
-            **run.mask_metadata(level=1, source_mask=str(mask_path), init_mode=init, init="init.safetensors"),
-        )
-        res = run.finish_level(
-            level, run.model, run.train_level(level, run.model, desc="train ticket"), density=mask.density
-        )
-    return RunSummary(run.run.path, seed, [LevelRow(1, mask.density, str(level.mask_path), res)])
+        if level.done():
+            res = level.result()
+        else:
+            reset_to(run.model, start, mask)
+            run.save_state(level.path / "init.safetensors", start)  # the init this ticket starts from
+            meta = run.mask_metadata(
+                level=1, source_mask=str(mask_path), init_mode=init, init="init.safetensors"
+            )
+            level.save_mask(get_mask(run.model), **meta)
+            if untrained:
+                from ..training import evaluate
+
+                ev = evaluate(run.model, run.data.x_test, run.data.y_test)
+                res = {"test_acc": ev["acc"], "test_loss": ev["loss"], "weights_trained": False, **extra}
+                run.save_state(level.final_path, run.model.state_dict())
+                level.write_result(res)
+            else:
+                result = run.train_level(level, run.model, desc="train ticket")
+                res = run.finish_level(level, run.model, result, density=mask.density, **extra)
+        row = LevelRow(1, mask.density, str(level.mask_path), res)
+        if untrained and opts.then_train:
+            sub = level.sub("then_train")
+            if sub.done():
+                row.then_train = sub.result()
+            else:
+                model = copy.deepcopy(run.model)
+                reset_to(model, start, mask)
+                tres = run.train_level(sub, model, run.then_train_hp, desc="then-train")
+                row.then_train = run.finish_level(sub, model, tres, density=mask.density)
+    return RunSummary(run.run.path, seed, [row])
