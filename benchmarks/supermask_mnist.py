@@ -154,6 +154,7 @@ def main() -> None:
                 "test_acc": m["supermask_test_acc"],
                 "expected_mask_test_acc": m.get("expected_mask_test_acc"),
                 "learned_density": m.get("learned_density"),
+                "mask_density": m["density"],  # the recorded Mask's (Bernoulli: learned, s > 0)
                 "best_val_acc": m["supermask_best"].get("val_acc"),
                 "wall_time": time.perf_counter() - t0,
                 "kernel": m["kernel"],
@@ -183,6 +184,7 @@ def main() -> None:
         if method == "supermask-bernoulli":
             ent["expected_mask_mean"] = statistics.mean(r["expected_mask_test_acc"] for r in rs)
             ent["learned_density_mean"] = statistics.mean(r["learned_density"] for r in rs)
+            ent["mask_density_mean"] = statistics.mean(r["mask_density"] for r in rs)
         if method == "dense":
             ent["best_test_mean"] = statistics.mean(r["best_test_acc"] for r in rs)
         summary.append(ent)
@@ -236,7 +238,10 @@ def main() -> None:
     for s in summary:
         extra = ""
         if s["method"] == "supermask-bernoulli":
-            extra = f"expected mask {s['expected_mask_mean']:.2%}, learned density {s['learned_density_mean']:.3f}"
+            extra = (
+                f"expected mask {s['expected_mask_mean']:.2%}, mean keep probability "
+                f"{s['learned_density_mean']:.3f}, recorded Mask density {s['mask_density_mean']:.3f}"
+            )
         elif s["method"] == "dense":
             extra = f"weights trained; early-stop (best val) point {s['best_test_mean']:.2%}"
         tgt = f"≥ {s['target']:.1%}" if s["target"] else "-"

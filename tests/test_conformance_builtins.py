@@ -25,9 +25,10 @@ class TestBuiltinConformance(ScorerConformance):
 class TestLearnedConformance(MethodConformance):
     """The learned methods pass the method suite (end to end on digits)."""
 
-    @pytest.fixture(autouse=True, params=["supermask", "supermask-bernoulli"])
+    # Bernoulli's default Mask keeps what it learned (s > 0); select=topk is its fixed-budget rule
+    @pytest.fixture(autouse=True, params=[("supermask", {}), ("supermask-bernoulli", {"select": "topk"})])
     def _method(self, request):
-        self.method_name = request.param
+        self.method_name, self.method_args = request.param
 
 
 class TestIMPConformance(MethodConformance):

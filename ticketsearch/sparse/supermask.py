@@ -10,8 +10,12 @@ Two mask rules, both set up by :func:`to_supermask` on a model's masked layers (
     (the reference code passes ``scores.abs()`` through its straight-through ``GetSubnet``; for positive
     scores this is the textbook ``∂L/∂W_eff ⊙ W``). Every score gets gradient, pruned or not.
 ``bernoulli`` (Zhou et al. 2019, "Deconstructing lottery tickets")
-    In training a mask ``m ~ Bernoulli(sigmoid(s))`` is sampled each forward, with a straight-through
-    estimator (``∂m/∂p := 1``); in eval mode the expected mask ``sigmoid(s)`` multiplies the weights.
+    Keep probabilities ``p = sigmoid(s / temperature)``. Training forward, by the controller's
+    ``train_mask``: ``"sample"`` draws ``m ~ Bernoulli(p)`` each forward with a straight-through estimator
+    (``∂m/∂p := 1``); ``"round"`` is Zhou's ``--round_mask``: a random half of the entries is clamped to the
+    rounded mask ``[p > 0.5]`` (no gradient), the other half is ``p`` itself. Eval forward, by ``eval_mask``:
+    ``"expected"`` multiplies the weights by ``p``; ``"binary"`` by the mode ``[s > 0]`` (what Zhou's code
+    evaluates with ``--round_mask``, and the Mask ``supermask-bernoulli`` records by default).
     ``rescale`` is Zhou's dynamic weight rescaling: weights × (layer size / number of kept weights).
 
 Kernels (``kernel=``): the ``topk`` kernels of :mod:`ticketsearch.sparse.kernels`, all computing bitwise the
@@ -169,6 +173,10 @@ class SupermaskController:
         self.scope = scope
         self.distribution = distribution
         self.rescale = rescale
+        # Bernoulli only (see the module docstring); run_learned sets them from the method's knobs
+        self.train_mask = "sample"
+        self.eval_mask = "expected"
+        self.temperature = 1.0
         self.generator = generator
         shapes = {n: tuple(m.weight.shape) for n, m in zip(self.names, self.layers)}
         self.groups, self.ks = topk_counts(shapes, density, scope=scope, distribution=distribution)
@@ -242,13 +250,25 @@ class SupermaskController:
         return layer.weight * straight_through_topk(layer.scores.abs(), self.ks[i])
 
     def _bernoulli(self, layer: SupermaskLayer) -> torch.Tensor:
-        p = torch.sigmoid(layer.scores)
+        s = layer.scores
+        p = torch.sigmoid(s / self.temperature)
         w = layer.weight
         if layer.training and torch.is_grad_enabled():
-            with torch.no_grad():
-                sample = torch.bernoulli(p.detach(), generator=self._generator_for(p.device))
-            m = sample + (p - p.detach())  # value: exactly the sample; gradient: straight through to p
-            kept = sample.sum()
+            if self.train_mask == "round":  # Zhou's --round_mask: half clamped to round(p), half p
+                with torch.no_grad():
+                    half = torch.full_like(p, 0.5)
+                    clamp = torch.bernoulli(half, generator=self._generator_for(p.device))
+                    hard = (s.detach() > 0).to(p.dtype)
+                m = clamp * hard + (1.0 - clamp) * p
+                kept = m.detach().sum()
+            else:
+                with torch.no_grad():
+                    sample = torch.bernoulli(p.detach(), generator=self._generator_for(p.device))
+                m = sample + (p - p.detach())  # value: exactly the sample; gradient: straight through to p
+                kept = sample.sum()
+        elif self.eval_mask == "binary":
+            m = (s.detach() > 0).to(p.dtype)
+            kept = m.sum()
         else:
             m = p
             kept = p.detach().sum()
@@ -270,7 +290,8 @@ class SupermaskController:
     @torch.no_grad()
     def keep_scores(self) -> dict[str, torch.Tensor]:
         if self.kind == "bernoulli":
-            return {n: torch.sigmoid(m.scores.detach()).clone() for n, m in zip(self.names, self.layers)}
+            t = self.temperature
+            return {n: torch.sigmoid(m.scores.detach() / t).clone() for n, m in zip(self.names, self.layers)}
         return {n: m.scores.detach().abs() for n, m in zip(self.names, self.layers)}
 
     @torch.no_grad()
@@ -278,7 +299,7 @@ class SupermaskController:
         """The mask the forward uses now (edge-popup: exact top-k by the reference rule; Bernoulli:
         sigmoid(s) > 0.5, the mode of the sampled mask)."""
         if self.kind == "bernoulli":
-            return Mask({n: torch.sigmoid(m.scores) > 0.5 for n, m in zip(self.names, self.layers)})
+            return Mask({n: m.scores.detach() > 0 for n, m in zip(self.names, self.layers)})
         out = {}
         for g in sorted(set(self.groups)):
             idx = [i for i, gg in enumerate(self.groups) if gg == g]

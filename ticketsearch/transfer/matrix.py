@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -62,7 +63,8 @@ class MatrixSpec:
     seeds: tuple[int, ...]
     model: str
     resize: int = 0
-    training: TrainingHparams | None = None  # None: the model's recipe (learned methods: theirs)
+    # how weights train (None: the model's recipe); learned methods keep their score recipe, with its budget
+    training: TrainingHparams | None = None
     method_args: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -109,7 +111,11 @@ def _hparams(spec: MatrixSpec, dataset: str, method: str, density: float) -> Run
     from ..models import training_recipe
 
     strategy = get_method(method)
-    training = spec.training or strategy.recipe(spec.model, dataset) or training_recipe(spec.model)
+    own = strategy.recipe(spec.model, dataset)  # learned methods train scores with their own recipe
+    if own is not None:
+        training = dataclasses.replace(own, budget=spec.training.budget) if spec.training else own
+    else:
+        training = spec.training or training_recipe(spec.model)
     return RunHparams(
         model=ModelHparams(model=spec.model),
         dataset=DatasetHparams(dataset=dataset, resize=spec.resize),
