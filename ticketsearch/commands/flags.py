@@ -59,6 +59,11 @@ PRUNE_HELP = {
     "score_batches": "data-driven scorers: batches of real data used for scoring (default 1)",
     "score_batch_size": "data-driven scorers: batch size for scoring (0: training batch size)",
     "allow_empty_layers": "accept a mask that keeps no weight of some layer (a disconnected network)",
+    "retrain": "IMP: how kept weights retrain: reset (to init) | rewind (to --rewind-iter) | finetune (from "
+    "the trained weights at the final lr) | lr-rewind (from the trained weights, replaying the lr schedule)",
+    "eb_every": "early-bird: draw a mask this often while training the dense net, e.g. 1ep or 100it",
+    "eb_eps": "early-bird: stop once the newest mask differs from each of the last 5 by less than this "
+    "(normalised Hamming distance; default 0.1)",
 }
 # PruningHparams field -> the flag that sets it, for messages
 _FLAG = {"rewind": "--rewind-iter"}

@@ -147,6 +147,9 @@ class PruningHparams:
     distribution: str = "uniform"  # one-shot layerwise: uniform | erk
     min_layer_density: float = 0.0
     rewind: str = "0it"  # IMP: weights reset to this point of the dense run; 0it = reset to init
+    retrain: str = "reset"  # IMP: reset | rewind | finetune | lr-rewind (Renda et al. 2020)
+    eb_every: str = "1ep"  # early-bird: draw a mask this often while training the dense net
+    eb_eps: float = 0.1  # early-bird: stop once the newest mask is this close to each of the last 5
     score_batches: int = 1  # data-driven scorers: number of batches of real data
     score_batch_size: int = 0  # 0 = training batch size
     allow_empty_layers: bool = False  # a mask that keeps nothing of a layer is an error unless asked for
@@ -164,6 +167,11 @@ class PruningHparams:
         finite("rate", self.rate)
         finite("output_rate", self.output_rate)
         parse_duration(self.rewind, name="rewind")
+        from_choices("retrain", self.retrain, RETRAIN_MODES)
+        if parse_duration(self.eb_every, name="eb_every")[0] < 1:
+            raise ConfigError(f"eb_every must be at least one iteration, got {self.eb_every!r}")
+        if not 0 < finite("eb_eps", self.eb_eps) < 1:
+            raise ConfigError(f"eb_eps must be in (0, 1), got {self.eb_eps}")
         for name in ("rounds", "score_batches", "score_batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -218,6 +226,7 @@ class RunHparams:
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant", "default")
+RETRAIN_MODES = ("reset", "rewind", "finetune", "lr-rewind")
 
 
 def from_choices(name: str, value: Any, choices: tuple[str, ...]) -> str:

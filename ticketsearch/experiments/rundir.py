@@ -177,10 +177,13 @@ class LevelDir:
 class RunDir:
     """``root/<method>_<hash>/`` with ``hparams.json``; replicates and levels below it."""
 
-    def __init__(self, root: str | os.PathLike[str], hparams: RunHparams) -> None:
+    def __init__(self, root: str | os.PathLike[str], hparams: RunHparams, *, identity: str | None = None) -> None:
+        """``identity``: the hash naming the run (default: of all of ``hparams``); a method whose levels do
+        not depend on how far it goes (IMP) names its run without the target density."""
         self.root = expand_path(root, what="results root")
         self.hparams = hparams
-        self.name = f"{hparams.pruning.method}_{hparams.hash()}"
+        self.identity = identity or hparams.hash()
+        self.name = f"{hparams.pruning.method}_{self.identity}"
         self.path = self.root / self.name
 
     def create(self) -> RunDir:

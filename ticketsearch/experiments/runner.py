@@ -137,7 +137,7 @@ class Run:
         self.shapes = prunable_shapes(self.model)
         if not self.shapes:
             raise ConfigError(f"model '{hp.model.model}' has no prunable (Linear/Conv2d) layers")
-        self.run = RunDir(opts.root, hp)
+        self.run = RunDir(opts.root, hp, identity=method.identity(hp) if method is not None else None)
         self.init_state: dict[str, torch.Tensor] = {}
 
     # -- storage --------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ class Run:
             "dataset": hp.dataset.dataset,
             "method": hp.pruning.method,
             "seed": self.seed,
-            "hparams_hash": hp.hash(),
+            "hparams_hash": self.run.identity,
             "hparams": hp.to_dict(),
             "input_shape": list(self.data.input_shape),
             "num_classes": int(self.data.num_classes),

@@ -230,6 +230,10 @@ class Method(ABC):
             )
         return {k: coerce_knob(k, v, self.knobs[k]) for k, v in args.items()}
 
+    def identity(self, hp: RunHparams) -> str:
+        """The hash naming the run of canonical ``hp``: everything that changes a result of a level."""
+        return hp.hash()
+
     def ignored_fields(self) -> tuple[str, ...]:
         """PruningHparams fields a flag may set that this method does not read (the CLI refuses them)."""
         keep = set(SHARED_FIELDS) | set(self.fields)

@@ -7,12 +7,13 @@ The pruning rule and the reset live in :mod:`ticketsearch.training.imp` (open_lt
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 import torch.nn as nn
 
 from ..core.errors import ConfigError
-from ..core.hparams import RunHparams, to_iterations
+from ..core.hparams import PruningHparams, RunHparams, TrainingHparams, parse_duration, to_iterations
 from ..core.mask import Mask
 from ..sparse import apply_mask, output_parameter
 from ..training.imp import check_rates, levels_for_density, prune, reset_to
@@ -23,6 +24,15 @@ __all__ = ["IMP"]
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _finetune_hparams(hp: RunHparams, steps_per_epoch: int, budget: int) -> TrainingHparams:
+    """Fine-tuning (Han et al. 2015; Renda et al. 2020's baseline): the same budget at the learning rate the
+    original schedule ends with, held constant."""
+    from ..training.optim import LRSchedule
+
+    final_lr = LRSchedule(hp.training, steps_per_epoch, budget)(budget - 1)
+    return dataclasses.replace(hp.training, lr=final_lr, schedule="constant", warmup="0it", milestones="")
 
 
 def _steps_per_epoch(run: RunContext) -> int:
@@ -39,18 +49,40 @@ class IMP(Method):
 
     Levels: 0 is the dense network; level k keeps (1 - rate)^k of each layer (layerwise, the output layer at
     its own ``output_rate``) or of all weights (``--scope global``), ranked by the magnitude of the weights
-    trained at level k - 1. Kept weights restart from init (``rewind`` 0) or from iteration ``rewind`` of
-    the dense run.
+    trained at level k - 1. How the kept weights retrain (``--retrain``, Renda et al. 2020 compare them):
+    ``reset`` to init (the paper), ``rewind`` to iteration ``--rewind-iter`` of the dense run (Frankle et al.
+    2020), ``finetune`` from the weights trained at level k - 1 at the schedule's final learning rate, or
+    ``lr-rewind`` from those weights replaying the whole learning-rate schedule.
+
+    A level does not depend on how many levels follow, so the run is named without ``--density`` and
+    ``--rounds``: asking for a lower density later extends the same run.
     """
 
     kind = "iterative"
-    fields = ("rounds", "rate", "output_rate", "scope", "rewind")
+    fields = ("rounds", "rate", "output_rate", "scope", "rewind", "retrain")
     default_scope = "layerwise"  # the paper's rule for LeNet and Conv-2/4/6
     citation = "Frankle & Carbin, ICLR 2019; Frankle et al., ICML 2020"
+
+    def canonical(self, hp: RunHparams) -> RunHparams:
+        hp = super().canonical(hp)
+        p = hp.pruning
+        if p.retrain == "reset" and p.rewind != "0it":  # --rewind-iter alone means rewinding, as before
+            hp = hp.replace(pruning=dataclasses.replace(p, retrain="rewind"))
+        return hp
+
+    def identity(self, hp: RunHparams) -> str:
+        extent = dataclasses.replace(hp.pruning, density=PruningHparams().density, rounds=0)
+        return hp.replace(pruning=extent).hash()
 
     def validate(self, hp: RunHparams) -> None:
         super().validate(hp)
         check_rates(hp.pruning)
+        p = hp.pruning
+        rewinds = parse_duration(p.rewind, name="rewind")[0] > 0
+        if p.retrain == "rewind" and not rewinds:
+            raise ConfigError("--retrain rewind needs the point to rewind to: --rewind-iter K (K > 0)")
+        if p.retrain in ("finetune", "lr-rewind") and rewinds:
+            raise ConfigError(f"--retrain {p.retrain} starts from the trained weights; drop --rewind-iter")
         if hp.pruning.rounds < 0:
             raise ConfigError(
                 f"rounds (IMP levels) must be ≥ 0 (0: as many as reach --density), got {hp.pruning.rounds}"
@@ -73,8 +105,22 @@ class IMP(Method):
             if it == rewind_it and not rewind_path.is_file():
                 run.save_state(rewind_path, model.state_dict())
 
-        def start_state() -> dict[str, torch.Tensor]:
+        retrain = hp.pruning.retrain
+        from_trained = retrain in ("finetune", "lr-rewind")
+        level_hp = _finetune_hparams(hp, spe, budget) if retrain == "finetune" else None
+
+        def start_state(k: int) -> dict[str, torch.Tensor]:
+            """What level k > 0 trains from: init, the rewind point, or level k - 1's trained weights."""
+            if from_trained:
+                return run.load_state(run.level(k - 1).final_path)
             return run.load_state(rewind_path) if rewind_it > 0 else run.init_state
+
+        def start_name(k: int) -> str:
+            if k == 0:
+                return "../init.safetensors"
+            if from_trained:
+                return f"../level_{k - 1}/model_final.safetensors"
+            return "../rewind.safetensors" if rewind_it > 0 else "../init.safetensors"
 
         rows: list[LevelRow] = []
         mask = Mask.ones(run.shapes)
@@ -93,13 +139,13 @@ class IMP(Method):
                     trained.load_state_dict(prev_final)
                     apply_mask(trained, mask)
                     mask = prune(hp.pruning, trained, mask)
-                reset_to(run.model, start_state() if k > 0 else run.init_state, mask)
-                # the state this level trains from is the ticket's init: the rewind point once rewinding
-                start = "../rewind.safetensors" if k > 0 and rewind_it > 0 else "../init.safetensors"
-                level.save_mask(mask, **run.mask_metadata(level=k, init=start))
+                reset_to(run.model, start_state(k) if k > 0 else run.init_state, mask)
+                # the state this level trains from is the ticket's init (rewind point, trained weights)
+                level.save_mask(mask, **run.mask_metadata(level=k, init=start_name(k), retrain=retrain))
                 result = run.train_level(
                     level,
                     run.model,
+                    level_hp if k > 0 else None,
                     desc=f"level {k} ({mask.density:.1%})",
                     on_step=save_rewind if k == 0 and rewind_it > 0 else None,
                 )
@@ -113,6 +159,6 @@ class IMP(Method):
             cost = res.get("cost_to_find", cost)
             row = LevelRow(k, mask.density, str(level.mask_path), res)
             if k > 0:
-                row.controls = run.run_controls(k, level, mask, start_state())
+                row.controls = run.run_controls(k, level, mask, start_state(k))
             rows.append(row)
         return rows
