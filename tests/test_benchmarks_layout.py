@@ -1,6 +1,7 @@
 """benchmarks/: the results layout, provenance in every result, the one writer, scripts that import cleanly.
 
-Layout: ``benchmarks/results/<benchmark>/<variant>.{json,md}``, ``<benchmark>`` a script
+Layout: ``benchmarks/results/<benchmark>/<variant>.{json,md}`` (figures of a result beside it as
+``<variant>_<what>.png``), ``<benchmark>`` a script
 ``benchmarks/<benchmark>.py``, every result indexed in ``benchmarks/results/README.md``. Scripts run as
 ``python -m benchmarks.<name>``; importing one does no work, and nothing in benchmarks/ edits sys.path.
 """
@@ -80,7 +81,9 @@ def module_names() -> list[str]:
 
 
 def result_pairs() -> list[tuple[str, str]]:
-    return sorted({(p.parent.name, p.name.split(".")[0]) for p in committed_results()})
+    return sorted(
+        {(p.parent.name, p.name.split(".")[0]) for p in committed_results() if p.suffix in (".json", ".md")}
+    )
 
 
 @pytest.fixture
@@ -99,15 +102,22 @@ def test_results_are_benchmark_variant_pairs():
     assert files, "no committed results found under benchmarks/results"
     scripts = set(script_names())
     by_stem: dict[Path, set[str]] = {}
+    figures: list[Path] = []
     for p in files:
         rel = p.relative_to(RESULTS)
         assert len(rel.parts) == 2, f"{rel}: results live at <benchmark>/<variant>.{{json,md}}"
         assert rel.parts[0] in scripts, f"{rel}: no script benchmarks/{rel.parts[0]}.py"
-        assert p.suffix in (".json", ".md") and not p.name.endswith(".partial.json"), f"{rel}: unexpected"
         assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", p.name.split(".")[0]), f"{rel}: variant name"
+        if p.suffix == ".png":  # a figure of a result: <variant>_<what>.png beside <variant>.{json,md}
+            figures.append(p)
+            continue
+        assert p.suffix in (".json", ".md") and not p.name.endswith(".partial.json"), f"{rel}: unexpected"
         by_stem.setdefault(p.with_suffix(""), set()).add(p.suffix)
     for stem, suffixes in by_stem.items():
         assert suffixes == {".json", ".md"}, f"{stem.relative_to(RESULTS)}: has {sorted(suffixes)}"
+    for p in figures:
+        owners = [s for s in by_stem if s.parent == p.parent and p.stem.startswith(s.name + "_")]
+        assert owners, f"{p.relative_to(RESULTS)}: a figure must be named <variant>_<what>.png of a result"
 
 
 @pytest.mark.parametrize("pair", result_pairs(), ids="/".join)
