@@ -66,6 +66,13 @@ CASES = [
     (["--rewind-iter", "1000ep"], ["rewind point", "past the training budget"]),
     (["--data-root", "~nosuchuser_ts/data", "--dataset", "mnist"], ["~nosuchuser_ts"]),
     (["--resize", "-1"], ["resize", "-1"]),
+    (["--retrain", "prune"], ["retrain", "'prune'", "lr-rewind"]),
+    (["--retrain", "rewind"], ["--retrain rewind", "--rewind-iter"]),
+    (["--retrain", "finetune", "--rewind-iter", "5"], ["finetune", "drop --rewind-iter"]),
+    (["--method", "early-bird", "--eb-eps", "2"], ["eb_eps", "(0, 1)", "2"]),
+    (["--method", "early-bird", "--eb-every", "0it"], ["eb_every", "'0it'"]),
+    (["--method", "early-bird", "--arg", "structure=channel"], ["structure", "'channel'", "unstructured"]),
+    (["--method", "snip", "--eb-eps", "0.2"], ["--eb-eps", "does not apply", "'snip'"]),
     (["--resize", "2000"], ["resize", "[0, 1024]", "2000"]),
     (["--dataset", "mnist1d", "--resize", "8"], ["resize", "image datasets", "mnist1d"]),
 ]

@@ -174,8 +174,24 @@ def _run_cli(args, root, **kw):
             ["--method", "imp", "--rounds", "1", "--budget", "15ep", "--controls", "reinit,random_mask"],
             "level_1/control_reinit",
         ),
+        # killed mid-search: the queue of drawn masks is rebuilt from the draws before the checkpoint
+        (
+            [
+                "--method",
+                "early-bird",
+                "--density",
+                "0.2",
+                "--eb-every",
+                "5it",
+                "--eb-eps",
+                "0.01",
+                "--budget",
+                "15ep",
+            ],
+            "level_0",
+        ),
     ],
-    ids=["imp", "supermask", "imp-controls"],
+    ids=["imp", "supermask", "imp-controls", "early-bird"],
 )
 def test_killed_run_resumes_to_identical_result(tmp_path, args, where):
     args = [*args, "--device", "cpu", "--json"]

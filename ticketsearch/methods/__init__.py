@@ -12,7 +12,7 @@ third-party strategies register through the entry-point group ``ticketsearch.met
 
 from __future__ import annotations
 
-from . import imp, learned  # noqa: F401  (registers the built-in strategies)
+from . import early_bird, imp, learned  # noqa: F401  (registers the built-in strategies)
 from .base import (
     METHOD_STRATEGIES,
     SHARED_FIELDS,
@@ -26,6 +26,7 @@ from .base import (
     method_names,
     register_strategy,
 )
+from .early_bird import EarlyBird, EarlyBirdDetector
 from .imp import IMP
 from .learned import BernoulliSupermask, EdgePopup, Learned, learned_recipe, run_learned
 from .oneshot import OneShot
@@ -43,6 +44,8 @@ __all__ = [
     "method_names",
     "register_strategy",
     "IMP",
+    "EarlyBird",
+    "EarlyBirdDetector",
     "Learned",
     "EdgePopup",
     "BernoulliSupermask",

@@ -1,6 +1,6 @@
 """Training loop, optimizers/schedules and IMP."""
 
-from .loop import TrainResult, TrainState, evaluate, train
+from .loop import StopTraining, TrainResult, TrainState, evaluate, train
 from .optim import LRSchedule, make_optimizer
 
-__all__ = ["LRSchedule", "TrainResult", "TrainState", "evaluate", "make_optimizer", "train"]
+__all__ = ["LRSchedule", "StopTraining", "TrainResult", "TrainState", "evaluate", "make_optimizer", "train"]

@@ -24,7 +24,12 @@ from ..core.hparams import TrainingHparams, to_iterations
 from ..sparse import grad_masker, mask_pairs
 from .optim import LRSchedule, make_optimizer
 
-__all__ = ["train", "evaluate", "TrainResult", "TrainState"]
+__all__ = ["train", "evaluate", "TrainResult", "TrainState", "StopTraining"]
+
+
+class StopTraining(Exception):  # noqa: N818  (a signal, not an error)
+    """Raised by an ``on_step`` hook to end training before the budget (early-bird's stopping rule): the
+    loop evaluates where it stopped and returns normally."""
 
 
 @dataclass
@@ -181,10 +186,15 @@ def train(
     end = total if stop_at is None else min(total, stop_at)
     if it == 0 and not history:
         do_eval(0, None)  # before any step: no training loss yet (JSON has no NaN)
+    stopped = False
     try:
         while it < end:
             if on_step is not None:
-                on_step(it, model)
+                try:
+                    on_step(it, model)
+                except StopTraining:
+                    stopped = True
+                    break
             lr = schedule(it)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -239,6 +249,8 @@ def train(
     finally:
         if bar is not None:
             bar.close()
+    if stopped and (not history or history[-1]["iteration"] != it):
+        do_eval(it, float(loss_acc) / n_acc if n_acc else None)
     elapsed += time.perf_counter() - t0
     final = dict(history[-1]) if history else {}
     best_out = {k: v for k, v in best.items() if k != "_key"}

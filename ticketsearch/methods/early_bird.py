@@ -1,0 +1,172 @@
+"""Early-bird tickets (You et al., ICLR 2020, "Drawing early-bird tickets"): draw the mask early in training.
+
+While the dense network trains, every ``--eb-every`` iterations the magnitude mask at the target density is
+drawn; once the newest mask is within ``--eb-eps`` (normalised Hamming distance) of each of the last 5,
+the mask has stopped changing and training stops: that mask, reset to init (or rewound), is the ticket.
+It costs a fraction of one dense training, against IMP's many. Unstructured, so it compares with every other
+method here; the paper's channel variant (BatchNorm scale factors) is not implemented yet.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from ..core.errors import ConfigError
+from ..core.hparams import RunHparams, parse_duration, to_iterations
+from ..core.mask import Mask
+from ..core.select import check_empty_layers, select
+from ..sparse import prunable_parameters
+from ..training.imp import reset_to
+from .base import LevelRow, Method, RunContext, register_strategy
+
+__all__ = ["EarlyBird", "EarlyBirdDetector", "mask_distance"]
+
+
+def mask_distance(a: Mask, b: Mask) -> float:
+    """Normalised Hamming distance: the fraction of all weights whose kept/pruned state differs."""
+    diff = sum(int((a[n] != b[n]).sum()) for n in a)
+    return diff / a.num_total
+
+
+class EarlyBirdDetector:
+    """The stopping rule: stop at the first mask whose distance to each of the ``window`` masks drawn
+    before it is below ``eps`` (You et al.'s FIFO queue of 5 masks, threshold 0.1)."""
+
+    def __init__(self, eps: float, window: int = 5) -> None:
+        self.eps, self.window = eps, window
+        self.recent: deque[tuple[int, Mask]] = deque(maxlen=window)
+        self.distances: list[dict[str, Any]] = []
+
+    def add(self, it: int, mask: Mask) -> bool:
+        """Record the mask drawn at iteration ``it``; True when training can stop."""
+        dists = [mask_distance(mask, m) for _, m in self.recent]
+        self.distances.append({"iteration": it, "max_distance": max(dists) if dists else None})
+        stop = len(dists) == self.window and max(dists) < self.eps
+        self.recent.append((it, mask))
+        return stop
+
+
+@register_strategy(
+    "early-bird",
+    description="early-bird ticket: the magnitude mask drawn once it stops changing in dense training (You et al. 2020)",
+)
+class EarlyBird(Method):
+    """Early-bird tickets (You et al., ICLR 2020): train dense, draw the magnitude mask every ``--eb-every``,
+    stop once it stops changing (``--eb-eps``), reset the kept weights to init (or ``--rewind-iter``)."""
+
+    kind = "early"
+    fields = ("scope", "distribution", "rewind", "eb_every", "eb_eps")
+    knobs = {"window": 5, "structure": "unstructured"}
+    default_scope = "layerwise"  # comparable with IMP's layerwise tickets; --scope global ranks all layers
+    citation = "You et al., ICLR 2020 (arXiv:1909.11957)"
+
+    def validate(self, hp: RunHparams) -> None:
+        super().validate(hp)
+        knobs = {**(self.knobs or {}), **self.parse_knobs(hp.args)}
+        if knobs["structure"] != "unstructured":
+            raise ConfigError(
+                f"early-bird structure {knobs['structure']!r} is not implemented (choose from: unstructured)"
+            )
+        if not isinstance(knobs["window"], int) or knobs["window"] < 1:
+            raise ConfigError(f"early-bird window must be a whole number ≥ 1, got {knobs['window']!r}")
+
+    def run_levels(self, run: RunContext) -> list[LevelRow]:
+        hp, p = run.hp, run.hp.pruning
+        window = int(dict(hp.method_args).get("window", 5))
+        spe = max(1, -(-int(run.data.x_train.shape[0]) // hp.training.batch_size))
+        every = to_iterations(p.eb_every, spe, name="eb_every")
+        budget = to_iterations(hp.training.budget, spe, name="budget")
+        rewind_it = to_iterations(p.rewind, spe, name="rewind")
+        if parse_duration(p.rewind, name="rewind")[0] and rewind_it > budget:
+            raise ConfigError(f"rewind point {p.rewind!r} is past the training budget {hp.training.budget!r}")
+        search, ticket = run.level(0), run.level(1)
+        rewind_path = run.replicate_path() / "rewind.safetensors"
+        eb_path = search.path / "early_bird_mask.safetensors"
+
+        def draw(model: nn.Module) -> Mask:
+            scores = {n: w.detach().abs() for n, w in prunable_parameters(model).items()}
+            return select(scores, p.density, scope=p.scope or "layerwise", distribution=p.distribution)
+
+        if search.done():
+            res0 = search.result()
+        else:
+            detector = EarlyBirdDetector(p.eb_eps, window)
+            ck = search.load_checkpoint()
+            resumed_at = int(ck["iteration"]) if ck is not None else 0
+            for it, mask in _stored_draws(search.path, resumed_at):  # the queue as it was at the checkpoint
+                detector.add(it, mask)
+            found: dict[str, Any] = {}
+
+            def on_step(it: int, model: nn.Module) -> None:
+                if it == rewind_it and rewind_it > 0 and not rewind_path.is_file():
+                    run.save_state(rewind_path, model.state_dict())
+                if it == 0 or it % every:
+                    return
+                mask = draw(model)
+                mask.save(search.path / "draws" / f"it_{it}.safetensors", iteration=it)
+                if detector.add(it, mask):
+                    from ..training import StopTraining
+
+                    found.update(iteration=it, mask=mask)
+                    raise StopTraining
+
+            model = run.model
+            reset_to(model, run.init_state, Mask.ones(run.shapes))
+            search.save_mask(Mask.ones(run.shapes), **run.mask_metadata(level=0))
+            result = run.train_level(search, model, desc="early-bird search", on_step=on_step)
+            converged = bool(found)
+            mask = found["mask"] if converged else draw(model)  # never converged: the mask at the end
+            check_empty_layers(mask, allow=p.allow_empty_layers, scope=p.scope or "layerwise")
+            mask.save(eb_path, iteration=result.iterations)
+            res0 = run.finish_level(
+                search,
+                model,
+                result,
+                density=1.0,
+                eb_iteration=result.iterations,
+                eb_converged=converged,
+                eb_fraction_of_training=result.iterations / budget,
+                eb_distances=detector.distances,
+            )
+        rows = [LevelRow(0, 1.0, str(search.mask_path), res0)]
+        start = run.load_state(rewind_path) if rewind_it > 0 else run.init_state
+        if ticket.done():
+            mask = ticket.load_mask()
+            res1 = ticket.result()
+        else:
+            mask = Mask.load(eb_path)
+            mask = Mask({n: t.to(run.device) for n, t in mask.items()}, {})
+            reset_to(run.model, start, mask)
+            init = "../rewind.safetensors" if rewind_it > 0 else "../init.safetensors"
+            ticket.save_mask(mask, **run.mask_metadata(level=1, init=init, eb_iteration=res0["eb_iteration"]))
+            result = run.train_level(ticket, run.model, desc=f"early-bird ticket ({mask.density:.1%})")
+            cost = {
+                "wall_time": res0["wall_time"],
+                "forward": res0["passes"]["forward"],
+                "backward": res0["passes"]["backward"],
+                "fraction_of_dense_training": res0["eb_fraction_of_training"],
+            }
+            res1 = run.finish_level(ticket, run.model, result, density=mask.density, cost_to_find=cost)
+        row = LevelRow(1, mask.density, str(ticket.mask_path), res1)
+        row.controls = run.run_controls(1, ticket, mask, start)
+        rows.append(row)
+        return rows
+
+
+def _stored_draws(level_path: Path, upto: int) -> list[tuple[int, Mask]]:
+    """Masks drawn before the checkpoint a search resumes from (a draw at iteration ``upto`` itself comes
+    after that checkpoint); later ones are removed, since they will be drawn again."""
+    draws = []
+    folder = level_path / "draws"
+    for f in sorted(folder.glob("it_*.safetensors"), key=lambda q: int(q.stem.split("_")[1])):
+        it = int(f.stem.split("_")[1])
+        if it < upto:
+            draws.append((it, Mask.load(f)))
+        else:
+            f.unlink()
+            f.with_suffix(".json").unlink(missing_ok=True)
+    return draws
