@@ -447,6 +447,7 @@ class Learned(Method):
             mask = lr.mask
             apply_mask(lr.model, mask)
             untrained = evaluate(lr.model, run.data.x_test, run.data.y_test)
+            untrained_val = evaluate(lr.model, run.data.x_val, run.data.y_val)
             init_state = {k: v.detach().clone() for k, v in lr.init_state.items()}
             run.save_state(init_path, init_state)
             run.save_state(level.final_path, lr.model.state_dict())
@@ -458,6 +459,7 @@ class Learned(Method):
                 "es_test_acc": best.get("test_acc"),
                 "test_acc": untrained["acc"],
                 "test_loss": untrained["loss"],
+                "val_acc": untrained_val["acc"],
                 "untrained_test_acc": untrained["acc"],
                 "weights_trained": False,
                 "cost_to_find": {

@@ -1,0 +1,427 @@
+"""How small can a ticket get? The lowest density whose ticket stays within a tolerance of the dense network.
+
+Decisions use validation accuracy only (mean over seeds); test accuracy is reported beside it and never used
+to choose, so the answer is not fitted to the test set. IMP walks its levels until the first level that
+falls out of tolerance, then bisects (on log-density) between that level and the last good one by pruning
+the good level's trained weights further; one-shot and learned methods bisect on log-density between the
+dense network and ``min_density``. Every probe is an ordinary cached run, so a repeated search is free and
+no density is tried twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import ConfigError
+from ..core.hparams import PruningHparams, RunHparams, check_seed, finite
+from ..core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..core.mask import Mask
+from ..experiments.runner import RunOptions, run_find, train_mask
+
+__all__ = ["Probe", "SmallestResult", "bisect_log_density", "smallest", "check_tolerance", "within_tolerance"]
+
+
+@dataclass
+class Probe:
+    """One density tried: per-seed validation and test accuracy, and what it cost."""
+
+    density: float  # asked for
+    kept: float  # the tickets' mean density (exact counts, IMP's layer rule)
+    val: list[float]
+    test: list[float]
+    iterations: int = 0
+    wall_time: float = 0.0
+    runs: list[str] = field(default_factory=list)
+    source: str = ""  # "level k", "bisect", "dense"
+
+    @property
+    def val_mean(self) -> float:
+        return statistics.fmean(self.val)
+
+    @property
+    def test_mean(self) -> float:
+        return statistics.fmean(self.test)
+
+    def spread(self, xs: list[float]) -> float:
+        return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+@dataclass
+class SmallestResult:
+    method: str
+    tolerance: float
+    dense: Probe
+    answer: Probe | None  # None: not even the first probe is within tolerance
+    probes: list[Probe]
+    note: str = ""
+
+    def cost(self) -> dict[str, Any]:
+        ps = [self.dense, *self.probes]
+        return {
+            "runs": sum(len(p.runs) for p in ps),
+            "iterations": sum(p.iterations for p in ps),
+            "wall_time": sum(p.wall_time for p in ps),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        def pd(p: Probe | None) -> dict[str, Any] | None:
+            if p is None:
+                return None
+            return {
+                **dataclasses.asdict(p),
+                "val_mean": p.val_mean,
+                "val_std": p.spread(p.val),
+                "test_mean": p.test_mean,
+                "test_std": p.spread(p.test),
+            }
+
+        return {
+            "method": self.method,
+            "tolerance_points": self.tolerance,
+            "dense": pd(self.dense),
+            "answer": pd(self.answer),
+            "probes": [pd(p) for p in self.probes],
+            "cost": self.cost(),
+            "note": self.note,
+        }
+
+
+def check_tolerance(tolerance: float) -> float:
+    t = finite("tolerance", tolerance)
+    if t < 0:
+        raise ConfigError(f"tolerance must be ≥ 0 (points of validation accuracy), got {tolerance!r}")
+    return t
+
+
+def within_tolerance(dense: Probe, tolerance_points: float) -> Callable[[Probe], bool]:
+    """The decision rule: a probe's mean *validation* accuracy within the tolerance of the dense network's.
+    Test accuracy never enters it."""
+    threshold = dense.val_mean - check_tolerance(tolerance_points) / 100.0
+
+    def accept(p: Probe) -> bool:
+        return p.val_mean >= threshold
+
+    return accept
+
+
+def bisect_log_density(
+    evaluate: Callable[[float], Probe],
+    accept: Callable[[Probe], bool],
+    *,
+    good: float,
+    bad: float,
+    precision: float,
+    max_probes: int,
+) -> tuple[float, list[Probe]]:
+    """Bisect on log-density between an accepted ``good`` and a rejected ``bad`` density until
+    ``good / bad ≤ 1 + precision``; returns the last accepted density and the probes made."""
+    probes: list[Probe] = []
+    while good / bad > 1 + precision and len(probes) < max_probes:
+        mid = math.sqrt(good * bad)
+        p = evaluate(mid)
+        probes.append(p)
+        if accept(p):
+            good = mid
+        else:
+            bad = mid
+    return good, probes
+
+
+def _row_probe(rows: list[Any], density: float, source: str) -> Probe:
+    """A probe from one ticket level per seed (the rows of ``run_find``/``train_mask``)."""
+    return Probe(
+        density=density,
+        kept=statistics.fmean(r["density"] for r in rows),
+        val=[_val(r) for r in rows],
+        test=[r["test_acc"] for r in rows],
+        iterations=sum(int(r.get("iterations") or 0) for r in rows),
+        wall_time=sum(float(r.get("wall_time") or 0.0) for r in rows),
+        runs=[str(Path(r["mask"]).parent) for r in rows],
+        source=source,
+    )
+
+
+def _val(row: Any) -> float:
+    v = row.get("val_acc")
+    if v is None:
+        raise ConfigError("the runs hold no validation accuracy: smallest needs --val-size > 0")
+    return float(v)
+
+
+def smallest(
+    hp: RunHparams,
+    *,
+    seeds: list[int],
+    tolerance: float,
+    opts: RunOptions,
+    min_density: float = 1e-3,
+    precision: float = 0.1,
+    max_probes: int = 12,
+    out_dir: Path | None = None,
+) -> SmallestResult:
+    """The smallest ticket of ``hp.pruning.method`` within ``tolerance`` points of the dense network."""
+    from ..methods import get_method
+
+    check_tolerance(tolerance)
+    if not seeds:
+        raise ConfigError("give at least one seed")
+    for s in seeds:
+        check_seed(s)
+    if not 0 < min_density < 1:
+        raise ConfigError(f"min_density must be in (0, 1), got {min_density!r}")
+    if not precision > 0:
+        raise ConfigError(f"precision must be > 0, got {precision!r}")
+    method = get_method(hp.pruning.method)
+    method.validate(method.canonical(hp))
+    quiet = dataclasses.replace(opts, controls=(), baseline=False, then_train=False)
+    dense = _dense(hp, seeds, quiet)
+    accept = within_tolerance(dense, tolerance)
+
+    if method.name == "imp":
+        answer, probes, note = _imp(hp, seeds, quiet, accept, min_density, precision, max_probes, out_dir)
+    else:
+        tried: dict[float, Probe] = {}
+
+        def evaluate(d: float) -> Probe:
+            if d in tried:  # never twice
+                return tried[d]
+            rows = [_last(run_find(_at(hp, d), seed=s, opts=quiet).rows) for s in seeds]
+            tried[d] = _row_probe(rows, d, "bisect")
+            return tried[d]
+
+        first = evaluate(min_density)
+        if accept(first):
+            answer, probes, note = first, [first], f"already within tolerance at min_density {min_density}"
+        else:
+            good, more = bisect_log_density(
+                evaluate, accept, good=1.0, bad=min_density, precision=precision, max_probes=max_probes
+            )
+            probes = [first, *more]
+            answer = tried.get(good)
+            note = "" if answer is not None else "no density below 1 is within tolerance"
+    result = SmallestResult(method.name, tolerance, dense, answer, probes, note)
+    if out_dir is not None:
+        write_report(result, out_dir)
+    return result
+
+
+def _at(hp: RunHparams, density: float) -> RunHparams:
+    return hp.replace(pruning=dataclasses.replace(hp.pruning, density=density))
+
+
+def _last(rows: list[Any]) -> Any:
+    return rows[-1]
+
+
+def _dense(hp: RunHparams, seeds: list[int], opts: RunOptions) -> Probe:
+    """The dense network trained the same way: IMP at density 1 is its level 0 alone, on the model's recipe
+    (for IMP itself: the very level 0 of the search's own run)."""
+    from ..methods import get_method
+    from ..models import training_recipe
+
+    if hp.pruning.method == "imp":  # the same run: an IMP run is named without its target density
+        dense_hp = hp.replace(pruning=dataclasses.replace(hp.pruning, density=1.0, rounds=0))
+    else:  # learned methods train scores with their own recipe; the dense net trains weights with the model's
+        learned = get_method(hp.pruning.method).recipe(hp.model.model, hp.dataset.dataset) is not None
+        training = training_recipe(hp.model.model) if learned else hp.training
+        dense_hp = hp.replace(
+            training=training, pruning=PruningHparams(method="imp", density=1.0), method_args=()
+        )
+    rows = [run_find(dense_hp, seed=s, opts=opts).rows[0] for s in seeds]
+    return _row_probe(rows, 1.0, "dense")
+
+
+def _imp(
+    hp: RunHparams,
+    seeds: list[int],
+    opts: RunOptions,
+    accept: Callable[[Probe], bool],
+    min_density: float,
+    precision: float,
+    max_probes: int,
+    out_dir: Path | None,
+) -> tuple[Probe | None, list[Probe], str]:
+    """Walk IMP's levels (one run per seed, extended a level at a time), then bisect below the last good one
+    by pruning its trained weights further (reset/rewind: the new mask trains from the same start)."""
+    probes: list[Probe] = []
+    good: Probe | None = None
+    k = 0
+    while True:
+        k += 1
+        rows = [run_find(_rounds(hp, k), seed=s, opts=opts).rows for s in seeds]
+        p = _row_probe([r[k] for r in rows], rows[0][k]["density"], f"level {k}")
+        probes.append(p)
+        if not accept(p):
+            bad = p
+            break
+        good = p
+        if p.kept <= min_density:
+            return good, probes, f"level {k} is within tolerance at or below min_density {min_density}"
+    if good is None:
+        return None, probes, "the first IMP level is already out of tolerance"
+    if hp.pruning.retrain not in ("reset", "rewind") and hp.pruning.rewind == "0it":
+        return good, probes, f"no bisection for --retrain {hp.pruning.retrain}: the answer is a level"
+    if out_dir is None:
+        return good, probes, "no bisection without an output folder for the probe masks"
+    level = k - 1
+    tried: dict[float, Probe] = {}
+
+    def evaluate(d: float) -> Probe:
+        if d in tried:
+            return tried[d]
+        rows = []
+        for s, r in zip(seeds, [run_find(_rounds(hp, level), seed=s, opts=opts) for s in seeds]):
+            mask_path = _reprune(r.run_dir / f"replicate_{s}" / f"level_{level}", hp.pruning, d, out_dir, s)
+            rows.append(
+                train_mask(
+                    mask_path, hp.replace(pruning=PruningHparams(method="train")), seed=s, opts=opts
+                ).rows[0]
+            )
+        tried[d] = _row_probe(rows, d, f"bisect from level {level}")
+        return tried[d]
+
+    best, more = bisect_log_density(
+        evaluate, accept, good=good.kept, bad=bad.kept, precision=precision, max_probes=max_probes
+    )
+    probes += more
+    return tried.get(best, good), probes, ""
+
+
+def _rounds(hp: RunHparams, k: int) -> RunHparams:
+    return hp.replace(pruning=dataclasses.replace(hp.pruning, rounds=k))
+
+
+def _reprune(level_dir: Path, p: PruningHparams, density: float, out_dir: Path, seed: int) -> Path:
+    """The good level's trained weights pruned further, by IMP's own rule, to ``density``; saved with the
+    level's start state as its init (so it trains like the next level would)."""
+    import os
+
+    from ..core.hparams import stable_hash
+    from ..experiments.rundir import load_state
+    from ..models import create_model
+    from ..sparse import apply_mask
+    from ..training.imp import prune
+
+    mask = Mask.load(level_dir / "mask.safetensors")
+    meta = mask.metadata
+    name = stable_hash({"level": str(level_dir.resolve()), "density": density})
+    path = out_dir / "probes" / name / "mask.safetensors"
+    if path.is_file():
+        return path
+    trained = create_model(meta["model"], tuple(meta["input_shape"]), int(meta["num_classes"]))
+    trained.load_state_dict(load_state(level_dir / "model_final.safetensors"))
+    apply_mask(trained, mask)
+    ratio = p.output_rate / p.rate if p.output_rate >= 0 else -1.0
+
+    def at(rate: float) -> Mask:
+        out = rate * ratio if ratio >= 0 else -1.0
+        return prune(dataclasses.replace(p, rate=rate, output_rate=out), trained, mask)
+
+    lo, hi = 1e-9, 1 - 1e-9  # the pruned fraction of survivors that reaches ``density``: monotone, bisect
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if at(mid).density > density:
+            lo = mid
+        else:
+            hi = mid
+    new = at(hi)
+    init = (level_dir / str(meta["init"])).resolve()
+    rel = os.path.relpath(init, path.parent)
+    new.save(path, **{**meta, "init": rel, "reprune_of": str(level_dir), "seed": seed})
+    return path
+
+
+# -- report ---------------------------------------------------------------------------------------------------
+def write_report(result: SmallestResult, out_dir: Path) -> None:
+    """result.json, report.md and curve.png: accuracy vs density, tolerance band, the answer marked."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "result.json", result.to_dict())
+    d = result.to_dict()
+    lines = [
+        f"# Smallest ticket: {result.method}",
+        "",
+        f"Tolerance: {result.tolerance} points of validation accuracy below the dense network "
+        f"({100 * result.dense.val_mean:.2f}% val, {100 * result.dense.test_mean:.2f}% test). Decided on "
+        "validation; test reported only.",
+        "",
+    ]
+    if result.answer is None:
+        lines.append(f"**No ticket within tolerance.** {result.note}")
+    else:
+        a = d["answer"]
+        lines.append(
+            f"**Answer: {100 * a['kept']:.2f}% of the weights** — val {100 * a['val_mean']:.2f} ± "
+            f"{100 * a['val_std']:.2f}%, test {100 * a['test_mean']:.2f} ± {100 * a['test_std']:.2f}%. {result.note}"
+        )
+    c = d["cost"]
+    lines += [
+        "",
+        f"Cost: {c['runs']} runs, {c['iterations']} training iterations, {c['wall_time']:.1f} s.",
+        "",
+        "| density kept | from | val acc | test acc | within tolerance |",
+        "|---|---|---|---|---|",
+    ]
+    threshold = result.dense.val_mean - result.tolerance / 100
+    for p in sorted(result.probes, key=lambda q: -q.kept):
+        ok = "yes" if p.val_mean >= threshold else "no"
+        lines.append(
+            f"| {100 * p.kept:.3f}% | {p.source} | {100 * p.val_mean:.2f} ± {100 * p.spread(p.val):.2f} | "
+            f"{100 * p.test_mean:.2f} ± {100 * p.spread(p.test):.2f} | {ok} |"
+        )
+    atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
+    _plot(result, out_dir / "curve.png")
+
+
+def _plot(result: SmallestResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ps = sorted(result.probes, key=lambda q: q.kept)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [100 * p.kept for p in ps]
+    ax.errorbar(
+        x,
+        [100 * p.val_mean for p in ps],
+        yerr=[100 * p.spread(p.val) for p in ps],
+        fmt="o-",
+        label="validation",
+    )
+    ax.errorbar(
+        x,
+        [100 * p.test_mean for p in ps],
+        yerr=[100 * p.spread(p.test) for p in ps],
+        fmt="s--",
+        alpha=0.6,
+        label="test (not used to choose)",
+    )
+    dv = 100 * result.dense.val_mean
+    ax.axhspan(
+        dv - result.tolerance,
+        dv,
+        color="tab:green",
+        alpha=0.15,
+        label=f"within {result.tolerance} pt of dense",
+    )
+    ax.axhline(dv, color="tab:green", lw=1)
+    if result.answer is not None:
+        ax.axvline(
+            100 * result.answer.kept, color="tab:red", ls=":", label=f"answer {100 * result.answer.kept:.2f}%"
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("weights kept (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{result.method}: smallest ticket within {result.tolerance} pt of dense")
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
