@@ -177,7 +177,9 @@ class LevelDir:
 class RunDir:
     """``root/<method>_<hash>/`` with ``hparams.json``; replicates and levels below it."""
 
-    def __init__(self, root: str | os.PathLike[str], hparams: RunHparams, *, identity: str | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], hparams: RunHparams, *, identity: str | None = None
+    ) -> None:
         """``identity``: the hash naming the run (default: of all of ``hparams``); a method whose levels do
         not depend on how far it goes (IMP) names its run without the target density."""
         self.root = expand_path(root, what="results root")
