@@ -121,3 +121,26 @@ def test_a_scorer_plugin_cannot_take_a_strategy_name():
     reg.reserve(["imp"])
     assert "imp" not in reg.names()
     assert "already taken by a built-in method" in reg.broken()[0].error
+
+
+def test_inverted_scores_keep_what_the_scorer_would_prune(tmp_path):
+    """--arg invert=true (Frankle et al. 2021's check) on magnitude keeps the smallest |w| at init."""
+    from ticketsearch.core import Mask, select
+    from ticketsearch.core.hparams import DatasetHparams, ModelHparams, TrainingHparams
+    from ticketsearch.experiments.rundir import load_state
+    from ticketsearch.experiments.runner import RunOptions, run_find
+
+    hp = RunHparams(
+        model=ModelHparams(model="mlp_digits"),
+        dataset=DatasetHparams(dataset="digits"),
+        training=TrainingHparams(budget="1ep"),
+        pruning=PruningHparams(method="magnitude", density=0.3),
+        method_args=(("invert", True),),
+    )
+    s = run_find(hp, seed=0, opts=RunOptions(root=tmp_path, device="cpu", progress=False))
+    init = load_state(s.run_dir / "replicate_0" / "init.safetensors")
+    mask = Mask.load(s.rows[-1]["mask"])
+    by_hand = select({n: -init[n].abs() for n in mask}, 0.3, scope="global")
+    assert mask.equals(by_hand)
+    plain = run_find(hp.replace(method_args=()), seed=0, opts=RunOptions(root=tmp_path, device="cpu", progress=False))
+    assert plain.run_dir != s.run_dir

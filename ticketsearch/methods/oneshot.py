@@ -58,7 +58,9 @@ class OneShot(Method):
         self.scorer_cls = scorer_cls
         self.name = getattr(scorer_cls, "name", "") or scorer_cls.__name__
         self.source = source
-        self.knobs = getattr(scorer_cls, "knobs", None)
+        knobs = getattr(scorer_cls, "knobs", None)
+        # invert (Frankle et al. 2021's sanity check): keep what the scorer would prune
+        self.knobs = None if knobs is None else {**knobs, "invert": False}
         self.default_scope = getattr(scorer_cls, "default_scope", "") or "layerwise"
         self.citation = getattr(scorer_cls, "citation", "")
         if getattr(scorer_cls, "default_rounds", 1) > 1:
@@ -95,7 +97,9 @@ class OneShot(Method):
     def find(self, run: RunContext) -> tuple[Mask, dict[str, Any]]:
         """Score and select on the init; an empty layer is refused here, before anything is trained."""
         hp = run.hp
-        scorer = self.scorer_cls()
+        scorer: Scorer = self.scorer_cls()
+        if bool(dict(hp.method_args).get("invert", False)):
+            scorer = _Inverted(scorer)
         batches = [] if getattr(scorer, "data_free", False) else score_batches(run)
         t0 = time.perf_counter()
         ctx = ScoringContext(data=run.data, seed=run.seed, progress=run.progress)
@@ -116,3 +120,20 @@ class OneShot(Method):
         )
         cost = {"wall_time": time.perf_counter() - t0, **{k: v for k, v in cost.items() if k != "wall_time"}}
         return mask, cost
+
+
+class _Inverted(Scorer):
+    """The scorer's ranking turned upside down: the inversion check of Frankle et al. 2021 ("Pruning neural
+    networks at initialization: why are we missing the mark?") — it hurts SNIP and SynFlow, not GraSP."""
+
+    def __init__(self, inner: Scorer) -> None:
+        self.inner = inner
+        self.name = getattr(inner, "name", "")
+        self.data_free = getattr(inner, "data_free", False)  # type: ignore[misc]
+        self.default_rounds = getattr(inner, "default_rounds", 1)  # type: ignore[misc]
+        self.default_scope = getattr(inner, "default_scope", "layerwise")  # type: ignore[misc]
+
+    def score(
+        self, model: Any, batches: Any, *, hparams: RunHparams, context: Any = None
+    ) -> dict[str, torch.Tensor]:
+        return {n: -s for n, s in self.inner.score(model, batches, hparams=hparams, context=context).items()}
