@@ -25,7 +25,7 @@ def test_every_method_resolves_with_its_kind():
     assert kinds["snip"] == kinds["grasp"] == kinds["magnitude"] == kinds["random"] == "oneshot"
     assert kinds["supermask"] == kinds["supermask-bernoulli"] == "learned"
     assert isinstance(get_method("snip"), OneShot)
-    assert set(METHOD_STRATEGIES.names()) == {"imp", "supermask", "supermask-bernoulli"}
+    assert set(METHOD_STRATEGIES.names()) == {"imp", "early-bird", "supermask", "supermask-bernoulli"}
     assert "snip" in method_names() and "imp" in method_names()
 
 
@@ -60,7 +60,7 @@ def test_knobs_are_declared_typed_and_checked():
     # typed: "200" and 200.0 are the same run
     assert _hash("grasp", {"temperature": "200"}) == _hash("grasp", {"temperature": 200.0}) == _hash("grasp")
     with pytest.raises(
-        ConfigError, match=r"unknown method argument 'temprature'.*allowed: chunk_size, temperature"
+        ConfigError, match=r"unknown method argument 'temprature'.*allowed: chunk_size, invert, temperature"
     ):
         get_method("grasp").canonical(_hp("grasp", {"temprature": 1}))
     with pytest.raises(ConfigError, match="unknown method argument 'kernel'"):
