@@ -15,7 +15,7 @@ class List(Command):
     )
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("what", choices=("methods", "models", "datasets", "controls"))
+        parser.add_argument("what", choices=("methods", "models", "datasets", "controls", "suites"))
 
     def run(self, ns: argparse.Namespace) -> int:
         if ns.what == "methods":
@@ -35,6 +35,11 @@ class List(Command):
             for e in DATASETS.entries():
                 dm = getattr(e.obj, "default_model", "")
                 print(f"{e.name:<15} {('model: ' + dm) if dm else '':<24} {e.description}")
+        elif ns.what == "suites":
+            from ..bench import list_suites, load_suite
+
+            for name in list_suites():
+                print(f"{name:<8} {load_suite(name).description}")
         else:
             from ..experiments.controls import CONTROLS
 

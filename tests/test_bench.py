@@ -1,0 +1,179 @@
+"""The benchmark suite: smoke end to end, resume after a worker is killed, the report by hand, bad specs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ticketsearch.bench import aggregate, cells_of, load_suite, read_records, write_report
+from ticketsearch.bench.spec import suite_from_dict
+from ticketsearch.core.errors import ConfigError, UnknownNameError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ticketsearch", "bench", "--no-progress", *args]
+
+
+def test_smoke_suite_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run(
+        _bench("--suite", "smoke", "--root", str(tmp_path / "runs"), "--out", str(out)),
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    records = read_records(out / "results.jsonl")
+    suite = load_suite("smoke")
+    assert sorted(x["key"] for x in records) == sorted(c.key for c in cells_of(suite))
+    assert all(x["status"] == "ok" for x in records)
+    snip = [x for x in records if x["variant"] == "snip"]
+    assert all(set(x["sanity"]) == {"reinit", "shuffle", "invert"} for x in snip)
+    assert all(x["cost_to_find"]["backward_passes"] == 1 for x in snip)  # SNIP: one backward pass
+    imp = [x for x in records if x["variant"] == "imp"]
+    assert len({x["run"].split("/replicate_")[0] for x in imp}) == 1  # one IMP run serves every density
+    assert all(x["provenance"]["ticketsearch"] for x in records)
+    csv_lines = (out / "summary.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("dataset,variant,density,n,acc_mean") and len(csv_lines) == 6
+    md = (out / "report.md").read_text()
+    for section in (
+        "## digits/mlp_digits",
+        "Dense network",
+        "Cost to find",
+        "Sanity checks",
+        "| snip | 50% |",
+    ):
+        assert section in md, section
+    import matplotlib.image
+
+    for name in ("accuracy", "cost", "sanity"):
+        img = matplotlib.image.imread(out / f"{name}_digits_mlp_digits.png")
+        assert img.ndim == 3 and min(img.shape[:2]) > 100
+    # the report rebuilds from the records alone, identically
+    before = md
+    (out / "report.md").unlink()
+    assert (
+        subprocess.run(_bench("--report", str(out)), cwd=REPO, capture_output=True, text=True).returncode == 0
+    )
+    assert (out / "report.md").read_text() == before
+
+
+def test_resume_after_a_worker_is_killed(tmp_path):
+    out = tmp_path / "out"
+    cmd = _bench("--suite", "smoke", "--workers", "2", "--root", str(tmp_path / "runs"), "--out", str(out))
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = out / "results.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (results.is_file() and results.read_text().count("\n") >= 1):
+        assert p.poll() is None, p.stderr.read() if p.stderr else ""
+        time.sleep(0.05)
+    workers = _spawned_children(p.pid)
+    assert workers, "no worker process found"
+    os.kill(workers[0], signal.SIGKILL)
+    stdout, stderr = p.communicate(timeout=600)
+    assert p.returncode == 0, stderr
+    records = read_records(results)
+    keys = [x["key"] for x in records]
+    assert sorted(keys) == sorted(c.key for c in cells_of(load_suite("smoke")))  # none lost, none twice
+    assert all(x["status"] == "ok" for x in records)
+    # a second run finds every cell done and recomputes nothing
+    mtime = results.stat().st_mtime_ns
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and results.stat().st_mtime_ns == mtime
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """Worker processes of the pool (spawned interpreters), not multiprocessing's resource tracker."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and "spawn_main" in cmdline:
+            out.append(int(proc.name))
+    return out
+
+
+def _rec(variant, density, seed, acc, **kw):
+    return {
+        "key": f"d/m|{variant}|{density}|{seed}", "dataset": "d", "model": "m", "variant": variant,
+        "density": density, "seed": seed, "status": "ok", "test_acc": acc, "density_kept": density, **kw,
+    }  # fmt: skip
+
+
+def test_report_from_fixed_records_matches_hand_computation(tmp_path):
+    records = [
+        _rec("dense", 1.0, 0, 0.98),
+        _rec("imp", 0.2, 0, 0.97), _rec("imp", 0.2, 1, 0.95),
+        _rec("snip", 0.2, 0, 0.96), _rec("snip", 0.2, 1, 0.98, sanity={"shuffle": 0.90}),
+        _rec("snip", 0.05, 0, 0.90), _rec("imp", 0.05, 0, 0.93),
+        {"key": "d/m|grasp|0.2|0", "dataset": "d", "model": "m", "variant": "grasp", "density": 0.2, "seed": 0,
+         "status": "failed", "error": "ConfigError: the mask keeps no weight of layer(s) fc.weight"},
+    ]  # fmt: skip
+    rows = {(r["variant"], r["density"]): r for r in aggregate(records)}
+    assert rows[("imp", 0.2)]["acc_mean"] == pytest.approx(0.96)
+    assert rows[("imp", 0.2)]["acc_std"] == pytest.approx(0.0141421356, rel=1e-6)  # stdev(0.97, 0.95)
+    assert (
+        rows[("snip", 0.2)]["acc_mean"] == pytest.approx(0.97) and rows[("snip", 0.2)]["shuffle_mean"] == 0.90
+    )
+    write_report(records, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    # snip (97.00) beats imp (96.00) at 20%; imp (93.00) beats snip (90.00) at 5%
+    assert "| imp | 96.00 ± 1.41 | **93.00 ± 0.00** |" in md
+    assert "| snip | **97.00 ± 1.41** | 90.00 ± 0.00 |" in md
+    assert "Dense network, same budget: 98.00 ± 0.00%" in md
+    assert "| snip | 20% | 97.00 | - | -7.00 (hurts) | - |" in md
+    assert "## Failed cells" in md and "d/m|grasp|0.2|0" in md and "keeps no weight" in md
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"methods": ["snp"]}, "did you mean 'snip'"),
+        ({"datasets": [{"dataset": "digits", "model": "lenet300"}]}, "unknown model"),
+        ({"datasets": [{"dataset": "mnits", "model": "lenet_300_100"}]}, "unknown dataset"),
+        ({"densities": [0.0]}, "density"),
+        ({"methods": [{"name": "x", "method": "imp", "colour": "red"}]}, "unknown key"),
+        ({"methods": [{"name": "s", "method": "snip", "args": {"temprature": 1}}]}, "temprature"),
+    ],
+)
+def test_a_bad_spec_fails_before_any_training(change, match, tmp_path, capsys):
+    base = json.loads((REPO / "ticketsearch" / "bench" / "suites" / "smoke.json").read_text())
+    spec = {**base, **change}
+    with pytest.raises((ConfigError, UnknownNameError), match=match):
+        suite_from_dict(spec, source="test").validate()
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps(spec))
+    from ticketsearch.cli import main
+
+    code = main(["bench", "--suite", str(path), "--root", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_corrupt_results_line_is_reported_with_its_number(tmp_path):
+    path = tmp_path / "results.jsonl"
+    good = json.dumps(_rec("imp", 0.2, 0, 0.97))
+    path.write_text(good + "\n{torn li\n" + json.dumps([1, 2]) + "\n" + good.replace("|0", "|1") + "\n")
+    warnings: list[str] = []
+    records = read_records(path, warn=warnings.append)
+    assert len(records) == 2
+    assert len(warnings) == 2 and "line 2" in warnings[0] and "line 3" in warnings[1]
+
+
+def test_unknown_suite_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'smoke'"):
+        load_suite("smok")

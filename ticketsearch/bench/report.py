@@ -1,0 +1,299 @@
+"""The suite's answer as a reader wants it: tables (mean ± std over seeds, best per density in bold), cost,
+sanity checks, published anchors, and plots — rebuilt from ``results.jsonl`` alone (``bench --report``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..core.io import atomic_write_bytes, atomic_write_text
+from .runner import DENSE
+from .spec import Suite
+
+__all__ = ["aggregate", "write_report", "SURVIVE_POINTS"]
+
+# a sanity check "leaves the ticket's accuracy intact" when it moves it by less than this (points), or by
+# less than the spread over seeds
+SURVIVE_POINTS = 0.5
+
+
+def _ms(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (dataset/model, variant, density): n, accuracy mean/std, density kept, cost, checks."""
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r.get("status") == "ok":
+            groups[(f"{r['dataset']}/{r['model']}", r["variant"], float(r["density"]))].append(r)
+    rows = []
+    for (ds, variant, density), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2])):
+        acc, acc_sd = _ms([r["test_acc"] for r in rs])
+        row: dict[str, Any] = {
+            "dataset": ds,
+            "variant": variant,
+            "density": density,
+            "n": len(rs),
+            "acc_mean": acc,
+            "acc_std": acc_sd,
+            "density_kept": statistics.fmean(r["density_kept"] for r in rs),
+            "find_wall_s": _mean_of(rs, lambda r: (r.get("cost_to_find") or {}).get("wall_time")),
+            "find_backward": _mean_of(
+                rs,
+                lambda r: (
+                    (r.get("cost_to_find") or {}).get("backward")
+                    or (r.get("cost_to_find") or {}).get("backward_passes")
+                ),
+            ),
+            "train_iterations": _mean_of(rs, lambda r: r.get("train_iterations")),
+            "then_train_mean": _mean_of(rs, lambda r: r.get("then_train_acc")),
+        }
+        for check in ("reinit", "shuffle", "invert"):
+            vals = [r["sanity"][check] for r in rs if (r.get("sanity") or {}).get(check) is not None]
+            row[f"{check}_mean"] = statistics.fmean(vals) if vals else None
+        rows.append(row)
+    return rows
+
+
+def _mean_of(rs: list[dict[str, Any]], f: Any) -> float | None:
+    vals = [f(r) for r in rs]
+    vals = [v for v in vals if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def _pct(m: float | None, s: float | None = None) -> str:
+    if m is None:
+        return "-"
+    return f"{100 * m:.2f}" if s is None else f"{100 * m:.2f} ± {100 * s:.2f}"
+
+
+def write_report(records: list[dict[str, Any]], out_dir: Path, suite: Suite | None = None) -> None:
+    """summary.csv, report.md and the plots, from the records alone."""
+    rows = aggregate(records)
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write_text(out_dir / "summary.csv", buf.getvalue())
+    lines = [f"# Benchmark report: {suite.name if suite else out_dir.name}", ""]
+    if suite is not None and suite.description:
+        lines += [suite.description, ""]
+    lines += [
+        "Test accuracy (%), mean ± std over seeds; **bold**: the best method at each density (dense excluded). "
+        "Each density column holds the tickets nearest that density (IMP: its level nearest it). Supermask: "
+        "untrained weights under the mask (then-trained in the cost table).",
+        "",
+    ]
+    for ds in sorted({r["dataset"] for r in rows}):
+        lines += _dataset_section(ds, [r for r in rows if r["dataset"] == ds], out_dir)
+    if suite is not None and suite.anchors:
+        lines += _anchors(rows, suite)
+    failed = [r for r in records if r.get("status") == "failed"]
+    if failed:
+        lines += ["## Failed cells", "", "| cell | error |", "|---|---|"]
+        lines += [f"| `{r['key']}` | {str(r.get('error', '')).replace('|', '/')} |" for r in failed]
+        lines.append("")
+    atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def _dataset_section(ds: str, rows: list[dict[str, Any]], out_dir: Path) -> list[str]:
+    densities = sorted({r["density"] for r in rows if r["variant"] != DENSE}, reverse=True)
+    variants = sorted({r["variant"] for r in rows if r["variant"] != DENSE})
+    by = {(r["variant"], r["density"]): r for r in rows}
+    best = {}
+    for d in densities:
+        cands = [by[(v, d)] for v in variants if (v, d) in by]
+        if cands:
+            best[d] = max(cands, key=lambda r: r["acc_mean"])["variant"]
+    dense = by.get((DENSE, 1.0))
+    out = [f"## {ds}", ""]
+    if dense is not None:
+        out += [
+            f"Dense network, same budget: {_pct(dense['acc_mean'], dense['acc_std'])}% (n = {dense['n']}).",
+            "",
+        ]
+    out.append("| method | " + " | ".join(f"{100 * d:g}%" for d in densities) + " |")
+    out.append("|---|" + "---|" * len(densities))
+    for v in variants:
+        cells = []
+        for d in densities:
+            r = by.get((v, d))
+            text = "-" if r is None else _pct(r["acc_mean"], r["acc_std"])
+            cells.append(f"**{text}**" if r is not None and best.get(d) == v else text)
+        out.append(f"| {v} | " + " | ".join(cells) + " |")
+    out += ["", "Cost to find (mean per ticket) and training iterations:", ""]
+    out += [
+        "| method | density | kept | find wall (s) | find backward passes | train iterations | then-train acc |"
+    ]
+    out += ["|---|---|---|---|---|---|---|"]
+    for v in variants:
+        for d in densities:
+            r = by.get((v, d))
+            if r is None:
+                continue
+            out.append(
+                f"| {v} | {100 * d:g}% | {100 * r['density_kept']:.2f}% | {_num(r['find_wall_s'], '.2f')} | "
+                f"{_num(r['find_backward'], '.0f')} | {_num(r['train_iterations'], '.0f')} | "
+                f"{_pct(r['then_train_mean'])} |"
+            )
+    sanity = [r for r in rows if any(r.get(f"{c}_mean") is not None for c in ("reinit", "shuffle", "invert"))]
+    if sanity:
+        out += [
+            "",
+            "Sanity checks (Frankle et al. 2021): Δ = check − ticket, in points. A check the ticket *survives* "
+            f"(|Δ| < {SURVIVE_POINTS} pt or within the seed spread) shows the method's ticket carries no more than "
+            "per-layer densities (shuffle, reinit) or that its ranking does not matter (invert).",
+            "",
+            "| method | density | ticket | reinit Δ | shuffle Δ | invert Δ |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in sorted(sanity, key=lambda r: (r["variant"], -r["density"])):
+            cells = [_delta(r, c) for c in ("reinit", "shuffle", "invert")]
+            out.append(
+                f"| {r['variant']} | {100 * r['density']:g}% | {_pct(r['acc_mean'])} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    slug = ds.replace("/", "_")
+    _plot_accuracy(ds, rows, densities, variants, out_dir / f"accuracy_{slug}.png")
+    _plot_cost(ds, rows, out_dir / f"cost_{slug}.png")
+    if sanity:
+        _plot_sanity(ds, sanity, out_dir / f"sanity_{slug}.png")
+    out += ["", f"![accuracy vs density](accuracy_{slug}.png) ![accuracy vs cost](cost_{slug}.png)", ""]
+    if sanity:
+        out += [f"![sanity checks](sanity_{slug}.png)", ""]
+    return out
+
+
+def _num(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _delta(r: dict[str, Any], check: str) -> str:
+    m = r.get(f"{check}_mean")
+    if m is None:
+        return "-"
+    d = 100 * (m - r["acc_mean"])
+    survives = abs(d) < max(SURVIVE_POINTS, 100 * r["acc_std"])
+    return f"{d:+.2f} ({'survives' if survives else 'hurts' if d < 0 else 'helps'})"
+
+
+def _anchors(rows: list[dict[str, Any]], suite: Suite) -> list[str]:
+    out = [
+        "## Published numbers beside ours",
+        "",
+        "| dataset | method | density | paper | ours | source |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a in suite.anchors:
+        mine = [r for r in rows if r["dataset"].split("/")[0] == a.dataset and r["variant"] == a.variant]
+        near = min(mine, key=lambda r: abs(math.log(r["density"]) - math.log(a.density)), default=None)
+        ours = (
+            "-"
+            if near is None
+            else f"{_pct(near['acc_mean'], near['acc_std'])} at {100 * near['density_kept']:.1f}%"
+        )
+        out.append(
+            f"| {a.dataset} | {a.variant} | {100 * a.density:g}% | {100 * a.accuracy:.2f} | {ours} | {a.source} |"
+        )
+    return out + [""]
+
+
+def _fig() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    plt = _fig()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _percent_ticks(ax: Any, values: list[float]) -> None:
+    """Ticks at the densities measured, labelled in plain percent (not 4×10¹)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.xaxis.set_major_locator(FixedLocator(values))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}%"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _plot_accuracy(
+    ds: str, rows: list[dict[str, Any]], densities: list[float], variants: list[str], path: Path
+) -> None:
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for v in variants:
+        rs = sorted((r for r in rows if r["variant"] == v), key=lambda r: r["density_kept"])
+        if not rs:
+            continue
+        style = {"lw": 2.5, "color": "black"} if v == "imp" else {}
+        ax.errorbar(
+            [100 * r["density_kept"] for r in rs],
+            [100 * r["acc_mean"] for r in rs],
+            yerr=[100 * r["acc_std"] for r in rs],
+            marker="o",
+            capsize=3,
+            label=v,
+            **style,
+        )
+    dense = [r for r in rows if r["variant"] == DENSE]
+    if dense:
+        ax.axhline(100 * dense[0]["acc_mean"], color="gray", ls="--", label="dense")
+    ax.set_xscale("log")
+    _percent_ticks(ax, [100 * d for d in densities])
+    ax.invert_xaxis()
+    ax.set_xlabel("weights kept (%, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{ds}: accuracy vs density")
+    ax.legend(fontsize=8, ncol=2)
+    _save(fig, path)
+
+
+def _plot_cost(ds: str, rows: list[dict[str, Any]], path: Path) -> None:
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for v in sorted({r["variant"] for r in rows if r["variant"] != DENSE}):
+        rs = [r for r in rows if r["variant"] == v and r["find_wall_s"] is not None]
+        if rs:
+            ax.scatter([max(r["find_wall_s"], 1e-3) for r in rs], [100 * r["acc_mean"] for r in rs], label=v)
+    ax.set_xscale("log")
+    ax.set_xlabel("cost to find the ticket (wall seconds, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{ds}: accuracy vs cost to find")
+    ax.legend(fontsize=8, ncol=2)
+    _save(fig, path)
+
+
+def _plot_sanity(ds: str, rows: list[dict[str, Any]], path: Path) -> None:
+    plt = _fig()
+    labels, deltas = [], {c: [] for c in ("reinit", "shuffle", "invert")}
+    for r in sorted(rows, key=lambda r: (r["variant"], -r["density"])):
+        labels.append(f"{r['variant']}\n{100 * r['density']:g}%")
+        for c in deltas:
+            m = r.get(f"{c}_mean")
+            deltas[c].append(float("nan") if m is None else 100 * (m - r["acc_mean"]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) + 2), 4.5))
+    width = 0.27
+    for i, (c, vals) in enumerate(deltas.items()):
+        ax.bar([j + (i - 1) * width for j in range(len(labels))], vals, width, label=c)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=45, ha="right")
+    ax.set_ylabel("check − ticket (accuracy points)")
+    ax.set_title(f"{ds}: sanity checks (Frankle et al. 2021)")
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,324 @@
+"""Run a suite: every cell a normal run directory, so a killed suite resumes and no cell is recomputed.
+
+A cell is (dataset, model, method variant, density, seed), plus one dense cell per dataset and seed.
+Cells run in this process or in ``workers`` processes (threads per worker set so workers × threads ≤
+cores); only this process appends to ``results.jsonl``, one record per finished cell. A cell that fails
+with a user-level error (a NaN loss, a mask that empties a layer) is recorded as failed with its error and
+the suite goes on; a worker killed mid-cell is replaced and its cell retried (its run resumes from the
+last checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import TicketsearchError
+from ..core.io import append_jsonl, atomic_write_json
+from .spec import DatasetEntry, Suite, Variant
+
+__all__ = ["Cell", "cells_of", "run_cell", "run_suite", "read_records", "DENSE"]
+
+DENSE = "dense"
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    model: str
+    variant: str
+    density: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.model}|{self.variant}|{self.density:g}|{self.seed}"
+
+
+def cells_of(suite: Suite) -> list[Cell]:
+    """Dense first (the reference every plot draws), then every variant × density × seed per dataset."""
+    out = []
+    for d in suite.datasets:
+        for seed in suite.seeds:
+            out.append(Cell(d.dataset, d.model, DENSE, 1.0, seed))
+        for v in suite.variants:
+            for p in suite.densities:
+                for seed in suite.seeds:
+                    out.append(Cell(d.dataset, d.model, v.name, p, seed))
+    return out
+
+
+def _entry(suite: Suite, cell: Cell) -> DatasetEntry:
+    return next(d for d in suite.datasets if (d.dataset, d.model) == (cell.dataset, cell.model))
+
+
+def _hparams(entry: DatasetEntry, variant: Variant | None, density: float) -> Any:
+    from ..core.hparams import DatasetHparams, ModelHparams, PruningHparams, RunHparams
+    from ..methods import get_method
+    from ..models import training_recipe
+
+    weights = dataclasses.replace(training_recipe(entry.model), **entry.training)
+    method = variant.method if variant is not None else "imp"
+    training = weights
+    own = get_method(method).recipe(entry.model, entry.dataset)
+    if own is not None:  # learned methods train scores with their own recipe
+        training = dataclasses.replace(own, budget=entry.score_budget) if entry.score_budget else own
+    pruning = PruningHparams(method=method, density=density, **(variant.pruning if variant else {}))
+    return RunHparams(
+        model=ModelHparams(model=entry.model),
+        dataset=DatasetHparams(dataset=entry.dataset, resize=entry.resize),
+        training=training,
+        pruning=pruning,
+        method_args=tuple(sorted((variant.args if variant else {}).items())),
+    ), weights
+
+
+def _nearest(rows: list[Any], density: float) -> Any:
+    import math
+
+    cands = [r for r in rows if r["density"] < 1.0] or rows
+    return min(cands, key=lambda r: abs(math.log(r["density"]) - math.log(density)))
+
+
+def run_cell(suite: Suite, cell: Cell, *, root: Path, data_root: str | None, device: str) -> dict[str, Any]:
+    """Train one cell (or read it from its cached run) and return its record; user errors become a failed
+    record, never an exception."""
+    from ..experiments.runner import RunOptions, run_find
+    from ..methods import get_method
+
+    entry = _entry(suite, cell)
+    variant = None if cell.variant == DENSE else next(v for v in suite.variants if v.name == cell.variant)
+    record: dict[str, Any] = {"key": cell.key, **dataclasses.asdict(cell)}
+    t0 = time.perf_counter()
+    try:
+        hp, weights = _hparams(entry, variant, 1.0 if variant is None else cell.density)
+        method = get_method(hp.pruning.method)
+        kind = "dense" if variant is None else method.kind
+        sanity = suite.sanity and kind in ("oneshot", "iterative", "early") and method.name != "imp"
+        opts = RunOptions(
+            root=root,
+            data_root=data_root,
+            device=device,
+            progress=False,
+            controls=("reinit", "random_mask") if sanity else (),
+            then_train=bool(variant and variant.then_train),
+            then_train_hp=weights,
+        )
+        summary = run_find(hp, seed=cell.seed, opts=opts)
+        if variant is None:
+            row = summary.rows[0]
+        elif method.name == "imp":
+            row = _nearest(summary.rows, cell.density)
+        else:
+            row = summary.rows[-1]
+        cost = row.get("cost_to_find") or {}
+        record.update(
+            status="ok",
+            method=hp.pruning.method,
+            kind=kind,
+            density_kept=row["density"],
+            test_acc=row.get("test_acc"),
+            val_acc=row.get("val_acc"),
+            es_test_acc=row.get("es_test_acc"),
+            es_iteration=row.get("es_iteration"),
+            weights_trained=row.get("weights_trained", True) is not False,
+            then_train_acc=(row.get("then_train") or {}).get("test_acc"),
+            cost_to_find={
+                k: cost.get(k)
+                for k in (
+                    "wall_time",
+                    "forward",
+                    "backward",
+                    "forward_passes",
+                    "backward_passes",
+                    "fraction_of_dense_training",
+                )
+                if k in cost
+            },
+            train_iterations=row.get("iterations"),
+            train_wall_time=row.get("wall_time"),
+            run=str(Path(row["mask"]).parent),
+            hparams=hp.to_dict(),
+        )
+        checks = {}
+        controls = row.get("controls") or {}
+        if "reinit" in controls:
+            checks["reinit"] = controls["reinit"].get("test_acc")
+        if "random_mask" in controls:
+            checks["shuffle"] = controls["random_mask"].get("test_acc")
+        if sanity and kind == "oneshot":
+            inv = hp.replace(method_args=tuple(sorted({**dict(hp.method_args), "invert": True}.items())))
+            quiet = dataclasses.replace(opts, controls=())
+            checks["invert"] = run_find(inv, seed=cell.seed, opts=quiet).rows[-1].get("test_acc")
+        record["sanity"] = checks
+    except TicketsearchError as exc:
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    record["wall_time"] = time.perf_counter() - t0
+    return record
+
+
+def read_records(path: Path, *, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The records of ``results.jsonl``; a line that is not a JSON object is reported with its number and
+    skipped (its cell counts as not done, so it runs again from its cached run), never dropped silently."""
+    out: list[dict[str, Any]] = []
+    if not path.is_file():
+        return out
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict) or "key" not in rec:
+            if warn is not None:
+                warn(f"warning: {path} line {i} is not a valid record; skipped (its cell will run again)")
+            continue
+        out.append(rec)
+    return out
+
+
+def _provenance() -> dict[str, Any]:
+    import platform
+    import subprocess
+
+    import torch
+
+    from .. import __version__
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "ticketsearch": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "git_commit": commit or None,
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"cpu ({os.cpu_count()} cores)",
+    }
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _work(args: tuple[Suite, Cell, str, str | None, str]) -> dict[str, Any]:
+    suite, cell, root, data_root, device = args
+    return run_cell(suite, cell, root=Path(root), data_root=data_root, device=device)
+
+
+def run_suite(
+    suite: Suite,
+    out_dir: Path,
+    *,
+    root: Path,
+    data_root: str | None = None,
+    device: str = "cpu",
+    workers: int = 1,
+    progress: bool | str = "auto",
+) -> list[dict[str, Any]]:
+    """Run every cell not yet recorded in ``out_dir/results.jsonl``; returns all records."""
+    suite.validate()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "suite.json", dataclasses.asdict(suite))
+    results = out_dir / "results.jsonl"
+    warn = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    done = {r["key"] for r in read_records(results, warn=warn)}
+    todo = [c for c in cells_of(suite) if c.key not in done]
+    prov = _provenance()
+    bar = _bar(len(cells_of(suite)), len(cells_of(suite)) - len(todo), progress)
+
+    def record(rec: dict[str, Any]) -> None:
+        append_jsonl(results, {**rec, "provenance": prov})
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        if workers <= 1:
+            for cell in todo:
+                record(run_cell(suite, cell, root=root, data_root=data_root, device=device))
+        else:
+            _run_pool(suite, todo, workers, record, root=root, data_root=data_root, device=device)
+    finally:
+        if bar is not None:
+            bar.close()
+    return read_records(results, warn=warn)
+
+
+def _run_pool(
+    suite: Suite,
+    todo: list[Cell],
+    workers: int,
+    record: Callable[[dict[str, Any]], None],
+    *,
+    root: Path,
+    data_root: str | None,
+    device: str,
+) -> None:
+    """Cells in ``workers`` processes; a worker that dies (kill -9) is replaced and its cells retried."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pending = list(todo)
+    attempts: dict[str, int] = {}
+    while pending:
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(threads,),
+        ) as pool:
+            futures = {pool.submit(_work, (suite, c, str(root), data_root, device)): c for c in pending}
+            pending = []
+            broken = False
+            while futures:
+                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    cell = futures.pop(f)
+                    try:
+                        record(f.result())
+                    except BrokenProcessPool:
+                        broken = True
+                        attempts[cell.key] = attempts.get(cell.key, 0) + 1
+                        if attempts[cell.key] >= 3:
+                            record(
+                                {
+                                    "key": cell.key,
+                                    **dataclasses.asdict(cell),
+                                    "status": "failed",
+                                    "error": "its worker died 3 times",
+                                }
+                            )
+                        else:
+                            pending.append(cell)
+                if broken:  # the pool is unusable: every cell not finished goes to a new pool
+                    pending += list(futures.values())
+                    futures = {}
+        if pending:
+            print(f"a worker died; retrying {len(pending)} cell(s) in a new pool", file=sys.stderr)
+
+
+def _bar(total: int, initial: int, enabled: bool | str) -> Any:
+    if enabled == "auto":
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="cells", unit="cell", dynamic_ncols=True)

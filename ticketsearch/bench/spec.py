@@ -1,0 +1,201 @@
+"""Benchmark suites as data: datasets × models × method variants × densities × seeds, on equal terms.
+
+A suite is a JSON (or TOML) document; the built-in ones ship in ``ticketsearch/bench/suites/``. Every
+name in it is checked before any training (an unknown method, model or dataset fails in one line naming
+it). A method entry is a name (``"snip"``) or a variant::
+
+    {"name": "imp-rewind", "method": "imp", "pruning": {"rewind": "1ep"}}
+    {"name": "supermask", "method": "supermask", "then_train": true}
+
+Every variant of a method with scores also gets the sanity checks of Frankle et al. 2021 when the suite
+asks for them (``"sanity": true``): the ticket's mask on a fresh init (``reinit``), the mask shuffled
+within each layer (``shuffle``) and, for one-shot scorers, the inverted ranking (``invert``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import ConfigError, DataError
+from ..core.hparams import PruningHparams, TrainingHparams, check_seed
+from ..core.select import check_density
+
+__all__ = ["Suite", "DatasetEntry", "Variant", "Anchor", "load_suite", "list_suites", "SUITES_DIR"]
+
+SUITES_DIR = Path(__file__).parent / "suites"
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    dataset: str
+    model: str
+    training: dict[str, Any] = field(default_factory=dict)  # overrides of the model's recipe (weights)
+    score_budget: str = ""  # learned methods: their score recipe's budget ("" = the recipe's)
+    resize: int = 0
+    requires: str = ""  # a sentence shown when the data is missing (CIFAR-10)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    method: str
+    pruning: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, Any] = field(default_factory=dict)
+    then_train: bool = False
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A published number the suite can be held against."""
+
+    dataset: str
+    variant: str
+    density: float
+    accuracy: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    datasets: tuple[DatasetEntry, ...]
+    variants: tuple[Variant, ...]
+    densities: tuple[float, ...]
+    seeds: tuple[int, ...]
+    sanity: bool = False
+    anchors: tuple[Anchor, ...] = ()
+
+    def validate(self) -> None:
+        """Every name and value, before any training."""
+        from ..data import DATASETS
+        from ..methods import get_method
+        from ..models import MODELS
+
+        if not self.datasets or not self.variants or not self.densities or not self.seeds:
+            raise ConfigError(f"suite '{self.name}' needs datasets, methods, densities and seeds")
+        for d in self.datasets:
+            DATASETS.entry(d.dataset)
+            MODELS.entry(d.model)
+            TrainingHparams(**{**TrainingHparams().__dict__, **d.training}).validate()
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"suite '{self.name}' names a method variant twice: {names}")
+        for v in self.variants:
+            method = get_method(v.method)
+            pruning = PruningHparams(method=v.method, **v.pruning)
+            pruning.validate()
+            method.parse_knobs(v.args)
+        for p in self.densities:
+            check_density(p, name="suite density")
+        for s in self.seeds:
+            check_seed(s)
+
+    def with_overrides(self, *, methods: list[str] | None = None, seeds: int | None = None) -> Suite:
+        variants = self.variants
+        if methods:
+            known = {v.name for v in self.variants}
+            unknown = [m for m in methods if m not in known]
+            if unknown:
+                raise ConfigError(
+                    f"suite '{self.name}' has no method {', '.join(map(repr, unknown))} "
+                    f"(choose from: {', '.join(sorted(known))})"
+                )
+            variants = tuple(v for v in self.variants if v.name in methods)
+        seed_list = self.seeds if seeds is None else tuple(range(seeds))
+        if seeds is not None and seeds < 1:
+            raise ConfigError(f"--seeds must be ≥ 1, got {seeds}")
+        return Suite(
+            self.name,
+            self.description,
+            self.datasets,
+            variants,
+            self.densities,
+            seed_list,
+            self.sanity,
+            self.anchors,
+        )
+
+
+def _variant(entry: Any) -> Variant:
+    if isinstance(entry, str):
+        return Variant(name=entry, method=entry)
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(f"a suite method is a name or an object with a 'name', got {entry!r}")
+    allowed = {"name", "method", "pruning", "args", "then_train"}
+    extra = sorted(set(entry) - allowed)
+    if extra:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(extra)} in suite method {entry['name']!r} (allowed: {', '.join(sorted(allowed))})"
+        )
+    return Variant(
+        name=str(entry["name"]),
+        method=str(entry.get("method", entry["name"])),
+        pruning=dict(entry.get("pruning", {})),
+        args=dict(entry.get("args", {})),
+        then_train=bool(entry.get("then_train", False)),
+    )
+
+
+def suite_from_dict(d: dict[str, Any], *, source: str) -> Suite:
+    if not isinstance(d, dict):
+        raise ConfigError(f"suite {source} must be an object, got {type(d).__name__}")
+    try:
+        seeds = d.get("seeds", 1)
+        seed_list = tuple(range(int(seeds))) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
+        return Suite(
+            name=str(d.get("name", Path(source).stem)),
+            description=str(d.get("description", "")),
+            datasets=tuple(DatasetEntry(**e) for e in d["datasets"]),
+            variants=tuple(_variant(e) for e in d["methods"]),
+            densities=tuple(float(x) for x in d["densities"]),
+            seeds=seed_list,
+            sanity=bool(d.get("sanity", False)),
+            anchors=tuple(Anchor(**a) for a in d.get("anchors", [])),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"suite {source} is missing {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"suite {source} is malformed: {exc}") from None
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A built-in suite by name, or a JSON/TOML spec file."""
+    p = Path(name_or_path).expanduser()
+    if p.suffix in (".json", ".toml") or p.exists():
+        if not p.is_file():
+            raise DataError(f"suite file '{p}' does not exist")
+        text = p.read_text(encoding="utf-8")
+        if p.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:
+                raise ConfigError("TOML suites need Python ≥ 3.11; write the suite as JSON") from None
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"suite file '{p}' is not valid TOML: {exc}") from None
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"suite file '{p}' is not valid JSON: {exc}") from None
+        return suite_from_dict(data, source=str(p))
+    path = SUITES_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        import difflib
+
+        known = list_suites()
+        close = difflib.get_close_matches(name_or_path, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"unknown suite '{name_or_path}'{hint} (choose from: {', '.join(known)}, or a .json/.toml file)"
+        )
+    return suite_from_dict(json.loads(path.read_text(encoding="utf-8")), source=path.name)
+
+
+def list_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.json"))
