@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test test-all bench lint venv clean
+.PHONY: demo test test-all bench bench-speed lint venv clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,12 @@ test: $(STAMP)
 test-all: $(STAMP)
 	OMP_NUM_THREADS=1 TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
 
+## the quick suite (every method against IMP on digits, MNIST-1D and MNIST; about an hour on 2 cores) into
+## benchmarks/results/quick/ (resumable: rerun after an interruption); the speed scripts are bench-speed
 bench: $(STAMP)
+	$(BIN)/python -m ticketsearch bench --suite quick --root benchmarks/runs --out benchmarks/results/quick --data-root $${TICKETSEARCH_DATA:-../shared/datasets}
+
+bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 ## ruff (lint + format check) on everything, mypy on core/sparse/training (config: pyproject.toml)
