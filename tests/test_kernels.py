@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from nets import MLP, BNConv, masked_net, one_thread, random_mask  # noqa: F401  (autouse fixture)
 
 from ticketsearch.core.errors import ConfigError, DivergenceError
 from ticketsearch.core.mask import exact_count
 from ticketsearch.core.select import select
 from ticketsearch.sparse import (
     BACKENDS,
-    MaskedConv2d,
     MaskedLinear,
     apply_mask,
     mask_gradients,
@@ -69,59 +69,6 @@ def _cases(op: str) -> list:
 
 TOPK_CASES = _cases(TOPK)
 MASKED_CASES = _cases(MASKED)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2-core machines shared with other jobs: OpenMP spinning makes 2 threads up to 100× slower here
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class MLP(nn.Module):
-    def __init__(self, sizes=(20, 16, 12, 5)):
-        super().__init__()
-        self.layers = nn.ModuleList(MaskedLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-
-    def forward(self, x):
-        x = x.flatten(1)
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
-
-
-class BNConv(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = MaskedConv2d(1, 4, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(4)
-        self.fc = MaskedLinear(4 * 8 * 8, 10)
-
-    def forward(self, x):
-        return self.fc(F.relu(self.bn(self.conv(x))).flatten(1))
-
-
-def _masked_net() -> nn.Module:
-    return nn.Sequential(
-        MaskedConv2d(1, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Flatten(),
-        MaskedLinear(4 * 6 * 6, 10),
-        nn.ReLU(),
-        MaskedLinear(10, 3),
-    )
-
-
-def _random_mask(model, density=0.3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return select(
-        {n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(model).items()}, density
-    )
 
 
 # -- the registry -----------------------------------------------------------------------------------------
@@ -184,11 +131,11 @@ def test_unknown_and_unusable_kernels_say_why():
     KERNELS.register_kernel(broken)
     try:
         with pytest.raises(ConfigError, match=r"'broken' is unavailable here \(no such accelerator\)"):
-            set_backend(_masked_net(), "broken")
+            set_backend(masked_net(), "broken")
     finally:
         KERNELS.unregister(broken.key)
     with pytest.raises(ConfigError, match="unknown sparse backend 'nope'.*inplace, reference"):
-        set_backend(_masked_net(), "nope")
+        set_backend(masked_net(), "nope")
 
 
 def test_register_backend_adds_a_masked_kernel():
@@ -429,8 +376,8 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 def test_masked_kernel_trains_like_the_reference(kernel, device, dtype, opt_name):
     torch.manual_seed(1)
-    a = _masked_net().to(device, dtype)
-    mask = _random_mask(a, 0.5, seed=3)
+    a = masked_net().to(device, dtype)
+    mask = random_mask(a, 0.5, seed=3)
     b = copy.deepcopy(a)
     apply_mask(a, mask, backend=kernel)
     apply_mask(b, mask, backend="reference")

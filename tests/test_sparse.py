@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from nets import masked_net, random_mask
 
-from ticketsearch.core import ConfigError, MaskMismatchError, select
+from ticketsearch.core import ConfigError, MaskMismatchError
 from ticketsearch.sparse import (
-    MaskedConv2d,
     MaskedLinear,
     apply_mask,
     get_mask,
@@ -22,29 +22,10 @@ from ticketsearch.sparse import (
 )
 
 
-def _net() -> nn.Module:
-    return nn.Sequential(
-        MaskedConv2d(1, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Flatten(),
-        MaskedLinear(4 * 6 * 6, 10),
-        nn.ReLU(),
-        MaskedLinear(10, 3),
-    )
-
-
-def _random_mask(model, density=0.3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return select(
-        {n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(model).items()}, density
-    )
-
-
 def test_prunable_excludes_bias_and_norm():
-    names = list(prunable_parameters(_net()))
+    names = list(prunable_parameters(masked_net()))
     assert names == ["0.weight", "4.weight", "6.weight"]
-    assert output_parameter(_net()) == "6.weight"
+    assert output_parameter(masked_net()) == "6.weight"
 
 
 def test_reference_forward_ignores_pruned_values():
@@ -59,7 +40,7 @@ def test_reference_forward_ignores_pruned_values():
 
 
 def test_mask_mismatch_message_names_layer():
-    model = _net()
+    model = masked_net()
     with pytest.raises(MaskMismatchError, match="'4.weight' has shape"):
         apply_mask(
             model,
@@ -74,7 +55,7 @@ def test_mask_mismatch_message_names_layer():
 def test_sparsify_third_party_model_and_get_mask():
     model = sparsify(nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)))
     assert isinstance(model[0], MaskedLinear)
-    mask = _random_mask(model, 0.5)
+    mask = random_mask(model, 0.5)
     apply_mask(model, mask)
     assert get_mask(model).equals(mask)
     with pytest.raises(ConfigError, match="unknown sparse backend"):
@@ -82,7 +63,7 @@ def test_sparsify_third_party_model_and_get_mask():
 
 
 def test_state_dict_is_dense_layout():
-    model = _net()
+    model = masked_net()
     keys = set(model.state_dict())
-    apply_mask(model, _random_mask(model))
+    apply_mask(model, random_mask(model))
     assert set(model.state_dict()) == keys  # masks are not persistent buffers

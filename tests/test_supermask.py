@@ -10,12 +10,12 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from nets import MLP, BNConv, one_thread  # noqa: F401  (autouse fixture)
 
 from ticketsearch.core.errors import ConfigError, DivergenceError
 from ticketsearch.core.hparams import PruningHparams, RunHparams, TrainingHparams
 from ticketsearch.core.select import select
-from ticketsearch.sparse import MaskedConv2d, MaskedLinear, apply_mask, prunable_parameters
+from ticketsearch.sparse import MaskedLinear, apply_mask, prunable_parameters
 from ticketsearch.sparse.supermask import (
     current_mask,
     is_supermask,
@@ -24,40 +24,6 @@ from ticketsearch.sparse.supermask import (
     supermask_controller,
     to_supermask,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2-core machines shared with other jobs: OpenMP spinning makes 2 threads up to 100× slower here
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class MLP(nn.Module):
-    def __init__(self, sizes=(20, 16, 12, 5)):
-        super().__init__()
-        self.layers = nn.ModuleList(MaskedLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-
-    def forward(self, x):
-        x = x.flatten(1)
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
-
-
-class BNConv(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = MaskedConv2d(1, 4, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(4)
-        self.fc = MaskedLinear(4 * 8 * 8, 10)
-
-    def forward(self, x):
-        return self.fc(F.relu(self.bn(self.conv(x))).flatten(1))
 
 
 class Tiny:

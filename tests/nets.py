@@ -1,0 +1,65 @@
+"""Small networks shared by the sparse, kernel and supermask tests (one place, so the suites test the same nets)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ticketsearch.core.select import select
+from ticketsearch.sparse import MaskedConv2d, MaskedLinear, prunable_parameters
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # 2-core machines shared with other jobs: OpenMP spinning makes 2 threads up to 100× slower here
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class MLP(nn.Module):
+    def __init__(self, sizes=(20, 16, 12, 5)):
+        super().__init__()
+        self.layers = nn.ModuleList(MaskedLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x):
+        x = x.flatten(1)
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class BNConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = MaskedConv2d(1, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = MaskedLinear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def masked_net() -> nn.Module:
+    """Conv + BatchNorm + two masked Linear layers on 6×6 inputs."""
+    return nn.Sequential(
+        MaskedConv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        MaskedLinear(4 * 6 * 6, 10),
+        nn.ReLU(),
+        MaskedLinear(10, 3),
+    )
+
+
+def random_mask(model, density=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return select(
+        {n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(model).items()}, density
+    )
