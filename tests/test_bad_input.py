@@ -25,7 +25,10 @@ CASES = [
     (["--label-smoothing", "-0.1"], ["label_smoothing", "-0.1"]),
     (["--val-size", "10.5"], ["val_size", "whole count", "10.5"]),
     (["--arg", "foo=1"], ["unknown method argument 'foo'", "imp", "allowed: none"]),
-    (["--method", "grasp", "--arg", "temprature=1"], ["'temprature'", "allowed: chunk_size, invert, temperature"]),
+    (
+        ["--method", "grasp", "--arg", "temprature=1"],
+        ["'temprature'", "allowed: chunk_size, invert, temperature"],
+    ),
     (["--rounds", "-3"], ["rounds", "-3"]),
     # tracebacks before
     (["--label-smoothing", "2"], ["label_smoothing", "2"]),

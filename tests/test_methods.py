@@ -142,5 +142,7 @@ def test_inverted_scores_keep_what_the_scorer_would_prune(tmp_path):
     mask = Mask.load(s.rows[-1]["mask"])
     by_hand = select({n: -init[n].abs() for n in mask}, 0.3, scope="global")
     assert mask.equals(by_hand)
-    plain = run_find(hp.replace(method_args=()), seed=0, opts=RunOptions(root=tmp_path, device="cpu", progress=False))
+    plain = run_find(
+        hp.replace(method_args=()), seed=0, opts=RunOptions(root=tmp_path, device="cpu", progress=False)
+    )
     assert plain.run_dir != s.run_dir
