@@ -14,6 +14,7 @@ __all__ = [
     "__version__",
     "Mask",
     "select",
+    "load_ticket",
     "core",
     "sparse",
     "models",
@@ -29,6 +30,7 @@ __all__ = [
 _LAZY = {
     "Mask": ("ticketsearch.core.mask", "Mask"),
     "select": ("ticketsearch.core.select", "select"),
+    "load_ticket": ("ticketsearch.export", "load_ticket"),
 }
 _SUBPACKAGES = {
     "core",
