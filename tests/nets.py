@@ -46,9 +46,11 @@ class BNConv(nn.Module):
 
 
 def masked_net() -> nn.Module:
-    """Conv + BatchNorm + two masked Linear layers on 6×6 inputs."""
+    """Conv + BatchNorm + two masked Linear layers on 6×6 inputs. The conv has no bias: before BatchNorm
+    its true gradient is zero, and Adam would turn the rounding noise of any non-bitwise kernel into full
+    steps, so the kernel comparisons would test noise."""
     return nn.Sequential(
-        MaskedConv2d(1, 4, 3, padding=1),
+        MaskedConv2d(1, 4, 3, padding=1, bias=False),
         nn.BatchNorm2d(4),
         nn.ReLU(),
         nn.Flatten(),

@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 # one entry per kernel module, in registration order (within a priority, listings keep this order)
-_MODULES = ("torch_", "reference", "compiled")
+_MODULES = ("torch_", "reference", "compiled", "triton_masked")
 
 for _module in _MODULES:
     for _kernel in importlib.import_module(f"{__name__}.{_module}").RECORDS:
