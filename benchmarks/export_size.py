@@ -1,0 +1,500 @@
+"""Tickets for small devices: file size per format, CPU inference latency, fine-tuning memory and time.
+
+LeNet-300-100 (1×28×28) and Conv-6 (3×32×32) tickets at densities 50/20/5/2/1%: random layerwise masks
+(``ticketsearch.core.select`` of uniform random scores) on the model's Kaiming-normal init, which is all
+size and speed depend on. Three measurements:
+
+* **size**: every format (``dense``, ``bitmask``, ``csr``, ``auto``, ``onnx``) × value dtype (fp32, fp16;
+  ONNX is fp32 only), as a fraction of the dense fp32 model (4 bytes per parameter and buffer); also the
+  index cost of ``auto`` in bits per weight beside the mask's entropy H(density). Targets: at 5%,
+  ``auto`` ≤ 8% of dense fp32, ≤ 4% in fp16.
+* **latency**: one forward on CPU, batch 1 and 64, ``torch.inference_mode``: ``dense`` — the model as
+  trained (``create_model`` with the dense weights, eager); ``ticket-dense`` — ``load_ticket(policy=
+  "dense")``, the same traced executor with every layer dense (isolates what sparsity itself buys);
+  ``ticket`` — ``load_ticket()`` (per-layer dense/CSR measured at load time). Variants run in blocks
+  (warm-up, then a timed block of calls, median per call), rotated round-robin over rounds; the number is
+  the median over rounds, so each model is measured with warm caches and load drift hits all alike.
+  Targets: ticket ≥ 2× faster than dense at batch 1 for density ≤ 5% on LeNet-300-100; never slower.
+* **fine-tuning**: dense masked training (ticketsearch's masked layers and fused optimizer: dense weights,
+  gradients and Adam state) vs ``ticketsearch.export.finetune``'s kept-weight model (1-D kept values per
+  layer, Adam state of the kept size). Each runs in its own subprocess; peak memory is the growth of
+  ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` over the training steps — the peak mark is reset to the
+  current RSS just before the first step (Linux ``/proc/self/clear_refs``), so loading the data does not
+  hide it; tracemalloc does not see PyTorch's allocations — and the optimizer state is also counted
+  exactly.
+  Time per epoch = measured seconds per step × steps per epoch (MNIST: 55,000 / 60; CIFAR-10: 45,000 / 60),
+  on random data of the dataset's shape (content does not change the cost; no CIFAR-10 files are here;
+  and a small in-memory set keeps loading buffers out of the memory measurement).
+
+Results: ``benchmarks/results/export_size/<variant>.{json,md}``, the variant named after the threads
+(``1thread``); ``--variant`` to name another. From the repository root (about 4 minutes on 2 cores):
+
+    OMP_NUM_THREADS=1 python -m benchmarks.export_size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._common import REPO
+from ._writer import ResultWriter, add_output_args, md_table
+
+MODELS = {"lenet_300_100": (1, 28, 28), "conv6": (3, 32, 32)}
+DENSITIES = (0.5, 0.2, 0.05, 0.02, 0.01)
+FORMATS = ("dense", "bitmask", "csr", "auto", "onnx")
+FINETUNE = {"lenet_300_100": (0.2, 0.05, 0.01), "conv6": (0.05,)}
+STEPS_PER_EPOCH = {"lenet_300_100": 55000 // 60, "conv6": 45000 // 60}
+
+
+def make_ticket(model: str, density: float) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    from ticketsearch.core import select
+    from ticketsearch.models import create_model
+    from ticketsearch.sparse import apply_mask, prunable_parameters
+
+    torch.manual_seed(0)
+    m = create_model(model, MODELS[model], 10)
+    g = torch.Generator().manual_seed(0)
+    mask = select(
+        {n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(m).items()},
+        density,
+        scope="layerwise",
+    )
+    apply_mask(m, mask)
+    meta = {
+        "model": model,
+        "input_shape": list(MODELS[model]),
+        "num_classes": 10,
+        "source": {"benchmark": "export_size"},
+    }
+    return m.eval(), mask, meta
+
+
+def entropy_bits(d: float) -> float:
+    return 0.0 if d in (0.0, 1.0) else -(d * math.log2(d) + (1 - d) * math.log2(1 - d))
+
+
+# -- size ------------------------------------------------------------------------------------------------
+def measure_sizes(model: str, density: float, tmp: Path) -> list[dict[str, Any]]:
+    from ticketsearch.export import export_ticket
+
+    m, mask, meta = make_ticket(model, density)
+    state = m.state_dict()
+    rows = []
+    for fmt in FORMATS:
+        for dtype in ("fp32", "fp16"):
+            if fmt == "onnx" and dtype == "fp16":
+                continue
+            t0 = time.perf_counter()
+            try:
+                r = export_ticket(
+                    state,
+                    mask,
+                    format=fmt,
+                    dtype=dtype,
+                    out=tmp / f"{model}_{density}.{fmt}.{dtype}",
+                    metadata=meta,
+                )
+            except Exception as exc:  # onnx not installed: recorded, not fatal
+                rows.append(
+                    {"model": model, "density": density, "format": fmt, "dtype": dtype, "error": str(exc)}
+                )
+                continue
+            row = {
+                "model": model,
+                "density": density,
+                "actual_density": r.density,
+                "format": fmt,
+                "dtype": dtype,
+                "bytes": r.bytes,
+                "dense_fp32_bytes": r.dense_fp32_bytes,
+                "fraction_of_dense_fp32": r.ratio,
+                "export_s": time.perf_counter() - t0,
+                "layers": {n: v["encoding"] for n, v in r.layers.items()},
+            }
+            if fmt == "auto":
+                from ticketsearch.export import read_ticket
+
+                t = read_ticket(r.path)
+                vbytes = sum(v.numel() * v.element_size() for v in t.values.values())
+                dbytes = sum(v.numel() * v.element_size() for v in t.dense.values())
+                total = t.header["num_total"]
+                row["index_bits_per_weight"] = 8 * (r.bytes - vbytes - dbytes) / total
+                row["entropy_bits_per_weight"] = entropy_bits(r.density)
+            rows.append(row)
+    return rows
+
+
+# -- latency ---------------------------------------------------------------------------------------------
+def blocks(fns: dict[str, Any], *, rounds: int, block: int, warm: int) -> dict[str, float]:
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    keys = list(fns)
+    for r in range(rounds):
+        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            f = fns[k]
+            for _ in range(warm):
+                f()
+            ts = []
+            for _ in range(block):
+                t0 = time.perf_counter()
+                f()
+                ts.append(time.perf_counter() - t0)
+            per[k].append(statistics.median(ts))
+    return {k: statistics.median(v) * 1e3 for k, v in per.items()}
+
+
+def measure_latency(model: str, density: float, tmp: Path, rounds: int) -> list[dict[str, Any]]:
+    from ticketsearch.export import export_ticket, load_ticket, path_summary
+    from ticketsearch.models import create_model
+
+    m, mask, meta = make_ticket(model, density)
+    path = export_ticket(
+        m.state_dict(), mask, format="auto", out=tmp / f"lat_{model}_{density}", metadata=meta
+    ).path
+    dense = create_model(model, MODELS[model], 10).eval()
+    dense.load_state_dict(m.state_dict())
+    t0 = time.perf_counter()
+    ticket = load_ticket(path)
+    load_s = time.perf_counter() - t0
+    ticket_dense = load_ticket(path, policy="dense")
+    paths = path_summary(ticket)
+    rows = []
+    big = model == "conv6"
+    for batch in (1, 64):
+        x = torch.randn(batch, *MODELS[model], generator=torch.Generator().manual_seed(1))
+        with torch.inference_mode():
+            err = float((ticket(x) - dense(x)).abs().max())
+            block = (3 if batch == 64 else 15) if big else (40 if batch == 64 else 300)
+            med = blocks(
+                {
+                    "dense": lambda x=x: dense(x),
+                    "ticket-dense": lambda x=x: ticket_dense(x),
+                    "ticket": lambda x=x: ticket(x),
+                },
+                rounds=rounds,
+                block=block,
+                warm=max(2, block // 5),
+            )
+        key = 1 if batch == 1 else 64
+        rows.append(
+            {
+                "model": model,
+                "density": density,
+                "batch": batch,
+                "dense_ms": med["dense"],
+                "ticket_dense_ms": med["ticket-dense"],
+                "ticket_ms": med["ticket"],
+                "speedup_vs_dense": med["dense"] / med["ticket"],
+                "speedup_vs_ticket_dense": med["ticket-dense"] / med["ticket"],
+                "max_abs_diff_vs_dense": err,
+                "load_s": load_s,
+                "csr_layers": sorted(n for n, v in paths.items() if v["paths"][key] == "csr"),
+            }
+        )
+    return rows
+
+
+# -- fine-tuning (child processes) -----------------------------------------------------------------------
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _reset_peak() -> tuple[int, bool]:
+    """Reset the peak-RSS mark to the current RSS (Linux ``/proc/self/clear_refs`` 5, which ru_maxrss
+    follows), so the peak read after training is training's own, not data loading's; (current RSS, reset?)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        with open("/proc/self/status") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return rss * 1024, True
+    except (OSError, StopIteration, ValueError):
+        return _maxrss_bytes(), False
+
+
+def _warm_runtime(shape: tuple[int, ...]) -> None:
+    """One training step of a tiny conv+linear net: the runtime's one-time set-up (autograd engine, BLAS and
+    oneDNN buffers) happens here, not inside the measured run, without pre-allocating the measured run's
+    own buffers (freed heap memory it could reuse would hide its growth)."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    net = nn.Sequential(
+        nn.Conv2d(shape[0], 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * shape[1] * shape[2], 10)
+    )
+    opt = torch.optim.Adam(net.parameters())
+    loss = F.cross_entropy(net(torch.randn(60, *shape)), torch.randint(0, 10, (60,)))
+    loss.backward()
+    opt.step()
+
+
+def finetune_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One fine-tuning run in this (fresh) process: ``kind`` is ``dense`` or ``kept``."""
+    from ticketsearch.core.hparams import TrainingHparams
+    from ticketsearch.export import export_ticket, read_ticket
+    from ticketsearch.export.finetune import kept_model, train_steps
+    from ticketsearch.sparse import mask_pairs
+
+    torch.set_num_threads(int(spec["threads"]))
+    model_name, density, kind, steps = spec["model"], spec["density"], spec["kind"], int(spec["steps"])
+    g = torch.Generator().manual_seed(0)  # random data of the right shape: content does not change the cost,
+    n = 60 * (steps + 2)  # and a small set leaves no freed loading buffers for training to hide in
+    x = torch.randn(n, *MODELS[model_name], generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    m, mask, meta = make_ticket(model_name, density)
+    hp = TrainingHparams(optimizer="adam", lr=1e-4, batch_size=60, budget=f"{steps}it")
+    if kind == "kept":
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_ticket(m.state_dict(), mask, format="auto", out=Path(tmp) / "t", metadata=meta).path
+            model = kept_model(read_ticket(path))
+        del m
+        grad_masks = None
+    else:
+        model = m
+        grad_masks = {id(p): mk for p, mk in mask_pairs(model)}
+    _warm_runtime(MODELS[model_name])
+    before, reset = _reset_peak()  # data and model are in memory: what grows now is training's own
+    opt, _, iters, _ = train_steps(model, x, y, hp, iterations=steps, grad_masks=grad_masks)
+    after = _maxrss_bytes()
+    t0 = time.perf_counter()  # timed on a second run: the first paid one-time set-up (kernels, allocator)
+    train_steps(model, x, y, hp, iterations=steps, grad_masks=grad_masks)
+    seconds = time.perf_counter() - t0
+    state_bytes = sum(t.numel() * t.element_size() for bufs in opt.buffers.values() for t in bufs)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {
+        "model": model_name,
+        "density": density,
+        "kind": kind,
+        "steps": iters,
+        "seconds_per_step": seconds / iters,
+        "seconds_per_epoch": seconds / iters * STEPS_PER_EPOCH[model_name],
+        "peak_rss_growth_bytes": after - before,
+        "peak_reset": reset,
+        "peak_rss_bytes": after,
+        "optimizer_state_bytes": state_bytes,
+        "parameter_bytes": param_bytes,
+    }
+
+
+def measure_finetune(model: str, density: float, threads: int, steps: int) -> list[dict[str, Any]]:
+    rows = []
+    for kind in ("dense", "kept"):
+        spec = {"model": model, "density": density, "kind": kind, "steps": steps, "threads": threads}
+        p = subprocess.run(
+            [sys.executable, "-m", "benchmarks.export_size", "--child", json.dumps(spec)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if p.returncode != 0:
+            raise RuntimeError(f"fine-tuning child failed: {p.stderr[-2000:]}")
+        rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+# -- report ----------------------------------------------------------------------------------------------
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def report(sizes, latency, finetune, threads: int) -> str:
+    md = [
+        "# Ticket export: file size, CPU inference latency, fine-tuning cost",
+        "",
+        f"Random layerwise masks on Kaiming-normal weights; {threads} torch thread(s). "
+        "Size as % of the dense fp32 model (4 bytes per parameter and buffer).",
+        "",
+    ]
+    for model in MODELS:
+        rows = []
+        for d in DENSITIES:
+            cells = [f"{100 * d:g}%"]
+            for fmt in FORMATS:
+                for dtype in ("fp32", "fp16"):
+                    if fmt == "onnx" and dtype == "fp16":
+                        continue
+                    r = next(
+                        (
+                            r
+                            for r in sizes
+                            if r["model"] == model
+                            and r["density"] == d
+                            and r["format"] == fmt
+                            and r["dtype"] == dtype
+                        ),
+                        None,
+                    )
+                    cells.append("-" if r is None or "error" in r else _pct(r["fraction_of_dense_fp32"]))
+            a = next(
+                (
+                    r
+                    for r in sizes
+                    if r["model"] == model
+                    and r["density"] == d
+                    and r["format"] == "auto"
+                    and r["dtype"] == "fp32"
+                ),
+                None,
+            )
+            cells.append(
+                "-" if a is None else f"{a['index_bits_per_weight']:.3f} / {a['entropy_bits_per_weight']:.3f}"
+            )
+            rows.append(cells)
+        if not any(r["model"] == model for r in sizes):
+            continue
+        dense_bytes = next(r["dense_fp32_bytes"] for r in sizes if r["model"] == model and "error" not in r)
+        head = ["density"] + [
+            f"{f} {t}" for f in FORMATS for t in ("fp32", "fp16") if not (f == "onnx" and t == "fp16")
+        ]
+        head.append("auto index bits/weight / H(d)")
+        md += [f"## Size: {model} (dense fp32 = {dense_bytes:,} bytes)", "", md_table(head, rows), ""]
+    md += [
+        "`auto` takes per layer the smaller of bitmask and CSR (delta-coded or absolute column indices, "
+        "narrowest unsigned ints, then the smallest of raw/zlib/LZMA). `dense` also stores a compressed "
+        "bitmask (a kept weight may be 0). ONNX stores layers below 1/3 density as sparse initializers "
+        "(int64 indices).",
+        "",
+        "## CPU inference latency (ms per forward, inference mode)",
+        "",
+    ]
+    rows = [
+        [
+            r["model"],
+            f"{100 * r['density']:g}%",
+            r["batch"],
+            f"{r['dense_ms']:.4f}",
+            f"{r['ticket_dense_ms']:.4f}",
+            f"{r['ticket_ms']:.4f}",
+            f"{r['speedup_vs_dense']:.2f}×",
+            f"{r['speedup_vs_ticket_dense']:.2f}×",
+            ", ".join(r["csr_layers"]) or "none",
+        ]
+        for r in latency
+    ]
+    md += [
+        md_table(
+            [
+                "model",
+                "density",
+                "batch",
+                "dense",
+                "ticket-dense",
+                "ticket",
+                "× vs dense",
+                "× vs ticket-dense",
+                "CSR layers",
+            ],
+            rows,
+        ),
+        "",
+        '`dense`: the model as trained (eager, dense weights). `ticket-dense`: `load_ticket(policy="dense")`, '
+        "the same traced executor with dense layers. `ticket`: `load_ticket()`, dense or CSR per layer and batch "
+        "size as measured at load time.",
+        "",
+    ]
+    if finetune:
+        md += ["## Fine-tuning (Adam, batch 60, CPU)", ""]
+        rows = []
+        for r in finetune:
+            rows.append(
+                [
+                    r["model"],
+                    f"{100 * r['density']:g}%",
+                    r["kind"],
+                    f"{r['seconds_per_step'] * 1e3:.2f}",
+                    f"{r['seconds_per_epoch']:.1f}",
+                    f"{r['peak_rss_growth_bytes'] / 2**20:.1f}",
+                    f"{r['optimizer_state_bytes'] / 2**20:.3f}",
+                    f"{r['parameter_bytes'] / 2**20:.3f}",
+                ]
+            )
+        md += [
+            md_table(
+                [
+                    "model",
+                    "density",
+                    "training",
+                    "data",
+                    "ms/step",
+                    "s/epoch",
+                    "peak RSS growth MiB",
+                    "Adam state MiB",
+                    "parameters MiB",
+                ],
+                rows,
+            ),
+            "",
+            "`dense`: the masked model as ticketsearch trains it (dense weights, gradients and Adam state, the mask "
+            "folded into the update). `kept`: `ticketsearch.export.finetune`'s model (kept values as 1-D parameters). "
+            "Peak memory: `ru_maxrss` (resource.getrusage) after the steps minus the RSS before them, the peak mark "
+            "reset just before (Linux clear_refs), each run in its own process; s/epoch = ms/step × steps per epoch (MNIST 916, CIFAR-10 750).",
+        ]
+    return "\n".join(md)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: both)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--rounds", type=int, default=5, help="latency rounds (default 5)")
+    ap.add_argument(
+        "--finetune-steps", type=int, default=0, help="steps per fine-tuning run (0: 200 LeNet, 6 Conv-6)"
+    )
+    ap.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning measurement")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    add_output_args(ap, "result name (default: <threads>thread(s))")
+    args = ap.parse_args()
+    if args.child is not None:
+        print(json.dumps(finetune_child(json.loads(args.child))))
+        return
+    torch.set_num_threads(args.threads)
+    variant = args.variant or (f"{args.threads}thread" + ("s" if args.threads != 1 else ""))
+    out = ResultWriter("export_size", variant, results_dir=args.results_dir)
+    models = [m for m in args.models.split(",") if m]
+    sizes: list[dict[str, Any]] = []
+    latency: list[dict[str, Any]] = []
+    finetune: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            for d in DENSITIES:
+                sizes += measure_sizes(model, d, Path(tmp))
+                latency += measure_latency(model, d, Path(tmp), args.rounds)
+                print(f"{model} {d}: sizes and latency done", flush=True)
+    if not args.no_finetune:
+        for model in models:
+            steps = args.finetune_steps or (200 if model == "lenet_300_100" else 6)
+            for d in FINETUNE[model]:
+                finetune += measure_finetune(model, d, args.threads, steps)
+                print(f"{model} {d}: fine-tuning done", flush=True)
+    md = report(sizes, latency, finetune, args.threads)
+    payload = {
+        "setup": {
+            "models": models,
+            "densities": list(DENSITIES),
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        },
+        "sizes": sizes,
+        "latency": latency,
+        "finetune": finetune,
+    }
+    out.write(payload, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
