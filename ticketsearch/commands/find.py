@@ -27,9 +27,17 @@ class Find(Command):
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--method",
-            default="imp",
-            help="imp | snip | grasp | synflow | magnitude | random | supermask | ... (see `list methods`)",
+            default=None,
+            help="imp (default) | snip | grasp | synflow | magnitude | random | supermask | ... (see `list "
+            "methods`)",
         )
+        parser.add_argument(
+            "--from-study",
+            default=None,
+            metavar="URL",
+            help="take every flag not given from the best trial of an Optuna study (`ticketsearch study`)",
+        )
+        parser.add_argument("--study-name", default=None, help="with --from-study: which study in URL")
         add_model_flags(parser)
         add_training_flags(parser)
         add_pruning_flags(parser)
@@ -49,7 +57,17 @@ class Find(Command):
     def run(self, ns: argparse.Namespace) -> int:
         from ..experiments.runner import run_find
 
-        hp = resolve_hparams(ns, method=ns.method)
+        if ns.from_study is not None:
+            import sys
+
+            from ..studies import fill_from_study
+
+            print(fill_from_study(ns), file=sys.stderr)
+        elif ns.study_name is not None:
+            from ..core.errors import ConfigError
+
+            raise ConfigError("--study-name needs --from-study URL")
+        hp = resolve_hparams(ns, method=ns.method or "imp")
         controls = tuple(c.strip() for c in ns.controls.split(",") if c.strip())
         opts = run_options(ns, controls=controls, then_train=ns.then_train, baseline=ns.baseline)
         emit(run_find(hp, seed=ns.seed, opts=opts), as_json=ns.json)

@@ -66,6 +66,9 @@ class RunOptions:
     then_train: bool = False
     baseline: bool = False  # one-shot/learned methods: also train the dense net (level_0)
     then_train_hp: TrainingHparams | None = None  # learned methods: None = the model's recipe
+    # called with (level folder, record) after each evaluation of a level's own training (not of controls
+    # or then-train), so a study can report intermediate accuracy and stop a trial (optuna.TrialPruned)
+    on_eval: Callable[[Path, dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -154,7 +157,8 @@ class Run:
         return self.run.replicate(self.seed)
 
     def level(self, k: int) -> LevelDir:
-        return self.run.level(self.seed, k)
+        level = self.run.level(self.seed, k)
+        return level if self.opts.on_eval is None else _ReportingLevel(level.path, self.opts.on_eval)
 
     def save_state(self, path: Path, state: Mapping[str, torch.Tensor]) -> Path:
         return save_state(path, dict(state))
@@ -251,6 +255,19 @@ class Run:
             res = self.train_level(sub, setup.model, desc=f"level {k} {name}")
             out[name] = self.finish_level(sub, setup.model, res, density=setup.mask.density)
         return out
+
+
+class _ReportingLevel(LevelDir):
+    """A level whose evaluation records also go to ``RunOptions.on_eval``, after they are logged; an
+    exception it raises ends the run like a kill at that evaluation (the last checkpoint resumes)."""
+
+    def __init__(self, path: Path, on_eval: Callable[[Path, dict[str, Any]], None]) -> None:
+        super().__init__(path)
+        self._on_eval = on_eval
+
+    def log(self, record: dict[str, Any]) -> None:
+        super().log(record)
+        self._on_eval(self.path, record)
 
 
 def _say(message: str) -> None:

@@ -15,15 +15,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 import torch.nn as nn
 
 from ..core.errors import ConfigError, UnknownNameError
-from ..core.hparams import PruningHparams, RunHparams, TrainingHparams, coerce_knob
+from ..core.hparams import PruningHparams, RunHparams, TrainingHparams, coerce_knob, parse_duration
 from ..core.mask import Mask
 from ..core.registry import Registry
+
+if TYPE_CHECKING:  # optuna is imported only by `ticketsearch study`, never by the library
+    from optuna.trial import Trial
 
 __all__ = [
     "Method",
@@ -37,6 +40,9 @@ __all__ = [
     "MethodInfo",
     "list_methods",
     "SHARED_FIELDS",
+    "suggest_lr",
+    "suggest_density",
+    "suggest_duration",
 ]
 
 # what every method reads: the target and the selection rule's guard
@@ -247,6 +253,22 @@ class Method(ABC):
         """The recipe when no training flag is given; ``None``: the model's own recipe."""
         return None
 
+    def search_space(
+        self, trial: Trial, hp: RunHparams, *, density: tuple[float, float] | None = None
+    ) -> RunHparams:
+        """``hp`` with this method's tunable values drawn from an Optuna ``trial`` (``ticketsearch study``).
+
+        The space lives here, beside the algorithm, because only the method knows which of its values
+        matter and over what range. Name each parameter after the hparams field it sets (``lr``,
+        ``rate``, ``rewind``, ...): a flag given to ``study`` pins the parameter of that name. ``density``
+        is the (low, high) range when the study searches the density too (``--pareto``); ``None`` keeps
+        ``hp``'s density unless the density is the method's own knob (edge-popup's k).
+        """
+        raise ConfigError(
+            f"method '{self.name}' declares no search space (a Method's search_space(trial, hp)); "
+            "tune it with `find` and fixed values instead"
+        )
+
     # -- the algorithm ---------------------------------------------------------------------------------
     @abstractmethod
     def run_levels(self, run: RunContext) -> list[LevelRow]:
@@ -326,3 +348,33 @@ def list_methods() -> list[MethodInfo]:
     for b in [*METHOD_STRATEGIES.broken(), *_scorers().broken()]:
         rows.append(MethodInfo(b.name, "BROKEN", "-", b.source, "", b.error))
     return rows
+
+
+# -- search-space helpers (``Method.search_space``) ---------------------------------------------------------
+def suggest_lr(trial: Trial, hp: RunHparams, *, factor: float = 10.0) -> RunHparams:
+    """The training (or score) learning rate, log-uniform within ``factor`` of the recipe's: recipes are
+    good starting points, and a decade either way covers what the papers report."""
+    base = hp.training.lr
+    lr = trial.suggest_float("lr", base / factor, base * factor, log=True)
+    return hp.replace(training=dataclasses.replace(hp.training, lr=float(lr)))
+
+
+def suggest_density(trial: Trial, hp: RunHparams, density: tuple[float, float] | None) -> RunHparams:
+    """The density, log-uniform in ``density`` = (low, high); ``None``: ``hp``'s density stays."""
+    if density is None:
+        return hp
+    d = trial.suggest_float("density", density[0], density[1], log=True)
+    return hp.replace(pruning=dataclasses.replace(hp.pruning, density=float(d)))
+
+
+def suggest_duration(
+    trial: Trial, name: str, budget: str, low: float, high: float, *, minimum: int = 0
+) -> str:
+    """A duration between fractions ``low`` and ``high`` of ``budget``, in the budget's unit (``2ep``,
+    ``500it``), so the space reads like the flags; at least ``minimum`` of that unit."""
+    n, unit = parse_duration(budget, name="budget")
+    lo = max(minimum, round(n * low))
+    value = trial.suggest_int(name, lo, max(lo, round(n * high)))
+    if isinstance(value, str):  # a pinned flag comes back as given
+        return value
+    return f"{value}{unit}" if value else "0it"  # zero as the default spells it: the same run, the same hash

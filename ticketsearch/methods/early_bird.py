@@ -9,9 +9,10 @@ method here; the paper's channel variant (BatchNorm scale factors) is not implem
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
@@ -21,7 +22,10 @@ from ..core.mask import Mask
 from ..core.select import check_empty_layers, select
 from ..sparse import prunable_parameters
 from ..training.imp import reset_to
-from .base import LevelRow, Method, RunContext, register_strategy
+from .base import LevelRow, Method, RunContext, register_strategy, suggest_density, suggest_duration
+
+if TYPE_CHECKING:  # optuna is imported only by `ticketsearch study`
+    from optuna.trial import Trial
 
 __all__ = ["EarlyBird", "EarlyBirdDetector", "mask_distance"]
 
@@ -73,6 +77,16 @@ class EarlyBird(Method):
             )
         if not isinstance(knobs["window"], int) or knobs["window"] < 1:
             raise ConfigError(f"early-bird window must be a whole number ≥ 1, got {knobs['window']!r}")
+
+    def search_space(
+        self, trial: Trial, hp: RunHparams, *, density: tuple[float, float] | None = None
+    ) -> RunHparams:
+        """The stopping rule: the distance that counts as settled and how often a mask is drawn (the
+        paper's 0.1 and once an epoch were set for CIFAR-scale training)."""
+        hp = suggest_density(trial, hp, density)
+        eps = float(trial.suggest_float("eb_eps", 0.01, 0.3, log=True))
+        every = suggest_duration(trial, "eb_every", hp.training.budget, 0.02, 0.2, minimum=1)
+        return hp.replace(pruning=dataclasses.replace(hp.pruning, eb_eps=eps, eb_every=every))
 
     def run_levels(self, run: RunContext) -> list[LevelRow]:
         hp, p = run.hp, run.hp.pruning

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -17,7 +18,18 @@ from ..core.hparams import PruningHparams, RunHparams, TrainingHparams, parse_du
 from ..core.mask import Mask
 from ..sparse import apply_mask, output_parameter
 from ..training.imp import check_rates, levels_for_density, prune, reset_to
-from .base import LevelRow, Method, RunContext, register_strategy
+from .base import (
+    LevelRow,
+    Method,
+    RunContext,
+    register_strategy,
+    suggest_density,
+    suggest_duration,
+    suggest_lr,
+)
+
+if TYPE_CHECKING:  # optuna is imported only by `ticketsearch study`
+    from optuna.trial import Trial
 
 __all__ = ["IMP"]
 
@@ -87,6 +99,20 @@ class IMP(Method):
             raise ConfigError(
                 f"rounds (IMP levels) must be ≥ 0 (0: as many as reach --density), got {hp.pruning.rounds}"
             )
+
+    def search_space(
+        self, trial: Trial, hp: RunHparams, *, density: tuple[float, float] | None = None
+    ) -> RunHparams:
+        """The training lr, the rate pruned per level (fewer, coarser levels up to 0.6) and, when the kept
+        weights restart (reset or rewind), the rewind point in the first tenth of training (Frankle et
+        al. 2020 find early rewinding is what deep nets need)."""
+        hp = suggest_lr(trial, suggest_density(trial, hp, density))
+        p = hp.pruning
+        changes: dict[str, Any] = {"rate": float(trial.suggest_float("rate", 0.1, 0.6))}
+        if p.retrain in ("reset", "rewind"):
+            first = 1 if p.retrain == "rewind" else 0
+            changes["rewind"] = suggest_duration(trial, "rewind", hp.training.budget, 0.0, 0.1, minimum=first)
+        return hp.replace(pruning=dataclasses.replace(p, **changes))
 
     def run_levels(self, run: RunContext) -> list[LevelRow]:
         hp = run.hp

@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -44,7 +44,10 @@ from ..sparse.supermask import (
     supermask_controller,
     to_supermask,
 )
-from .base import LevelRow, Method, RunContext, register_strategy
+from .base import LevelRow, Method, RunContext, register_strategy, suggest_density, suggest_lr
+
+if TYPE_CHECKING:  # optuna is imported only by `ticketsearch study`
+    from optuna.trial import Trial
 
 __all__ = [
     "SupermaskKnobs",
@@ -406,6 +409,13 @@ class Learned(Method):
     def recipe(self, model: str, dataset: str) -> TrainingHparams | None:
         return learned_recipe(dataset, self.name)
 
+    def search_space(
+        self, trial: Trial, hp: RunHparams, *, density: tuple[float, float] | None = None
+    ) -> RunHparams:
+        """The learning rate of the scores (the weights never train): the recipes' 0.1 comes from other
+        data sets and models. Bernoulli learns its own density, so ``density`` is only its prior."""
+        return suggest_lr(trial, suggest_density(trial, hp, density))
+
     def run_levels(self, run: RunContext) -> list[LevelRow]:
         from ..models import training_recipe
         from ..training import TrainState, evaluate
@@ -500,6 +510,14 @@ class EdgePopup(Learned):
     citation = "Ramanujan et al., CVPR 2020 (arXiv:1911.13299)"
     knob_cls = SupermaskKnobs
     knobs = _knob_defaults(SupermaskKnobs)
+    k_range: ClassVar[tuple[float, float]] = (0.05, 0.9)
+
+    def search_space(
+        self, trial: Trial, hp: RunHparams, *, density: tuple[float, float] | None = None
+    ) -> RunHparams:
+        """k (the kept fraction) and the score lr: k is edge-popup's own knob, which the paper sweeps
+        (best at 30-70% kept), so it is searched even when the study does not search densities."""
+        return suggest_lr(trial, suggest_density(trial, hp, density or self.k_range))
 
 
 @register_strategy(

@@ -4,8 +4,9 @@ becomes a method through :class:`OneShot`, so plugin scorers need nothing but th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,7 +17,10 @@ from ..core.select import check_empty_layers
 from ..scorers.base import Scorer, ScoringContext
 from ..scorers.iterative import find_mask, scope_of
 from ..training.imp import reset_to
-from .base import LevelRow, Method, RunContext
+from .base import LevelRow, Method, RunContext, suggest_density, suggest_lr
+
+if TYPE_CHECKING:  # optuna is imported only by `ticketsearch study`
+    from optuna.trial import Trial
 
 __all__ = ["OneShot", "dense_baseline", "score_batches"]
 
@@ -72,6 +76,20 @@ class OneShot(Method):
         super().validate(hp)
         if hp.pruning.rounds < 0:
             raise ConfigError(f"rounds must be ≥ 0 (0: the method's default), got {hp.pruning.rounds}")
+
+    def search_space(
+        self, trial: Trial, hp: RunHparams, *, density: tuple[float, float] | None = None
+    ) -> RunHparams:
+        """The ticket's training lr; how many real batches a data-driven scorer sees (SNIP's single
+        batch is noisy); the rounds of an iterative scorer (SynFlow's 100 are a cost, not a law)."""
+        hp = suggest_lr(trial, suggest_density(trial, hp, density))
+        changes: dict[str, Any] = {}
+        if "score_batches" in self.fields:  # data-free scorers drop these fields
+            changes["score_batches"] = trial.suggest_int("score_batches", 1, 32, log=True)
+        default_rounds = int(getattr(self.scorer_cls, "default_rounds", 1))
+        if default_rounds > 1:
+            changes["rounds"] = trial.suggest_int("rounds", 1, max(10, 2 * default_rounds), log=True)
+        return hp.replace(pruning=dataclasses.replace(hp.pruning, **changes))
 
     def run_levels(self, run: RunContext) -> list[LevelRow]:
         rows = [dense_baseline(run)] if run.baseline else []

@@ -1,0 +1,209 @@
+"""Where a study lives: an SQLAlchemy URL opened as Optuna's RDB storage, with every failure one line.
+
+The default is an SQLite file in the results root (``sqlite:///<root>/studies.db``); any other SQLAlchemy
+URL passes through unchanged, so a PostgreSQL server shared by many machines is one ``--storage`` flag
+(the driver is the ``postgres`` extra). Messages never show a password: URLs are printed the way
+SQLAlchemy renders them with ``hide_password``, and a driver message that repeats the password is scrubbed.
+
+Workers that die are handled by Optuna's heartbeat: a worker records a heartbeat for its running trial
+every ``heartbeat`` seconds; a trial without one for twice that long is marked failed by the next worker
+that starts a trial, and :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` (``RetryFailedTrialCallback``
+before Optuna 4.9) enqueues it again with the same parameters, so it resumes in the same run directory.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
+
+__all__ = ["DEFAULT_DB", "default_url", "safe_url", "check_url", "open_storage", "retry_callback", "quiet"]
+
+DEFAULT_DB = "studies.db"
+_EXAMPLES = "e.g. sqlite:///runs/studies.db or postgresql://user:password@host:5432/db"
+
+
+def default_url(root: str | Path) -> str:
+    """``sqlite:///<root>/studies.db`` with an absolute path, so every process names the same file."""
+    return f"sqlite:///{(Path(root).expanduser().resolve() / DEFAULT_DB).as_posix()}"
+
+
+def safe_url(url: str) -> str:
+    """``url`` fit to print: whatever sits between ``user:`` and the host is ``***``.
+
+    Done on the text, not on SQLAlchemy's parse: a password with an unescaped ``@`` parses as part of
+    the host, and would be printed."""
+    text = str(url)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    query = rest.find("?")
+    at = rest.rfind("@", 0, query if query >= 0 else len(rest))
+    if at < 0 or ":" not in rest[:at]:
+        return text
+    user = rest[:at].split(":", 1)[0]
+    return f"{scheme}://{user}:***@{rest[at + 1 :]}"
+
+
+def _secrets(url: str) -> list[str]:
+    """The password as typed and as SQLAlchemy parsed it (they differ when it holds an unescaped ``@``,
+    and then the driver may quote a piece of it as the host), longest first."""
+    text = str(url)
+    _, sep, rest = text.partition("://")
+    found: set[str] = set()
+    query = rest.find("?")
+    at = rest.rfind("@", 0, query if query >= 0 else len(rest))
+    if sep and at >= 0 and ":" in rest[:at]:
+        raw = rest[:at].split(":", 1)[1]
+        found.update([raw, *raw.split("@")])
+    try:
+        from sqlalchemy.engine import make_url
+
+        found.add(str(make_url(text).password or ""))
+    except Exception:
+        pass
+    return sorted((s for s in found if len(s) >= 2), key=len, reverse=True)
+
+
+def _scrub(message: str, url: str) -> str:
+    """A driver's message on one line, without the password if the driver repeated it."""
+    text = " ".join(str(message).strip().split())
+    for secret in _secrets(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def check_url(url: str) -> Any:
+    """Parse ``url`` and find its SQLAlchemy dialect and driver; a malformed URL, an unknown database or
+    a missing driver is a one-line :class:`ConfigError`. Returns the parsed ``sqlalchemy.engine.URL``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    shown = safe_url(url)
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"malformed storage URL '{shown}': expected dialect://... ({_EXAMPLES})")
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"malformed storage URL '{shown}': {_scrub(str(exc), url)} ({_EXAMPLES})") from None
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ConfigError(
+            f"storage URL '{shown}' names an unknown database '{parsed.drivername}' "
+            "(choose from: sqlite, postgresql, mysql, or another SQLAlchemy dialect)"
+        ) from None
+    try:
+        _import_dbapi(dialect)
+    except ImportError as exc:
+        if parsed.drivername == "postgresql":  # no driver named: whichever of psycopg 3 / psycopg2 is here
+            for driver in ("psycopg", "psycopg2"):
+                alt = parsed.set(drivername=f"postgresql+{driver}")
+                try:
+                    _import_dbapi(alt.get_dialect())
+                    return alt
+                except ImportError:
+                    continue
+        extra = (
+            " (pip install 'ticketsearch[postgres]' and use postgresql:// or postgresql+psycopg://)"
+            if parsed.get_backend_name() == "postgresql"
+            else ""
+        )
+        raise ConfigError(
+            f"storage URL '{shown}' needs the database driver '{getattr(exc, 'name', None) or parsed.drivername}', "
+            f"which is not installed{extra}"
+        ) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).expanduser().parent
+        if not folder.is_dir():
+            raise ConfigError(f"storage URL '{shown}': the folder '{folder}' does not exist; create it first")
+    return parsed
+
+
+def _import_dbapi(dialect: Any) -> None:
+    if hasattr(dialect, "import_dbapi"):  # SQLAlchemy 2
+        dialect.import_dbapi()
+    else:
+        dialect.dbapi()
+
+
+def quiet() -> None:
+    """Optuna's per-trial log lines and its experimental-feature warnings off: the study prints its own
+    progress bar and one line per failed trial."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its failed-trial warnings carry tracebacks
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+
+
+def retry_callback() -> Any:
+    """The callback that re-enqueues a failed (stale) trial with the same parameters, up to 3 times."""
+    from optuna import storages
+
+    cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+    return cls(max_retry=3)
+
+
+def _engine_kwargs(parsed: Any) -> dict[str, Any]:
+    """Bounded waits, so an unreachable server or a busy SQLite file is an error, never a hang."""
+    backend = parsed.get_backend_name()
+    query = dict(parsed.query)
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": 60}}
+    if backend in ("postgresql", "mysql", "mariadb") and "connect_timeout" not in query:
+        return {"connect_args": {"connect_timeout": 10}}
+    return {}
+
+
+def open_storage(url: str, *, heartbeat: int | None = 60) -> RDBStorage:
+    """Optuna's RDB storage on ``url`` (tables created on first use) with the heartbeat and the retry of
+    stale trials. Every failure to reach or use the database is one line naming the URL (no password)."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    quiet()
+    parsed = check_url(url)
+    shown = safe_url(url)
+    kwargs: dict[str, Any] = {"engine_kwargs": _engine_kwargs(parsed)}
+    if heartbeat is not None:
+        params = inspect.signature(optuna.storages.RDBStorage).parameters
+        cb = (
+            "heartbeat_stale_trial_callback"
+            if "heartbeat_stale_trial_callback" in params
+            else "failed_trial_callback"
+        )
+        kwargs.update(
+            heartbeat_interval=int(heartbeat), grace_period=2 * int(heartbeat), **{cb: retry_callback()}
+        )
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                storage = optuna.storages.RDBStorage(parsed.render_as_string(hide_password=False), **kwargs)
+                storage.get_all_studies()  # a real query: credentials, database and permissions all checked
+            return storage
+        except (IntegrityError, ProgrammingError) as exc:
+            # workers starting together on a fresh database race to create Optuna's tables; the loser
+            # finds them made on the next try
+            if attempt < 5:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise ConfigError(
+                f"cannot use storage '{shown}': {_scrub(str(exc.orig or exc).splitlines()[0], url)}"
+            ) from None
+        except SQLAlchemyError as exc:
+            reason = _scrub(str(getattr(exc, "orig", None) or exc).splitlines()[0], url)
+            raise ConfigError(f"cannot reach storage '{shown}': {reason}") from None
+        except (ImportError, RuntimeError, ValueError) as exc:  # driver, schema version, bad argument
+            raise ConfigError(f"cannot use storage '{shown}': {_scrub(str(exc), url)}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
