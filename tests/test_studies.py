@@ -201,7 +201,7 @@ def test_sqlite_study_end_to_end(tmp_path, capsys, monkeypatch):
     out_dir = root / "study_s1"
     rows = list(csv.DictReader((out_dir / "trials.csv").open()))
     assert len(rows) == 5 and {"param_lr", "param_score_batches", "run_dir", "val_acc"} <= set(rows[0])
-    for png in ("history.png", "intermediate.png", "importances.png"):
+    for png in ("history.png", "intermediate.png", "slice.png", "importances.png"):
         assert (out_dir / png).read_bytes()[:4] == b"\x89PNG"
     assert "best trials" in out and "report:" in out
     # find --from-study reuses the best trial: its own run directory, nothing retrained

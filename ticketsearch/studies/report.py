@@ -223,6 +223,14 @@ def _plots(study: Any, out: Path) -> tuple[list[str], list[str]]:
         )
         if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
             jobs.append(("intermediate.png", lambda: ovm.plot_intermediate_values(study), None))
+    if params:  # the objective against each parameter: where the good values lie
+        jobs.append(
+            (
+                "slice.png",
+                lambda: ovm.plot_slice(study, target=val if pareto else None, target_name="val_acc"),
+                None,
+            )
+        )
     why = None
     if len(params) < 2:
         why = f"parameter importances need ≥ 2 parameters (this study has {len(params)})"
