@@ -227,6 +227,30 @@ def test_sizes_shrink_with_density_and_dtype(tmp_path):
     assert sizes[0.5, "bitmask", "fp32"] < sizes[0.5, "csr", "fp32"]  # dense-ish: a bitmask beats indices
 
 
+@pytest.mark.parametrize(
+    "coding,counts,indices,needle",
+    [
+        ("absolute", [2, 0], [1, 1], "increasing"),  # a repeated column
+        ("absolute", [1, 1], [0, 5], "outside"),  # beyond the 3 columns
+        ("delta", [2, 0], [1, 0], "gap of 0"),
+        ("delta", [1, 0], [0, 1], "add up"),  # counts say 1, two stored
+        ("delta", [4, 0], [0, 1, 1, 1], "at most 3"),  # more kept in a row than it has
+        ("sideways", [1, 0], [0], "coding"),
+    ],
+)
+def test_crafted_csr_indices_are_refused(coding, counts, indices, needle):
+    from ticketsearch.export import csr
+
+    stored = {"row_counts": np.array(counts, np.uint8), "indices": np.array(indices, np.uint8)}
+    blobs = {k: {"dtype": "uint8", "shape": [len(v)], "codec": "raw"} for k, v in stored.items()}
+    with pytest.raises(DataError, match=needle):
+        csr.decode_index(stored, {"index_coding": coding, "blobs": blobs}, (2, 3), what="t")
+    good = {"row_counts": np.array([2, 1], np.uint8), "indices": np.array([0, 2, 1], np.uint8)}
+    gblobs = {k: {"dtype": "uint8", "shape": [len(v)], "codec": "raw"} for k, v in good.items()}
+    got = csr.decode_index(good, {"index_coding": "delta", "blobs": gblobs}, (2, 3), what="t")
+    assert got.tolist() == [True, False, True, False, True, False]  # row 0: columns 0, 0+2; row 1: column 1
+
+
 def test_narrowest_index_types():
     assert narrowest_uint(255) == np.uint8 and narrowest_uint(256) == np.uint16
     assert narrowest_uint(65535) == np.uint16 and narrowest_uint(65536) == np.uint32

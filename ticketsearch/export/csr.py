@@ -1,8 +1,9 @@
 """``csr`` encoding: compressed sparse rows over the weight seen as (out, in·kh·kw), narrowest unsigned ints.
 
-Why: at low density the positions of the kept weights cost fewer bits than a bitmask. ``indptr`` (row
-starts) and ``indices`` (columns) each use the narrowest unsigned type that holds their largest value
-(uint8/16/32/64). Columns are stored either as they are (``absolute``) or as gaps to the previous kept
+Why: at low density the positions of the kept weights cost fewer bits than a bitmask. The row pointers
+are stored delta-coded, as ``row_counts`` (kept weights per row: ``indptr`` is their running sum, and
+counts are small numbers that compress far better than the growing pointers), and ``indices`` (columns);
+each uses the narrowest unsigned type that holds its largest value (uint8/16/32/64). Columns are stored either as they are (``absolute``) or as gaps to the previous kept
 column of the same row (``delta``: the first of a row is its column), whichever compresses smaller; gaps
 of a random 5%-dense layer are small geometric numbers, which LZMA codes within a few percent of the
 mask's entropy.
@@ -47,13 +48,14 @@ def _gaps(cols: np.ndarray, indptr: np.ndarray) -> np.ndarray:
 
 
 def encode_index(mask: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """CSR ``indptr`` and ``indices`` of ``mask`` (columns absolute or delta-coded, whichever is smaller)."""
+    """CSR row counts and ``indices`` of ``mask`` (columns absolute or delta-coded, whichever is smaller)."""
     rows, cols = as_rows(tuple(mask.shape))
     m2 = mask.reshape(rows, cols)
     counts = m2.sum(axis=1, dtype=np.int64)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     col = np.nonzero(m2)[1].astype(np.int64)
-    ip_stored, ip_rec = pack_blob(indptr.astype(narrowest_uint(int(indptr[-1]))), compress=True)
+    top_count = int(counts.max()) if counts.size else 0
+    rc_stored, rc_rec = pack_blob(counts.astype(narrowest_uint(top_count)), compress=True)
     best: tuple[np.ndarray, dict[str, Any], str] | None = None
     for coding, values in (("absolute", col), ("delta", _gaps(col, indptr))):
         top = int(values.max()) if values.size else 0
@@ -62,8 +64,8 @@ def encode_index(mask: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Any
             best = (stored, rec, coding)
     assert best is not None
     return (
-        {"indptr": ip_stored, "indices": best[0]},
-        {"index_coding": best[2], "blobs": {"indptr": ip_rec, "indices": best[1]}},
+        {"row_counts": rc_stored, "indices": best[0]},
+        {"index_coding": best[2], "blobs": {"row_counts": rc_rec, "indices": best[1]}},
     )
 
 
@@ -73,17 +75,19 @@ def decode_index(
     """The flat bool mask, after checking the CSR structure (monotone rows, columns in range, no repeats)."""
     rows, cols = as_rows(shape)
     blobs = rec["blobs"]
-    indptr = unpack_blob(stored["indptr"], blobs.get("indptr"), what=f"{what} indptr")
+    counts = unpack_blob(stored["row_counts"], blobs.get("row_counts"), what=f"{what} row counts")
     idx = unpack_blob(stored["indices"], blobs.get("indices"), what=f"{what} indices")
-    for arr, name in ((indptr, "indptr"), (idx, "indices")):
+    for arr, name in ((counts, "row counts"), (idx, "indices")):
         if arr.dtype.kind != "u" or arr.ndim != 1:
             raise DataError(f"{what}: CSR {name} must be a 1-D unsigned integer array, got {arr.dtype.name}")
-    indptr = indptr.astype(np.int64)
+    if counts.shape != (rows,) or (counts.size and int(counts.max()) > cols):
+        raise DataError(f"{what}: CSR row counts must be {rows} numbers of at most {cols} (the row length)")
+    indptr = np.concatenate([[0], np.cumsum(counts.astype(np.int64))])
     idx = idx.astype(np.int64)
-    if indptr.shape != (rows + 1,) or indptr[0] != 0 or indptr[-1] != idx.size or (np.diff(indptr) < 0).any():
-        raise DataError(
-            f"{what}: CSR row pointers are inconsistent with {rows} rows and {idx.size} stored columns"
-        )
+    if indptr[-1] != idx.size:
+        raise DataError(f"{what}: CSR row counts add up to {indptr[-1]}, the file stores {idx.size} columns")
+    if idx.size and int(idx.max()) >= cols:  # a column, or a gap between two, is always below the row length
+        raise DataError(f"{what}: a CSR column index is outside the layer's {cols} columns")
     coding = rec.get("index_coding")
     if coding == "delta":
         starts = indptr[:-1][np.diff(indptr) > 0]

@@ -399,7 +399,7 @@ def read_ticket(path: str | Path, *, check_model: bool = True) -> Ticket:
         needed = {
             "dense": ("bitmask", "weight"),
             "bitmask": ("bitmask", "values"),
-            "csr": ("indptr", "indices", "values"),
+            "csr": ("row_counts", "indices", "values"),
         }[enc]
         if sorted(blobs) != sorted(needed):
             raise DataError(
