@@ -176,8 +176,9 @@ def _csv(study: Any) -> str:
 def _save(ax: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig = ax.figure if not hasattr(ax, "__len__") else ax.flat[0].figure
-    fig.set_size_inches(max(fig.get_figwidth(), 7), max(fig.get_figheight(), 4.5))
+    panels = len(ax.flat) if hasattr(ax, "flat") else 1  # a slice plot has one panel per parameter
+    fig = ax.flat[0].figure if hasattr(ax, "flat") else ax.figure
+    fig.set_size_inches(max(fig.get_figwidth(), 7, 4.5 * panels), max(fig.get_figheight(), 4.5))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

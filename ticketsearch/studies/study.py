@@ -157,9 +157,10 @@ def pick_row(rows: list[LevelRow], density: float) -> LevelRow:
 class _Reporter:
     """``RunOptions.on_eval`` of a single-objective trial: validation accuracy → ``trial.report``.
 
-    The step counts evaluations across the trial's levels (``level_k`` owns steps
-    ``k·E … k·E + E - 1`` with E evaluations per level), so a resumed level reports the same steps as
-    an uninterrupted one and trials compare at equal work."""
+    The step counts evaluations across the trial's levels (``level_k`` owns steps ``k·(E+1) + i`` for
+    its evaluations i = 1..E), so a resumed level reports the same steps as an uninterrupted one and
+    trials compare at equal work. The pruner is asked only once a level has done a quarter of its
+    training: after one epoch of thirty, a slow starter under a cosine schedule is not yet a bad trial."""
 
     def __init__(self, trial: Any, hp: RunHparams) -> None:
         self.trial, self.training = trial, hp.training
@@ -172,9 +173,9 @@ class _Reporter:
         spe = max(1, round(it / float(record["epoch"])))
         total = to_iterations(self.training.budget, spe, name="budget")
         every = to_iterations(self.training.eval_every, spe, name="eval_every") or total
-        step = int(m.group(1)) * (-(-total // every) + 1) + -(-it // every)
-        self.trial.report(float(acc), step)
-        if self.trial.should_prune():
+        evals, index = -(-total // every), -(-it // every)
+        self.trial.report(float(acc), int(m.group(1)) * (evals + 1) + index)
+        if 4 * index >= evals and self.trial.should_prune():  # not in a level's first quarter: too noisy
             import optuna
 
             raise optuna.TrialPruned(f"val_acc {float(acc):.4f} at {level.name}, iteration {it}")
