@@ -189,7 +189,10 @@ import torch
 names = json.loads(sys.argv[1])
 def snapshot():
     return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-            for d, dirs, files in os.walk("benchmarks") if "__pycache__" not in d for f in files}
+            for d, dirs, files in os.walk("benchmarks")
+            # benchmarks/runs: run folders of benchmarks running now (git-ignored), not written by importing
+            if "__pycache__" not in d and not d.startswith(os.path.join("benchmarks", "runs"))
+            for f in files}
 before, threads, argv = snapshot(), torch.get_num_threads(), list(sys.argv)
 out, files, errors = io.StringIO(), {}, {}
 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
