@@ -389,7 +389,14 @@ def _heatmap(rows: list[dict[str, Any]], method: str, path: Path) -> None:
 
     datasets = sorted({r["source"] for r in rows} | {r["target"] for r in rows})
     densities = sorted({r["density"] for r in rows}, reverse=True)
-    fig, axes = plt.subplots(1, len(densities), figsize=(3.2 * len(densities) + 1, 3.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(densities),
+        figsize=(3.6 * len(densities) + 1.5, 3.8),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
+    )
     vmax = max([abs(100 * r["minus_own_mean"]) for r in rows if r["minus_own_mean"] is not None] + [0.5])
     im = None
     for ax, density in zip(axes[0], densities):
@@ -403,11 +410,14 @@ def _heatmap(rows: list[dict[str, Any]], method: str, path: Path) -> None:
         for i in range(len(datasets)):
             for j in range(len(datasets)):
                 v = grid[i][j]
-                ax.text(j, i, "—" if math.isnan(v) else f"{v:+.2f}", ha="center", va="center", fontsize=9)
+                dark = not math.isnan(v) and abs(v) > 0.6 * vmax  # white on the deep colours
+                text = "—" if math.isnan(v) else f"{v:+.2f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
         ax.set_xticks(range(len(datasets)), datasets, rotation=30, ha="right")
-        ax.set_yticks(range(len(datasets)), datasets)
         ax.set_xlabel("target")
-        ax.set_ylabel("source")
+        if ax is axes[0][0]:  # shared rows: one set of source labels, on the left
+            ax.set_yticks(range(len(datasets)), datasets)
+            ax.set_ylabel("source")
         ax.set_title(f"{100 * kept:.1f}% of weights kept")
     fig.suptitle(f"{method}: transferred ticket minus the target's own (accuracy points)")
     if im is not None:
