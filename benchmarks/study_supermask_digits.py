@@ -121,6 +121,9 @@ def main() -> None:
     good_lr = sorted(t.params["lr"] for t in good)
     from ticketsearch.data import load_dataset
 
+    trial_s = sum(r["duration_s"] or 0.0 for r in records)
+    complete_s = sum(r["duration_s"] or 0.0 for r in records if r["state"] == "COMPLETE")
+
     n_val = int(load_dataset("digits", seed=0, device="cpu").x_val.shape[0])
     noise = 100 * max(tuned["test_std"], best_default["test_std"])  # points, like gain
     verdict = (
@@ -130,7 +133,8 @@ def main() -> None:
     )
     findings = [
         f"{states['COMPLETE']} trials complete, {states['PRUNED']} pruned by the median rule, {states['FAIL']} "
-        f"failed; k tried from {k_complete[0]:.3f} to {k_complete[-1]:.3f}.",
+        f"failed; k tried from {k_complete[0]:.3f} to {k_complete[-1]:.3f}; {trial_s:.0f} s of trials "
+        f"(the {states['COMPLETE']} complete ones {complete_s:.0f} s).",
         f"Best on validation: trial {best.number}, k = {best.user_attrs['density']:.3f}, lr = "
         f"{best.params['lr']:.4g} (val {100 * best.values[0]:.2f}%). Trials within 2 points of it have "
         f"k in [{good_k[0]:.3f}, {good_k[-1]:.3f}] and lr in [{good_lr[0]:.3g}, {good_lr[-1]:.3g}].",
