@@ -69,6 +69,8 @@ CASES = [
     (["--rewind-iter", "1000ep"], ["rewind point", "past the training budget"]),
     (["--data-root", "~nosuchuser_ts/data", "--dataset", "mnist"], ["~nosuchuser_ts"]),
     (["--resize", "-1"], ["resize", "-1"]),
+    (["--method", "supermask", "--controls", "reinit"], ["--controls", "learned", "supermask"]),
+    (["--method", "snip", "--then-train"], ["--then-train", "learned", "'snip'"]),
     (["--retrain", "prune"], ["retrain", "'prune'", "lr-rewind"]),
     (["--retrain", "rewind"], ["--retrain rewind", "--rewind-iter"]),
     (["--retrain", "finetune", "--rewind-iter", "5"], ["finetune", "drop --rewind-iter"]),
