@@ -517,6 +517,7 @@ def run_study(
     outcome = StudyOutcome(name=name, storage=shown, spec=spec, study=study)
     bar = _bar(spec.n_trials, name, progress)
     failures = 0
+    waiting = False
     try:
         while True:
             _recover(study, rdb, local)
@@ -527,8 +528,15 @@ def run_study(
             if counts["finished"] >= spec.n_trials:
                 break
             if counts["WAITING"] == 0 and counts["finished"] + counts["RUNNING"] >= spec.n_trials:
-                time.sleep(min(1.0, spec.heartbeat / 2))  # the last trials run elsewhere; wait for them
+                if not waiting:  # the last trials run elsewhere; one whose worker dies comes back here
+                    _say(
+                        f"waiting for {counts['RUNNING']} trial(s) running in other processes (a dead "
+                        f"worker's trial is retried here after {2 * spec.heartbeat} s without a heartbeat)"
+                    )
+                    waiting = True
+                time.sleep(min(1.0, spec.heartbeat / 2))
                 continue
+            waiting = False
             objective.current = None
             try:
                 study.optimize(objective, n_trials=1, catch=(TicketsearchError,), gc_after_trial=False)
