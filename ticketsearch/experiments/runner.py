@@ -304,7 +304,9 @@ def prepare(hp: RunHparams, opts: RunOptions) -> tuple[Method, RunHparams]:
     hp = method.canonical(hp)
     method.validate(hp)
     _check_controls(opts.controls)
-    if opts.controls and method.kind == "learned":  # its weights never train: a trained control compares nothing
+    if (
+        opts.controls and method.kind == "learned"
+    ):  # its weights never train: a trained control compares nothing
         raise ConfigError(
             f"--controls do not apply to the learned method '{method.name}' (its ticket's weights are untrained)"
         )
