@@ -6,11 +6,8 @@ digits, words the one line must contain).
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
-
-from ticketsearch.cli import main
+from clitools import assert_one_line_error, nothing_left, run_cli
 
 FIND = ["find", "--dataset", "digits", "--no-progress", "--device", "cpu", "--budget", "1ep"]
 
@@ -81,29 +78,6 @@ CASES = [
     (["--resize", "2000"], ["resize", "[0, 1024]", "2000"]),
     (["--dataset", "mnist1d", "--resize", "8"], ["resize", "image datasets", "mnist1d"]),
 ]
-
-
-def run_cli(capsys, *args: str) -> subprocess.CompletedProcess:
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse exits itself
-        code = exc.code if isinstance(exc.code, int) else 2
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
-
-
-def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stderr and "usage:" not in r.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
-
-
-def nothing_left(root) -> list[str]:
-    return [str(p) for p in root.rglob("*")] if root.exists() else []
 
 
 @pytest.mark.parametrize("args,needles", CASES, ids=[" ".join(a) for a, _ in CASES])

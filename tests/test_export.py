@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from clitools import assert_one_line_error, run_cli
 
 from ticketsearch.cli import main
 from ticketsearch.core import select
@@ -75,25 +75,6 @@ def dense_oracle(m: torch.nn.Module, mask: Mask, model: str, shape, classes, dty
         state = {k: v.half().float() if v.is_floating_point() else v for k, v in state.items()}
     ref.load_state_dict(state)
     return apply_mask(ref, mask).eval()
-
-
-def run_cli(capsys, *args: str) -> subprocess.CompletedProcess:
-    try:
-        code = main(list(args))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 2
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
-
-
-def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def rewrite(path: Path, edit, *, fix_checksum: bool) -> None:

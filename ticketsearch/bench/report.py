@@ -3,7 +3,6 @@ sanity checks, published anchors, and plots — rebuilt from ``results.jsonl`` a
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import statistics
@@ -11,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..core.io import atomic_write_bytes, atomic_write_text
+from ..core.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from .runner import DENSE
 from .spec import Suite
 
@@ -76,12 +75,7 @@ def _pct(m: float | None, s: float | None = None) -> str:
 def write_report(records: list[dict[str, Any]], out_dir: Path, suite: Suite | None = None) -> None:
     """summary.csv, report.md and the plots, from the records alone."""
     rows = aggregate(records)
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    atomic_write_text(out_dir / "summary.csv", buf.getvalue())
+    atomic_write_csv(out_dir / "summary.csv", rows)
     lines = [f"# Benchmark report: {suite.name if suite else out_dir.name}", ""]
     if suite is not None and suite.description:
         lines += [suite.description, ""]

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..core.errors import TicketsearchError
 from ..core.io import append_jsonl, atomic_write_json
+from ..training import progress_bar
 from .spec import DatasetEntry, Suite, Variant
 
 __all__ = ["Cell", "cells_of", "run_cell", "run_suite", "read_records", "DENSE"]
@@ -240,7 +241,14 @@ def run_suite(
     done = {r["key"] for r in read_records(results, warn=warn)}
     todo = [c for c in cells_of(suite) if c.key not in done]
     prov = _provenance()
-    bar = _bar(len(cells_of(suite)), len(cells_of(suite)) - len(todo), progress)
+    bar = progress_bar(
+        len(cells_of(suite)),
+        initial=len(cells_of(suite)) - len(todo),
+        enabled=progress,
+        desc="cells",
+        unit="cell",
+        leave=True,
+    )
 
     def record(rec: dict[str, Any]) -> None:
         append_jsonl(results, {**rec, "provenance": prov})
@@ -312,13 +320,3 @@ def _run_pool(
                     futures = {}
         if pending:
             print(f"a worker died; retrying {len(pending)} cell(s) in a new pool", file=sys.stderr)
-
-
-def _bar(total: int, initial: int, enabled: bool | str) -> Any:
-    if enabled == "auto":
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="cells", unit="cell", dynamic_ncols=True)

@@ -35,6 +35,7 @@ __all__ = [
     "storage_error",
     "expand_path",
     "blocking_file",
+    "atomic_write_csv",
 ]
 
 # mkstemp names: prefix ".<target name>.", 8 characters from [a-z0-9_], suffix ".tmp"
@@ -270,6 +271,19 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_write_csv(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:
+    """A table of dicts (the first row's keys are the columns) as CSV, written atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
 
 
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:

@@ -602,9 +602,6 @@ def _trial_line(t: Any, spec: StudySpec) -> str:
 
 
 def _bar(total: int, name: str, progress: bool | str) -> Any:
-    enabled = sys.stderr.isatty() if progress == "auto" else bool(progress)
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+    from ..training import progress_bar
 
-    return tqdm(total=total, desc=f"study {name}", unit="trial", dynamic_ncols=True)
+    return progress_bar(total, enabled=progress, desc=f"study {name}", unit="trial", leave=True)

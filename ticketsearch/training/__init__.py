@@ -1,6 +1,15 @@
 """Training loop, optimizers/schedules and IMP."""
 
-from .loop import StopTraining, TrainResult, TrainState, evaluate, train
+from .loop import StopTraining, TrainResult, TrainState, evaluate, progress_bar, train
 from .optim import LRSchedule, make_optimizer
 
-__all__ = ["LRSchedule", "StopTraining", "TrainResult", "TrainState", "evaluate", "make_optimizer", "train"]
+__all__ = [
+    "LRSchedule",
+    "StopTraining",
+    "TrainResult",
+    "TrainState",
+    "evaluate",
+    "make_optimizer",
+    "progress_bar",
+    "train",
+]

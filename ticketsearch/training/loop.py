@@ -24,7 +24,7 @@ from ..core.hparams import TrainingHparams, to_iterations
 from ..sparse import grad_masker, mask_pairs
 from .optim import LRSchedule, make_optimizer
 
-__all__ = ["train", "evaluate", "TrainResult", "TrainState", "StopTraining"]
+__all__ = ["train", "evaluate", "TrainResult", "TrainState", "StopTraining", "progress_bar"]
 
 
 class StopTraining(Exception):  # noqa: N818  (a signal, not an error)
@@ -93,14 +93,24 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return {"loss": float(loss_sum) / n, "acc": float(correct) / n}
 
 
-def _progress(total: int, initial: int, enabled: bool | str, desc: str):
+def progress_bar(
+    total: int,
+    *,
+    initial: int = 0,
+    enabled: bool | str = "auto",
+    desc: str = "",
+    unit: str = "it",
+    leave: bool = False,
+) -> Any:
+    """The one progress bar of long work (training steps, suite cells, study trials): tqdm on stderr, or
+    ``None`` when disabled (``"auto"``: only when stderr is a terminal, so logs and pipes stay clean)."""
     if enabled == "auto":
         enabled = sys.stderr.isatty()
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
 
 
 def train(
@@ -179,7 +189,7 @@ def train(
         opt.set_grad_masks({id(p): m for p, m in mask_pairs(model)})
         mask_grads = _noop
     model.train()
-    bar = _progress(total, it, progress, desc)
+    bar = progress_bar(total, initial=it, enabled=progress, desc=desc)
     t0 = time.perf_counter()
     loss_acc = torch.zeros((), dtype=torch.float64, device=data.x_train.device)
     n_acc = 0

@@ -12,7 +12,6 @@ rebuilt from it.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import io
 import json
@@ -35,10 +34,11 @@ from ..core.hparams import (
     check_seed,
     stable_hash,
 )
-from ..core.io import append_jsonl, atomic_write_text, read_jsonl
+from ..core.io import append_jsonl, atomic_write_csv, atomic_write_text, read_jsonl
 from ..core.mask import Mask
 from ..core.select import check_density
 from ..experiments.runner import RunOptions, run_find
+from ..training import progress_bar
 from . import transfer
 
 __all__ = ["MatrixSpec", "run_matrix", "write_reports", "cell_key"]
@@ -249,7 +249,14 @@ def _run_matrix(
     done = {cell_key(r) for r in read_jsonl(results)}
     cells = list(iter_cells(spec))
     tickets = _Tickets(spec, opts)
-    bar = _bar(len(cells), len([c for c in cells if cell_key(c) in done]), opts.progress)
+    bar = progress_bar(
+        len(cells),
+        initial=len([c for c in cells if cell_key(c) in done]),
+        enabled=opts.progress,
+        desc="cells",
+        unit="cell",
+        leave=True,
+    )
     try:
         for cell in cells:
             if cell_key(cell) in done:
@@ -299,18 +306,6 @@ def _run_matrix(
     return records
 
 
-def _bar(total: int, initial: int, enabled: bool | str) -> Any:
-    import sys
-
-    if enabled == "auto":
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="cells", unit="cell", dynamic_ncols=True)
-
-
 # -- reports ------------------------------------------------------------------------------------------------
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
@@ -349,12 +344,7 @@ def _pct(m: float | None, s: float | None) -> str:
 def write_reports(records: list[dict[str, Any]], out_dir: Path) -> None:
     """summary.csv, summary.md and heatmaps_<method>.png from the records (no training)."""
     rows = summarise(records)
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    atomic_write_text(out_dir / "summary.csv", buf.getvalue())
+    atomic_write_csv(out_dir / "summary.csv", rows)
     lines = [
         "# Transfer matrix",
         "",
