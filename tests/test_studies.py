@@ -283,8 +283,12 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | Non
 
 def _running_trial(url: str, name: str, pid: int):
     """The trial worker ``pid`` is running, once it has stored its run directory."""
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        return None  # not created yet (opening it would create it under the worker)
+    if url.startswith("sqlite:///") and not list(
+        Path(url.removeprefix("sqlite:///")).parent.glob("*/replicate_*/level_*/checkpoint.pt")
+    ):
+        # opening the database before the worker has finished creating its tables would race it (both
+        # would create them: "table ... already exists"); a checkpoint on disk means the trial is running
+        return None
     try:
         study = load(url, name)
     except KeyError:  # the worker has not created the study yet
@@ -312,7 +316,7 @@ def test_sqlite_study_resumes_after_the_process_is_killed(tmp_path):
     root = tmp_path / "runs"
     url = f"sqlite:///{root / 'studies.db'}"
     cmd = study_cmd(
-        root, "--method", "snip", "--n-trials", "1", "--budget", "12ep", "--study-name", "k", "--json"
+        root, "--method", "snip", "--n-trials", "1", "--budget", "60ep", "--study-name", "k", "--json"
     )
     first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = _kill_mid_trial(url, "k", first)
