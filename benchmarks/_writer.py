@@ -189,6 +189,8 @@ class ResultWriter:
         self.dir = Path(results_dir if results_dir is not None else RESULTS) / benchmark
         self.started = _dt.datetime.now(_dt.timezone.utc)
         self._t0 = time.perf_counter()
+        # the code that runs is the code at the start: commits made while a long benchmark runs are not it
+        self._git = git_state()
 
     @property
     def json_path(self) -> Path:
@@ -211,7 +213,7 @@ class ResultWriter:
         return {
             "benchmark": self.benchmark,
             "variant": self.variant,
-            **git_state(),
+            **self._git,
             "command": command_line(),
             "cwd": os.getcwd(),
             "versions": versions(),

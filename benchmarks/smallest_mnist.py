@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             min_density=args.min_density,
             precision=args.precision,
             out_dir=args.root / f"report_{name}",
+            dense_training=training,  # supermasks: the same dense reference as every other method
         )
         results[name] = {**r.to_dict(), "wall_s": time.perf_counter() - t0}
         a = r.answer

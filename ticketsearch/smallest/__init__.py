@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
-from ..core.hparams import PruningHparams, RunHparams, check_seed, finite
+from ..core.hparams import PruningHparams, RunHparams, TrainingHparams, check_seed, finite
 from ..core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..core.mask import Mask
 from ..experiments.runner import RunOptions, run_find, train_mask
@@ -165,8 +165,16 @@ def smallest(
     precision: float = 0.1,
     max_probes: int = 12,
     out_dir: Path | None = None,
+    dense_training: TrainingHparams | None = None,
 ) -> SmallestResult:
-    """The smallest ticket of ``hp.pruning.method`` within ``tolerance`` points of the dense network."""
+    """The smallest ticket of ``hp.pruning.method`` within ``tolerance`` points of the dense network.
+
+    ``dense_training``: how the dense reference trains its weights when ``hp.training`` trains something
+    else (a supermask's scores); default the model's recipe.
+
+    Bisection assumes accuracy falls as density falls. Supermasks break that: at k near 1 the mask keeps
+    almost every random weight and the accuracy drops again, so a supermask's search can end with no answer
+    even where some k is within tolerance; the curve in the report shows it."""
     from ..methods import get_method
 
     check_tolerance(tolerance)
@@ -181,7 +189,7 @@ def smallest(
     method = get_method(hp.pruning.method)
     method.validate(method.canonical(hp))
     quiet = dataclasses.replace(opts, controls=(), baseline=False, then_train=False)
-    dense = _dense(hp, seeds, quiet)
+    dense = _dense(hp, seeds, quiet, dense_training)
     accept = within_tolerance(dense, tolerance)
 
     if method.name == "imp":
@@ -220,7 +228,9 @@ def _last(rows: list[Any]) -> Any:
     return rows[-1]
 
 
-def _dense(hp: RunHparams, seeds: list[int], opts: RunOptions) -> Probe:
+def _dense(
+    hp: RunHparams, seeds: list[int], opts: RunOptions, weights: TrainingHparams | None = None
+) -> Probe:
     """The dense network trained the same way: IMP at density 1 is its level 0 alone, on the model's recipe
     (for IMP itself: the very level 0 of the search's own run)."""
     from ..methods import get_method
@@ -230,7 +240,7 @@ def _dense(hp: RunHparams, seeds: list[int], opts: RunOptions) -> Probe:
         dense_hp = hp.replace(pruning=dataclasses.replace(hp.pruning, density=1.0, rounds=0))
     else:  # learned methods train scores with their own recipe; the dense net trains weights with the model's
         learned = get_method(hp.pruning.method).recipe(hp.model.model, hp.dataset.dataset) is not None
-        training = training_recipe(hp.model.model) if learned else hp.training
+        training = (weights or training_recipe(hp.model.model)) if learned else hp.training
         dense_hp = hp.replace(
             training=training, pruning=PruningHparams(method="imp", density=1.0), method_args=()
         )
