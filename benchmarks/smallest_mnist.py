@@ -59,10 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     opts = RunOptions(root=args.root, data_root=args.data_root, device="cpu", progress=False)
 
     def hp(**pruning: Any) -> RunHparams:
+        from ticketsearch.methods import get_method
+
+        # supermasks train scores with their own recipe (SGD 0.1, 10 epochs on MNIST), never the weights'
+        scores = get_method(pruning["method"]).recipe("lenet_300_100", "mnist")
         return RunHparams(
             model=ModelHparams(model="lenet_300_100"),
             dataset=DatasetHparams(dataset="mnist"),
-            training=training,
+            training=scores or training,
             pruning=PruningHparams(**pruning),
         )
 
