@@ -51,6 +51,13 @@ def test_smoke_suite_end_to_end(tmp_path):
         "| snip | 50% |",
     ):
         assert section in md, section
+    # the smallest-ticket section: one search, decided on validation, reusing the suite's dense run
+    (small,) = read_records(out / "smallest.jsonl")
+    assert small["status"] == "ok" and small["variant"] == "snip" and "## Smallest tickets" in md
+    ans, dense = small["answer"], small["dense"]
+    assert ans["val_mean"] >= dense["val_mean"] - 0.01
+    dense_run = next(x["run"] for x in records if x["variant"] == "dense")
+    assert dense["runs"] == [dense_run]
     import matplotlib.image
 
     for name in ("accuracy", "cost", "sanity"):
@@ -85,8 +92,10 @@ def test_resume_after_a_worker_is_killed(tmp_path):
     assert all(x["status"] == "ok" for x in records)
     # a second run finds every cell done and recomputes nothing
     mtime = results.stat().st_mtime_ns
+    small_mtime = (out / "smallest.jsonl").stat().st_mtime_ns
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and results.stat().st_mtime_ns == mtime
+    assert (out / "smallest.jsonl").stat().st_mtime_ns == small_mtime  # the search is not repeated
 
 
 def _spawned_children(pid: int) -> list[int]:

@@ -89,6 +89,9 @@ def write_report(records: list[dict[str, Any]], out_dir: Path, suite: Suite | No
         lines += _dataset_section(ds, [r for r in rows if r["dataset"] == ds], out_dir)
     if suite is not None and suite.anchors:
         lines += _anchors(rows, suite)
+    small = _smallest_records(out_dir)
+    if small:
+        lines += _smallest_section(small)
     failed = [r for r in records if r.get("status") == "failed"]
     if failed:
         lines += ["## Failed cells", "", "| cell | error |", "|---|---|"]
@@ -164,6 +167,39 @@ def _dataset_section(ds: str, rows: list[dict[str, Any]], out_dir: Path) -> list
     if sanity:
         out += [f"![sanity checks](sanity_{slug}.png)", ""]
     return out
+
+
+def _smallest_records(out_dir: Path) -> list[dict[str, Any]]:
+    from .runner import read_records
+
+    return read_records(out_dir / "smallest.jsonl")
+
+
+def _smallest_section(records: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "## Smallest tickets",
+        "",
+        "The lowest density whose ticket stays within the tolerance of the dense network's validation accuracy "
+        "(mean over the suite's seeds; `ticketsearch smallest`). Test accuracy reported, never used to choose.",
+        "",
+        "| dataset | method | tolerance (pt) | smallest density | val acc | test acc | dense val | cost |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        if r.get("status") != "ok":
+            out.append(
+                f"| {r['dataset']}/{r['model']} | {r['variant']} | - | failed: {r.get('error', '')} | | | | |"
+            )
+            continue
+        a, d, c = r["answer"], r["dense"], r["cost"]
+        ans = "none" if a is None else f"**{100 * a['kept']:.2f}%**"
+        val = "-" if a is None else _pct(a["val_mean"], a["val_std"])
+        test = "-" if a is None else _pct(a["test_mean"], a["test_std"])
+        out.append(
+            f"| {r['dataset']}/{r['model']} | {r['variant']} | {r['tolerance_points']} | {ans} | {val} | {test} | "
+            f"{_pct(d['val_mean'])} | {c['runs']} runs, {c['iterations']:,} it |"
+        )
+    return out + [""]
 
 
 def _num(v: float | None, spec: str) -> str:

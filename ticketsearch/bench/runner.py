@@ -264,7 +264,55 @@ def run_suite(
     finally:
         if bar is not None:
             bar.close()
+    if suite.smallest is not None and suite.smallest.variants:
+        run_smallest(suite, out_dir, root=root, data_root=data_root, device=device)
     return read_records(results, warn=warn)
+
+
+def run_smallest(
+    suite: Suite, out_dir: Path, *, root: Path, data_root: str | None, device: str
+) -> list[dict[str, Any]]:
+    """The suite's smallest-ticket searches, one per dataset and listed variant, into ``smallest.jsonl``.
+
+    Each search reuses the suite's cached runs where it can (an IMP walk extends the suite's IMP run);
+    a search already recorded is not repeated."""
+    from ..experiments.runner import RunOptions
+    from ..smallest import smallest
+
+    spec = suite.smallest
+    assert spec is not None
+    path = out_dir / "smallest.jsonl"
+    done = {r["key"] for r in read_records(path)}
+    opts = RunOptions(root=root, data_root=data_root, device=device, progress=False)
+    for entry in suite.datasets:
+        for name in spec.variants:
+            key = f"{entry.dataset}/{entry.model}|{name}"
+            if key in done:
+                continue
+            variant = next(v for v in suite.variants if v.name == name)
+            hp, weights = _hparams(entry, variant, min(suite.densities))
+            rec: dict[str, Any] = {
+                "key": key,
+                "dataset": entry.dataset,
+                "model": entry.model,
+                "variant": name,
+            }
+            try:
+                r = smallest(
+                    hp,
+                    seeds=list(suite.seeds),
+                    tolerance=spec.tolerance,
+                    opts=opts,
+                    min_density=spec.min_density,
+                    precision=spec.precision,
+                    out_dir=out_dir / "smallest" / key.replace("/", "_").replace("|", "_"),
+                    dense_training=weights,
+                )
+                rec.update(status="ok", **r.to_dict())
+            except TicketsearchError as exc:
+                rec.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            append_jsonl(path, rec)
+    return read_records(path)
 
 
 def _run_pool(

@@ -23,7 +23,16 @@ from ..core.errors import ConfigError, DataError
 from ..core.hparams import PruningHparams, TrainingHparams, check_seed
 from ..core.select import check_density
 
-__all__ = ["Suite", "DatasetEntry", "Variant", "Anchor", "load_suite", "list_suites", "SUITES_DIR"]
+__all__ = [
+    "Suite",
+    "DatasetEntry",
+    "Variant",
+    "Anchor",
+    "SmallestSpec",
+    "load_suite",
+    "list_suites",
+    "SUITES_DIR",
+]
 
 SUITES_DIR = Path(__file__).parent / "suites"
 
@@ -59,6 +68,16 @@ class Anchor:
 
 
 @dataclass(frozen=True)
+class SmallestSpec:
+    """The suite's "how small can it get" section (``ticketsearch.smallest`` per dataset and variant)."""
+
+    variants: tuple[str, ...] = ()
+    tolerance: float = 0.5
+    min_density: float = 1e-3
+    precision: float = 0.1
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     description: str
@@ -68,6 +87,7 @@ class Suite:
     seeds: tuple[int, ...]
     sanity: bool = False
     anchors: tuple[Anchor, ...] = ()
+    smallest: SmallestSpec | None = None
 
     def validate(self) -> None:
         """Every name and value, before any training."""
@@ -93,6 +113,15 @@ class Suite:
             check_density(p, name="suite density")
         for s in self.seeds:
             check_seed(s)
+        if self.smallest is not None:
+            from ..smallest import check_tolerance
+
+            check_tolerance(self.smallest.tolerance)
+            unknown = [v for v in self.smallest.variants if v not in names]
+            if unknown:
+                raise ConfigError(
+                    f"suite '{self.name}': smallest names unknown method(s) {unknown} (choose from: {names})"
+                )
 
     def with_overrides(self, *, methods: list[str] | None = None, seeds: int | None = None) -> Suite:
         variants = self.variants
@@ -117,6 +146,14 @@ class Suite:
             seed_list,
             self.sanity,
             self.anchors,
+            self.smallest
+            if self.smallest is None
+            else SmallestSpec(
+                tuple(v for v in self.smallest.variants if v in {x.name for x in variants}),
+                self.smallest.tolerance,
+                self.smallest.min_density,
+                self.smallest.precision,
+            ),
         )
 
 
@@ -155,11 +192,22 @@ def suite_from_dict(d: dict[str, Any], *, source: str) -> Suite:
             seeds=seed_list,
             sanity=bool(d.get("sanity", False)),
             anchors=tuple(Anchor(**a) for a in d.get("anchors", [])),
+            smallest=_smallest(d.get("smallest")),
         )
     except KeyError as exc:
         raise ConfigError(f"suite {source} is missing {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"suite {source} is malformed: {exc}") from None
+
+
+def _smallest(d: Any) -> SmallestSpec | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        raise ConfigError(f"suite 'smallest' must be an object, got {d!r}")
+    d = dict(d)
+    d["variants"] = tuple(d.get("variants", ()))
+    return SmallestSpec(**d)
 
 
 def load_suite(name_or_path: str) -> Suite:
