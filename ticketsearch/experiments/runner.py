@@ -304,9 +304,8 @@ def prepare(hp: RunHparams, opts: RunOptions) -> tuple[Method, RunHparams]:
     hp = method.canonical(hp)
     method.validate(hp)
     _check_controls(opts.controls)
-    if (
-        opts.controls and method.kind == "learned"
-    ):  # its weights never train: a trained control compares nothing
+    # a learned ticket's weights never train: a control that trains its weights compares nothing
+    if opts.controls and method.kind == "learned":
         raise ConfigError(
             f"--controls do not apply to the learned method '{method.name}' (its ticket's weights are untrained)"
         )
