@@ -80,3 +80,21 @@ def test_imp_walks_levels_then_bisects(tmp_path, capsys):
     assert len(set(dens)) == len(dens)
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG" and "Answer" in (out / "report.md").read_text()
     assert r["cost"]["runs"] >= len(r["probes"])
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--min-density", "0"], "min_density"),
+        (["--method", "imp", "--rate", "1.5"], "rate"),
+        (["--method", "snp"], "did you mean 'snip'"),
+        (["--seeds", "0"], "--seeds"),
+    ],
+)
+def test_bad_search_is_one_line(args, needle, capsys, tmp_path):
+    from ticketsearch.cli import main
+
+    code = main(["smallest", *args, "--root", str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+    assert not (tmp_path / "r").exists()
