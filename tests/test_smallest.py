@@ -98,3 +98,28 @@ def test_bad_search_is_one_line(args, needle, capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_density_that_empties_a_layer_is_out_of_tolerance_not_an_error(tmp_path):
+    """SNIP at 0.01% (about 3 weights) disconnects the digits MLP: the search treats it as a failed probe and goes on."""
+    from ticketsearch.core.hparams import (
+        DatasetHparams,
+        ModelHparams,
+        PruningHparams,
+        RunHparams,
+        TrainingHparams,
+    )
+    from ticketsearch.experiments.runner import RunOptions
+    from ticketsearch.smallest import smallest
+
+    hp = RunHparams(
+        model=ModelHparams(model="mlp_digits"),
+        dataset=DatasetHparams(dataset="digits"),
+        training=TrainingHparams(optimizer="adam", lr=3e-3, batch_size=32, budget="2ep"),
+        pruning=PruningHparams(method="snip"),
+    )
+    opts = RunOptions(root=tmp_path, device="cpu", progress=False)
+    r = smallest(hp, seeds=[0], tolerance=5.0, opts=opts, min_density=1e-4, precision=0.5)
+    first = r.probes[0]
+    assert first.density == 1e-4 and first.source.startswith("collapsed") and first.val == [0.0]
+    assert r.answer is not None and r.answer.kept > 1e-4

@@ -172,7 +172,10 @@ def _dataset_section(ds: str, rows: list[dict[str, Any]], out_dir: Path) -> list
 def _smallest_records(out_dir: Path) -> list[dict[str, Any]]:
     from .runner import read_records
 
-    return read_records(out_dir / "smallest.jsonl")
+    latest = {
+        r["key"]: r for r in read_records(out_dir / "smallest.jsonl")
+    }  # a retried search: its last record
+    return list(latest.values())
 
 
 def _smallest_section(records: list[dict[str, Any]]) -> list[str]:

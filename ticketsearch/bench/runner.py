@@ -282,7 +282,7 @@ def run_smallest(
     spec = suite.smallest
     assert spec is not None
     path = out_dir / "smallest.jsonl"
-    done = {r["key"] for r in read_records(path)}
+    done = {r["key"] for r in read_records(path) if r.get("status") == "ok"}  # a failed search runs again
     opts = RunOptions(root=root, data_root=data_root, device=device, progress=False)
     for entry in suite.datasets:
         for name in spec.variants:

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "TicketsearchError",
     "ConfigError",
+    "EmptyLayerError",
     "UnknownNameError",
     "MaskMismatchError",
     "DataError",
@@ -32,6 +33,10 @@ class UnknownNameError(ConfigError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class EmptyLayerError(ConfigError):
+    """A mask keeps no weight of some layer: the network is disconnected (a bad density for this method)."""
 
 
 class MaskMismatchError(TicketsearchError, ValueError):

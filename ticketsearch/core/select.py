@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .errors import ConfigError, MaskMismatchError
+from .errors import ConfigError, EmptyLayerError, MaskMismatchError
 from .mask import Mask, exact_count
 
 __all__ = [
@@ -312,7 +312,7 @@ def check_empty_layers(
         return empty
     d = _smallest_density(mask.shapes(), scope, distribution, scores)
     hint = f"the smallest density that keeps one weight in every layer is {_ceil_sig(d):.3g}; " if d else ""
-    raise ConfigError(
+    raise EmptyLayerError(
         f"the mask keeps no weight of layer(s) {', '.join(empty)} at density "
         f"{mask.metadata.get('density_requested', mask.density):.3g} "
         f"({scope} selection): the network would be disconnected; {hint}raise --density, set "

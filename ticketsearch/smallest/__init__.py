@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, EmptyLayerError
 from ..core.hparams import PruningHparams, RunHparams, TrainingHparams, check_seed, finite
 from ..core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..core.mask import Mask
@@ -200,8 +200,14 @@ def smallest(
         def evaluate(d: float) -> Probe:
             if d in tried:  # never twice
                 return tried[d]
-            rows = [_last(run_find(_at(hp, d), seed=s, opts=quiet).rows) for s in seeds]
-            tried[d] = _row_probe(rows, d, "bisect")
+            try:
+                rows = [_last(run_find(_at(hp, d), seed=s, opts=quiet).rows) for s in seeds]
+                tried[d] = _row_probe(rows, d, "bisect")
+            except EmptyLayerError:  # the method disconnects the network here: out of tolerance by definition
+                zeros = [0.0] * len(seeds)
+                tried[d] = Probe(
+                    density=d, kept=d, val=zeros, test=list(zeros), source="collapsed (a layer emptied)"
+                )
             return tried[d]
 
         first = evaluate(min_density)
