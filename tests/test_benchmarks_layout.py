@@ -68,7 +68,26 @@ def committed_results() -> list[Path]:
         files = [REPO / p for p in listed.splitlines() if p and (REPO / p).exists()]
     else:
         files = [p for p in RESULTS.rglob("*") if p.is_file()]
-    return sorted(p for p in files if p != INDEX)
+    suites = {p.parent for p in files if p.name == "suite.json"}
+    return sorted(p for p in files if p != INDEX and not any(d in p.parents for d in suites))
+
+
+def suite_outputs() -> list[Path]:
+    """Folders written by ``ticketsearch bench`` (a ``suite.json`` inside): their own layout, see below."""
+    return sorted({p.parent for p in RESULTS.rglob("suite.json")})
+
+
+def test_suite_outputs_are_complete_and_indexed():
+    index = INDEX.read_text()
+    for d in suite_outputs():
+        for name in ("report.md", "results.jsonl", "summary.csv", "suite.json"):
+            assert (d / name).is_file(), f"{d.relative_to(RESULTS)} lacks {name}"
+        records = [
+            json.loads(line) for line in (d / "results.jsonl").read_text().splitlines() if line.strip()
+        ]
+        assert records and all(r.get("provenance", {}).get("ticketsearch") for r in records)
+        rel = d.relative_to(RESULTS).as_posix()
+        assert f"]({rel}/report.md)" in index, f"{rel} missing from {INDEX.name}"
 
 
 def script_names() -> list[str]:
