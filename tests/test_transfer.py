@@ -215,3 +215,31 @@ def test_another_class_count_gets_a_new_dense_output_layer():
     run.shapes, run.model = prunable_shapes(other), other
     with pytest.raises(MaskMismatchError, match="layers.0.weight"):
         adapt_to_target(mask, run, src_state)
+
+
+def test_rewind_iter_starts_from_the_sources_rewind_point(tmp_path, shared_datasets, capsys):
+    from ticketsearch.cli import main
+
+    r = cli("find", "--method", "imp", "--rounds", "1", "--budget", "2ep", "--rewind-iter", "20", "--resize", "28", "--root", str(tmp_path / "src"), *FAST)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    mask = json.loads(r.stdout)["rows"][-1]["mask"]
+    t = _transfer(f"--mask {mask}", tmp_path, shared_datasets, "--rewind-iter", "20")
+    assert t.returncode == 0, t.stderr
+    start = load_state(Path(json.loads(t.stdout)["rows"][0]["mask"]).parent / "init.safetensors")
+    rewind = load_state(Path(mask).parents[1] / "rewind.safetensors")
+    assert all(torch.equal(start[k], rewind[k]) for k in rewind)
+    base = [
+        "transfer",
+        "--mask",
+        mask,
+        "--dataset",
+        "digits",
+        "--resize",
+        "28",
+        "--root",
+        str(tmp_path / "x"),
+    ]
+    for extra, needle in [(["--rewind-iter", "30"], "stored its rewind point at 20it"), (["--rewind-iter", "20", "--init-from", "fresh"], "--init-from source")]:  # fmt: skip
+        code = main([*base, *extra, "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and err.count("\n") == 1, err

@@ -38,6 +38,13 @@ class Transfer(Command):
             action="store_true",
             help="supermasks: also train the kept weights from their init",
         )
+        parser.add_argument(
+            "--rewind-iter",
+            dest="rewind_iter",
+            default=None,
+            help="start from the source's rewind point at this iteration (the source run must have been found "
+            "with the same --rewind-iter: it stores that one state)",
+        )
         add_model_flags(parser)
         add_training_flags(parser)
         add_run_flags(parser)
@@ -58,5 +65,6 @@ class Transfer(Command):
         ns.model = ns.model or meta.get("model")
         hp = resolve_hparams(ns)
         opts = run_options(ns, then_train=ns.then_train)
-        emit(transfer(Path(path), hp, seed=ns.seed, init=ns.init_from, opts=opts), as_json=ns.json)
+        summary = transfer(Path(path), hp, seed=ns.seed, init=ns.init_from, opts=opts, rewind=ns.rewind_iter)
+        emit(summary, as_json=ns.json)
         return 0

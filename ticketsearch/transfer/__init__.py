@@ -156,6 +156,24 @@ def resolve_source(path: str | Path, *, level: int | None = None, seed: int | No
     return p / f"level_{k}" / "mask.safetensors"
 
 
+def _check_rewind(mask: Mask, rewind: str, init: str) -> None:
+    from ..core.hparams import parse_duration
+
+    text = f"{rewind}it" if str(rewind).strip().isdigit() else str(rewind).strip()
+    parse_duration(text, name="--rewind-iter")
+    if init != "source":
+        raise ConfigError("--rewind-iter starts from the source's rewind point: it needs --init-from source")
+    stored = ((mask.metadata.get("hparams") or {}).get("pruning") or {}).get("rewind", "0it")
+    if stored == "0it" or mask.metadata.get("init") != "../rewind.safetensors":
+        raise ConfigError(
+            "the source ticket trained from its init, not a rewind point: find it with --rewind-iter K first"
+        )
+    if stored != text:
+        raise ConfigError(
+            f"the source run stored its rewind point at {stored}, not {text}; use --rewind-iter {stored}"
+        )
+
+
 def transfer(
     mask_path: Path,
     hp: RunHparams,
@@ -163,14 +181,18 @@ def transfer(
     seed: int = 0,
     init: str = "source",
     opts: RunOptions | None = None,
+    rewind: str | None = None,
 ) -> RunSummary:
     """Train (or evaluate, for a supermask) the ticket at ``mask_path`` on ``hp``'s dataset.
 
     ``hp`` describes the target (dataset, training); its model must be the mask's. Supermasks are first
     evaluated with their frozen weights (does the mask alone carry over?) and trained from their init with
-    ``opts.then_train``.
+    ``opts.then_train``. ``rewind`` (``--rewind-iter``): start from the source's rewind point at that
+    iteration; a run stores one rewind point (its own ``--rewind-iter``), so another is refused.
     """
     mask = Mask.load(mask_path)
+    if rewind is not None:
+        _check_rewind(mask, rewind, init)
     model = mask.metadata.get("model")
     if model and hp.model.model != model:
         raise ConfigError(
