@@ -73,7 +73,11 @@ CASES = [
     (["--retrain", "finetune", "--rewind-iter", "5"], ["finetune", "drop --rewind-iter"]),
     (["--method", "early-bird", "--eb-eps", "2"], ["eb_eps", "(0, 1)", "2"]),
     (["--method", "early-bird", "--eb-every", "0it"], ["eb_every", "'0it'"]),
-    (["--method", "early-bird", "--arg", "structure=channel"], ["structure", "'channel'", "unstructured"]),
+    (
+        ["--method", "early-bird", "--arg", "structure=channel"],
+        ["structure=channel", "BatchNorm", "mlp_digits"],
+    ),
+    (["--method", "early-bird", "--arg", "structure=slab"], ["structure", "'slab'", "channel"]),
     (["--method", "snip", "--eb-eps", "0.2"], ["--eb-eps", "does not apply", "'snip'"]),
     (["--resize", "2000"], ["resize", "[0, 1024]", "2000"]),
     (["--dataset", "mnist1d", "--resize", "8"], ["resize", "image datasets", "mnist1d"]),

@@ -79,3 +79,43 @@ def test_early_bird_end_to_end(tmp_path):
     first = json.loads((Path(ticket["mask"]).parent / "metrics.jsonl").read_text().splitlines()[0])
     assert first["iteration"] == 0
     assert ticket["cost_to_find"]["fraction_of_dense_training"] == stop / total
+
+
+def test_channel_early_bird_keeps_the_filters_with_the_largest_batchnorm_scales(tmp_path):
+    """structure=channel (You et al.'s variant): whole filters, ranked by |γ| of the following BatchNorm
+    at the moment the search stopped; layers without a BatchNorm (the classifier) stay dense."""
+    from ticketsearch.core.hparams import (
+        DatasetHparams,
+        ModelHparams,
+        PruningHparams,
+        RunHparams,
+        TrainingHparams,
+    )
+    from ticketsearch.core.mask import exact_count
+    from ticketsearch.experiments.runner import RunOptions, run_find
+    from ticketsearch.methods.early_bird import conv_bn_pairs
+    from ticketsearch.models import create_model
+
+    hp = RunHparams(
+        model=ModelHparams(model="resnet20"),
+        dataset=DatasetHparams(dataset="digits"),
+        training=TrainingHparams(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=64, budget="2ep"),
+        pruning=PruningHparams(method="early-bird", density=0.5, eb_every="5it", eb_eps=0.05),
+        method_args=(("structure", "channel"),),
+    )
+    s = run_find(hp, seed=0, opts=RunOptions(root=tmp_path, device="cpu", progress=False))
+    mask = Mask.load(s.rows[1]["mask"])
+    final = load_state(s.run_dir / "replicate_0" / "level_0" / "model_final.safetensors")
+    model = create_model("resnet20", (1, 8, 8), 10)
+    names = {id(m): n for n, m in model.named_modules()}
+    pairs = conv_bn_pairs(model)
+    assert pairs, "resnet20 pairs every conv with a BatchNorm"
+    gammas = {conv: final[f"{names[id(bn)]}.weight"].abs() for conv, bn in pairs}
+    by_hand = select(gammas, 0.5, scope="global")
+    total = sum(g.numel() for g in gammas.values())
+    assert by_hand.num_kept == exact_count(0.5, total)
+    for conv, _ in pairs:
+        rows = mask[conv].flatten(1)
+        assert bool((rows.all(1) | ~rows.any(1)).all()), f"{conv}: not whole filters"
+        assert torch.equal(rows.all(1), by_hand[conv]), conv
+    assert bool(mask["fc.weight"].all())  # no BatchNorm after it: dense

@@ -3,8 +3,10 @@
 While the dense network trains, every ``--eb-every`` iterations the magnitude mask at the target density is
 drawn; once the newest mask is within ``--eb-eps`` (normalised Hamming distance) of each of the last 5,
 the mask has stopped changing and training stops: that mask, reset to init (or rewound), is the ticket.
-It costs a fraction of one dense training, against IMP's many. Unstructured, so it compares with every other
-method here; the paper's channel variant (BatchNorm scale factors) is not implemented yet.
+It costs a fraction of one dense training, against IMP's many. Unstructured by default, so it compares with
+every other method here; ``--arg structure=channel`` is the paper's channel variant for networks with
+BatchNorm: channels are ranked by |γ| of the BatchNorm after each convolution (trained with the
+network-slimming L1 penalty ``--arg l1=1e-4`` on γ during the search), the mask keeps whole filters.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.nn as nn
 
 from ..core.errors import ConfigError
@@ -64,17 +67,19 @@ class EarlyBird(Method):
 
     kind = "early"
     fields = ("scope", "distribution", "rewind", "eb_every", "eb_eps")
-    knobs = {"window": 5, "structure": "unstructured"}
+    knobs = {"window": 5, "structure": "unstructured", "l1": 1e-4}
     default_scope = "layerwise"  # comparable with IMP's layerwise tickets; --scope global ranks all layers
     citation = "You et al., ICLR 2020 (arXiv:1909.11957)"
 
     def validate(self, hp: RunHparams) -> None:
         super().validate(hp)
         knobs = {**(self.knobs or {}), **self.parse_knobs(hp.args)}
-        if knobs["structure"] != "unstructured":
+        if knobs["structure"] not in ("unstructured", "channel"):
             raise ConfigError(
-                f"early-bird structure {knobs['structure']!r} is not implemented (choose from: unstructured)"
+                f"unknown early-bird structure {knobs['structure']!r} (choose from: unstructured, channel)"
             )
+        if not knobs["l1"] >= 0:
+            raise ConfigError(f"early-bird l1 must be ≥ 0, got {knobs['l1']!r}")
         if not isinstance(knobs["window"], int) or knobs["window"] < 1:
             raise ConfigError(f"early-bird window must be a whole number ≥ 1, got {knobs['window']!r}")
 
@@ -101,9 +106,24 @@ class EarlyBird(Method):
         rewind_path = run.replicate_path() / "rewind.safetensors"
         eb_path = search.path / "early_bird_mask.safetensors"
 
+        args = dict(hp.method_args)
+        channel = args.get("structure", "unstructured") == "channel"
+        pairs = conv_bn_pairs(run.model) if channel else []
+        if channel and not pairs:
+            raise ConfigError(
+                f"structure=channel ranks channels by BatchNorm scale factors; model '{hp.model.model}' has no "
+                "BatchNorm after a convolution"
+            )
+
         def draw(model: nn.Module) -> Mask:
+            """The detector's mask: weights (unstructured) or channels (one bool per BatchNorm channel)."""
+            if channel:
+                return channel_mask(model, pairs, p.density)
             scores = {n: w.detach().abs() for n, w in prunable_parameters(model).items()}
             return select(scores, p.density, scope=p.scope or "layerwise", distribution=p.distribution)
+
+        def weights(mask: Mask) -> Mask:
+            return expand_channels(mask, pairs, run.shapes) if channel else mask
 
         if search.done():
             res0 = search.result()
@@ -131,9 +151,19 @@ class EarlyBird(Method):
             model = run.model
             reset_to(model, run.init_state, Mask.ones(run.shapes))
             search.save_mask(Mask.ones(run.shapes), **run.mask_metadata(level=0))
-            result = run.train_level(search, model, desc="early-bird search", on_step=on_step)
+            l1 = float(args.get("l1", 1e-4)) if channel else 0.0
+            hooks = [  # network slimming: λ·sign(γ) added to every BatchNorm scale's gradient
+                bn.weight.register_hook(lambda g, w=bn.weight: g + l1 * torch.sign(w.detach()))
+                for _, bn in pairs
+                if l1 > 0 and bn.weight is not None
+            ]
+            try:
+                result = run.train_level(search, model, desc="early-bird search", on_step=on_step)
+            finally:
+                for h in hooks:
+                    h.remove()
             converged = bool(found)
-            mask = found["mask"] if converged else draw(model)  # never converged: the mask at the end
+            mask = weights(found["mask"] if converged else draw(model))  # never converged: the end's mask
             check_empty_layers(mask, allow=p.allow_empty_layers, scope=p.scope or "layerwise")
             mask.save(eb_path, iteration=result.iterations)
             res0 = run.finish_level(
@@ -184,3 +214,43 @@ def _stored_draws(level_path: Path, upto: int) -> list[tuple[int, Mask]]:
             f.unlink()
             f.with_suffix(".json").unlink(missing_ok=True)
     return draws
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
+    """(conv weight name, the BatchNorm right after it) in module order: a BatchNorm whose channel count is
+    that of the last convolution seen normalises that convolution's output channels."""
+    from ..sparse import MaskedConv2d, param_name
+
+    pairs: list[tuple[str, nn.BatchNorm2d]] = []
+    last: tuple[str, MaskedConv2d] | None = None
+    for name, m in model.named_modules():
+        if isinstance(m, MaskedConv2d):
+            last = (name, m)
+        elif (
+            isinstance(m, nn.BatchNorm2d)
+            and last is not None
+            and m.affine
+            and m.num_features == last[1].out_channels
+        ):
+            pairs.append((param_name(last[0]), m))
+            last = None
+    return pairs
+
+
+def channel_mask(model: nn.Module, pairs: list[tuple[str, nn.BatchNorm2d]], density: float) -> Mask:
+    """Keep the ``density`` fraction of all paired channels with the largest |γ| (one global ranking, exact
+    count and ties as ``core.select``)."""
+    scores = {name: bn.weight.detach().abs().float().cpu() for name, bn in pairs if bn.weight is not None}
+    return select(scores, density, scope="global")
+
+
+def expand_channels(channels: Mask, pairs: list[tuple[str, nn.BatchNorm2d]], shapes: dict[str, Any]) -> Mask:
+    """The weight mask of a channel mask: a pruned channel's whole filter; unpaired layers stay dense."""
+    out = {}
+    for name, shape in shapes.items():
+        if name in channels:
+            keep = channels[name].to(torch.bool)
+            out[name] = keep.view(-1, *([1] * (len(shape) - 1))).expand(*shape).clone()
+        else:
+            out[name] = torch.ones(tuple(shape), dtype=torch.bool)
+    return Mask(out, {"structure": "channel", "channel_density": channels.density})
