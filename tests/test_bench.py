@@ -186,3 +186,22 @@ def test_a_corrupt_results_line_is_reported_with_its_number(tmp_path):
 def test_unknown_suite_suggests():
     with pytest.raises(ConfigError, match="did you mean 'smoke'"):
         load_suite("smok")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--workers", "0"], "--workers"),
+        (["--seeds", "0"], "--seeds"),
+        (["--device", "tpu"], "device 'tpu'"),
+        (["--methods", "imp,snp"], "'snp'"),
+        (["--report", "nowhere"], "results.jsonl"),
+    ],
+)
+def test_bad_bench_flags_are_one_line(args, needle, capsys, tmp_path):
+    from ticketsearch.cli import main
+
+    code = main(["bench", "--suite", "smoke", "--root", str(tmp_path / "runs"), "--no-progress", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+    assert not (tmp_path / "runs").exists()

@@ -10,29 +10,13 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "__version__",
-    "Mask",
-    "select",
-    "load_ticket",
-    "core",
-    "sparse",
-    "models",
-    "data",
-    "scorers",
-    "training",
-    "methods",
-    "experiments",
-    "commands",
-    "testing",
-]
-
 _LAZY = {
     "Mask": ("ticketsearch.core.mask", "Mask"),
     "select": ("ticketsearch.core.select", "select"),
     "load_ticket": ("ticketsearch.export", "load_ticket"),
 }
-_SUBPACKAGES = {
+# every subpackage, imported on first access (``ticketsearch.bench``); the capability packages too
+_SUBPACKAGES = (
     "core",
     "sparse",
     "models",
@@ -41,9 +25,16 @@ _SUBPACKAGES = {
     "training",
     "methods",
     "experiments",
+    "transfer",
+    "bench",
+    "smallest",
+    "studies",
+    "export",
     "commands",
     "testing",
-}
+)
+
+__all__ = ["__version__", *_LAZY, *_SUBPACKAGES]
 
 
 def __getattr__(name: str) -> Any:
