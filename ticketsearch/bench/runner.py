@@ -81,18 +81,11 @@ def _hparams(entry: DatasetEntry, variant: Variant | None, density: float) -> An
     ), weights
 
 
-def _nearest(rows: list[Any], density: float) -> Any:
-    import math
-
-    cands = [r for r in rows if r["density"] < 1.0] or rows
-    return min(cands, key=lambda r: abs(math.log(r["density"]) - math.log(density)))
-
-
 def run_cell(suite: Suite, cell: Cell, *, root: Path, data_root: str | None, device: str) -> dict[str, Any]:
     """Train one cell (or read it from its cached run) and return its record; user errors become a failed
     record, never an exception."""
     from ..experiments.runner import RunOptions, run_find
-    from ..methods import get_method
+    from ..methods import get_method, nearest_level
 
     entry = _entry(suite, cell)
     variant = None if cell.variant == DENSE else next(v for v in suite.variants if v.name == cell.variant)
@@ -116,7 +109,7 @@ def run_cell(suite: Suite, cell: Cell, *, root: Path, data_root: str | None, dev
         if variant is None:
             row = summary.rows[0]
         elif method.name == "imp":
-            row = _nearest(summary.rows, cell.density)
+            row = nearest_level(summary.rows, cell.density)
         else:
             row = summary.rows[-1]
         cost = row.get("cost_to_find") or {}

@@ -24,7 +24,9 @@ from .base import (
     get_method,
     list_methods,
     method_names,
+    nearest_level,
     register_strategy,
+    steps_per_epoch,
 )
 from .early_bird import EarlyBird, EarlyBirdDetector
 from .imp import IMP
@@ -43,6 +45,8 @@ __all__ = [
     "list_methods",
     "method_names",
     "register_strategy",
+    "nearest_level",
+    "steps_per_epoch",
     "IMP",
     "EarlyBird",
     "EarlyBirdDetector",

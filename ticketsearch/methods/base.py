@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -43,6 +43,8 @@ __all__ = [
     "suggest_lr",
     "suggest_density",
     "suggest_duration",
+    "steps_per_epoch",
+    "nearest_level",
 ]
 
 # what every method reads: the target and the selection rule's guard
@@ -181,6 +183,21 @@ class RunContext(Protocol):
     def run_controls(
         self, k: int, level: LevelStore, mask: Mask, start_state: dict[str, torch.Tensor]
     ) -> dict[str, dict[str, Any]]: ...
+
+
+def steps_per_epoch(run: RunContext) -> int:
+    """Training iterations per epoch of the run's data at its batch size (what ``Nep`` durations mean)."""
+    n = int(run.data.x_train.shape[0])
+    return max(1, -(-n // run.hp.training.batch_size))
+
+
+def nearest_level(rows: Sequence[Any], density: float) -> Any:
+    """The pruned level whose density is nearest ``density`` on a log scale (IMP's levels are geometric,
+    so one run serves every density asked of it)."""
+    import math
+
+    cands = [r for r in rows if r["density"] < 1.0] or list(rows)
+    return min(cands, key=lambda r: abs(math.log(r["density"]) - math.log(density)))
 
 
 # -- the strategy -----------------------------------------------------------------------------------------

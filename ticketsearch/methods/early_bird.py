@@ -25,7 +25,15 @@ from ..core.mask import Mask
 from ..core.select import check_empty_layers, select
 from ..sparse import prunable_parameters
 from ..training.imp import reset_to
-from .base import LevelRow, Method, RunContext, register_strategy, suggest_density, suggest_duration
+from .base import (
+    LevelRow,
+    Method,
+    RunContext,
+    register_strategy,
+    steps_per_epoch,
+    suggest_density,
+    suggest_duration,
+)
 
 if TYPE_CHECKING:  # optuna is imported only by `ticketsearch study`
     from optuna.trial import Trial
@@ -96,7 +104,7 @@ class EarlyBird(Method):
     def run_levels(self, run: RunContext) -> list[LevelRow]:
         hp, p = run.hp, run.hp.pruning
         window = int(dict(hp.method_args).get("window", 5))
-        spe = max(1, -(-int(run.data.x_train.shape[0]) // hp.training.batch_size))
+        spe = steps_per_epoch(run)
         every = to_iterations(p.eb_every, spe, name="eb_every")
         budget = to_iterations(hp.training.budget, spe, name="budget")
         rewind_it = to_iterations(p.rewind, spe, name="rewind")

@@ -23,6 +23,7 @@ from .base import (
     Method,
     RunContext,
     register_strategy,
+    steps_per_epoch,
     suggest_density,
     suggest_duration,
     suggest_lr,
@@ -45,11 +46,6 @@ def _finetune_hparams(hp: RunHparams, steps_per_epoch: int, budget: int) -> Trai
 
     final_lr = LRSchedule(hp.training, steps_per_epoch, budget)(budget - 1)
     return dataclasses.replace(hp.training, lr=final_lr, schedule="constant", warmup="0it", milestones="")
-
-
-def _steps_per_epoch(run: RunContext) -> int:
-    n = int(run.data.x_train.shape[0])
-    return max(1, -(-n // run.hp.training.batch_size))
 
 
 @register_strategy(
@@ -119,7 +115,7 @@ class IMP(Method):
         output = output_parameter(run.model)
         levels = hp.pruning.rounds or levels_for_density(hp.pruning, run.shapes, output, hp.pruning.density)
         rewind_path = run.replicate_path() / "rewind.safetensors"
-        spe = _steps_per_epoch(run)
+        spe = steps_per_epoch(run)
         rewind_it = to_iterations(hp.pruning.rewind, spe, name="rewind")
         budget = to_iterations(hp.training.budget, spe, name="budget")
         if rewind_it > budget:

@@ -38,6 +38,7 @@ from ..core.io import append_jsonl, atomic_write_csv, atomic_write_text, read_js
 from ..core.mask import Mask
 from ..core.select import check_density
 from ..experiments.runner import RunOptions, run_find
+from ..methods import nearest_level
 from ..training import progress_bar
 from . import transfer
 
@@ -137,12 +138,6 @@ def _target_hparams(spec: MatrixSpec, dataset: str) -> RunHparams:
     )
 
 
-def _nearest(rows: list[Any], density: float) -> Any:
-    """The level whose density is nearest ``density`` on a log scale (IMP levels are a geometric series)."""
-    cands = [r for r in rows if r["density"] < 1.0] or rows
-    return min(cands, key=lambda r: abs(math.log(r["density"]) - math.log(density)))
-
-
 class _Tickets:
     """Source tickets, found once per (dataset, method, seed) and density, reused by every cell."""
 
@@ -162,7 +157,7 @@ class _Tickets:
                 _hparams(self.spec, dataset, method, target), seed=seed, opts=opts
             ).rows
         rows = self._rows[key]
-        return _nearest(rows, density) if iterative else rows[-1]
+        return nearest_level(rows, density) if iterative else rows[-1]
 
     def dense(self, dataset: str, seed: int) -> Any:
         key = (dataset, "dense", seed, 1.0)
