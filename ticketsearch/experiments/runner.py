@@ -238,6 +238,18 @@ class Run:
         level.write_result(out)
         return out
 
+    def then_train_level(
+        self, level: LevelDir, start: Mapping[str, torch.Tensor], mask: Mask, hp: TrainingHparams | None
+    ) -> dict[str, Any]:
+        """The ``then_train`` sub-level of a supermask ticket: its kept weights trained from ``start``."""
+        sub = level.sub("then_train")
+        if sub.done():
+            return sub.result()
+        model = copy.deepcopy(self.model)
+        reset_to(model, start, mask)
+        res = self.train_level(sub, model, hp, desc="then-train")
+        return self.finish_level(sub, model, res, density=mask.density)
+
     def run_controls(
         self, k: int, level: LevelDir, mask: Mask, start_state: dict[str, torch.Tensor]
     ) -> dict[str, dict[str, Any]]:
@@ -449,12 +461,5 @@ def train_mask(
                 res = run.finish_level(level, run.model, result, density=mask.density, **extra)
         row = LevelRow(1, mask.density, str(level.mask_path), res)
         if untrained and opts.then_train:
-            sub = level.sub("then_train")
-            if sub.done():
-                row.then_train = sub.result()
-            else:
-                model = copy.deepcopy(run.model)
-                reset_to(model, start, mask)
-                tres = run.train_level(sub, model, run.then_train_hp, desc="then-train")
-                row.then_train = run.finish_level(sub, model, tres, density=mask.density)
+            row.then_train = run.then_train_level(level, start, mask, run.then_train_hp)
     return RunSummary(run.run.path, seed, [row])

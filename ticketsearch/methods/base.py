@@ -180,6 +180,10 @@ class RunContext(Protocol):
 
     def finish_level(self, level: LevelStore, model: nn.Module, res: Any, **extra: Any) -> dict[str, Any]: ...
 
+    def then_train_level(
+        self, level: LevelStore, start: Mapping[str, torch.Tensor], mask: Mask, hp: TrainingHparams | None
+    ) -> dict[str, Any]: ...
+
     def run_controls(
         self, k: int, level: LevelStore, mask: Mask, start_state: dict[str, torch.Tensor]
     ) -> dict[str, dict[str, Any]]: ...

@@ -419,7 +419,6 @@ class Learned(Method):
     def run_levels(self, run: RunContext) -> list[LevelRow]:
         from ..models import training_recipe
         from ..training import TrainState, evaluate
-        from ..training.imp import reset_to
         from .oneshot import dense_baseline
 
         hp = run.hp
@@ -482,16 +481,8 @@ class Learned(Method):
             level.write_result(res)
         row = LevelRow(1, mask.density, str(level.mask_path), res)
         if run.then_train:
-            sub = level.sub("then_train")
-            if sub.done():
-                row.then_train = sub.result()
-            else:
-                model = copy.deepcopy(run.model)
-                reset_to(model, init_state, mask)
-                recipe = run.then_train_hp or training_recipe(hp.model.model)
-                row.then_train = run.finish_level(
-                    sub, model, run.train_level(sub, model, recipe, desc="then-train"), density=mask.density
-                )
+            recipe = run.then_train_hp or training_recipe(hp.model.model)
+            row.then_train = run.then_train_level(level, init_state, mask, recipe)
         rows.append(row)
         return rows
 
