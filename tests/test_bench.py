@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from ticketsearch.bench import aggregate, cells_of, load_suite, read_records, write_report
+from ticketsearch.bench.report import _y_floor
+from ticketsearch.bench.runner import write_timing
 from ticketsearch.bench.spec import suite_from_dict
 from ticketsearch.core.errors import ConfigError, UnknownNameError
 
@@ -43,6 +45,12 @@ def test_smoke_suite_end_to_end(tmp_path):
     csv_lines = (out / "summary.csv").read_text().splitlines()
     assert csv_lines[0].startswith("dataset,variant,density,n,acc_mean") and len(csv_lines) == 6
     md = (out / "report.md").read_text()
+    # the time budget: training steps summed over the cells (+ the smallest search) against worker time
+    timing = json.loads((out / "timing.json").read_text())
+    cell_steps = sum(x["time_split"]["steps"] for x in records)
+    assert 0 < cell_steps <= timing["training_step_s"] + 1e-3 < timing["worker_seconds"]
+    assert timing["cells_run"] == len(records) and 0 < timing["outside_steps_fraction"] < 1
+    assert "## Where the time went" in md
     for section in (
         "## digits/mlp_digits",
         "Dense network",
@@ -205,3 +213,26 @@ def test_bad_bench_flags_are_one_line(args, needle, capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_timing_fraction_by_hand(tmp_path):
+    recs = [{"time_split": {"steps": 3.0, "eval": 0.5}}, {"time_split": {"steps": 5.0, "eval": 1.0}}]
+    t = write_timing(
+        tmp_path / "timing.json", recs, workers=2, cells_wall=5.0, smallest_wall=2.0,
+        smallest_split={"steps": 1.0, "eval": 0.25},
+    )  # fmt: skip
+    # capacity 2 × 5 + 2 = 12 worker-seconds, 9 s of steps: 25% outside; eval 1.75 / 12
+    assert t["worker_seconds"] == 12.0 and t["training_step_s"] == 9.0
+    assert t["outside_steps_fraction"] == 0.25 and t["evaluation_fraction"] == round(1.75 / 12, 4)
+    assert json.loads((tmp_path / "timing.json").read_text()) == t
+
+
+def test_accuracy_axis_floor_names_what_it_hides():
+    rows = [
+        {"variant": "imp", "density_kept": 0.1, "acc_mean": 0.97},
+        {"variant": "snip", "density_kept": 0.1, "acc_mean": 0.95},
+        {"variant": "grasp", "density_kept": 0.02, "acc_mean": 0.113},
+    ]
+    lo, off = _y_floor(rows)
+    assert lo == 97.0 - 25.0 and off == ["grasp at 2% (11.3%)"]
+    assert _y_floor(rows[:2]) == (None, [])

@@ -4,6 +4,7 @@ sanity checks, published anchors, and plots — rebuilt from ``results.jsonl`` a
 from __future__ import annotations
 
 import io
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -92,6 +93,7 @@ def write_report(records: list[dict[str, Any]], out_dir: Path, suite: Suite | No
     small = _smallest_records(out_dir)
     if small:
         lines += _smallest_section(small)
+    lines += _timing_section(out_dir)
     failed = [r for r in records if r.get("status") == "failed"]
     if failed:
         lines += ["## Failed cells", "", "| cell | error |", "|---|---|"]
@@ -239,6 +241,27 @@ def _anchors(rows: list[dict[str, Any]], suite: Suite) -> list[str]:
     return out + [""]
 
 
+def _timing_section(out_dir: Path) -> list[str]:
+    """The last invocation's time budget (``timing.json``, written by the runner), if there is one."""
+    path = out_dir / "timing.json"
+    try:
+        t = json.loads(path.read_text(encoding="utf-8"))
+        out = [
+            "## Where the time went",
+            "",
+            f"Last invocation: {t['cells_run']} cells on {t['workers']} worker(s) in {t['cells_wall_s']:.0f} s, "
+            f"smallest-ticket searches {t['smallest_wall_s']:.0f} s; wall time {t['wall_s'] / 60:.1f} min. "
+            f"Of the {t['worker_seconds']:.0f} worker-seconds, training steps took {t['training_step_s']:.0f} s; "
+            f"**{100 * t['outside_steps_fraction']:.1f}% went to anything else** (evaluation "
+            f"{100 * t['evaluation_fraction']:.1f}%, plus start-up, data, scoring, writing and workers idle "
+            "at the end). Cells read from cached runs compute nothing, so this is meaningful for a fresh run.",
+            "",
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return out
+
+
 def _fig() -> Any:
     import matplotlib
 
@@ -287,6 +310,18 @@ def _plot_accuracy(
     dense = [r for r in rows if r["variant"] == DENSE]
     if dense:
         ax.axhline(100 * dense[0]["acc_mean"], color="gray", ls="--", label="dense")
+    lo, off = _y_floor([r for r in rows if r["variant"] in variants or r["variant"] == DENSE])
+    if lo is not None:
+        ax.set_ylim(bottom=lo)
+    if off:
+        ax.text(
+            0.01,
+            0.01,
+            "below the axis: " + ", ".join(off),
+            transform=ax.transAxes,
+            fontsize=7,
+            va="bottom",
+        )
     ax.set_xscale("log")
     _percent_ticks(ax, [100 * d for d in densities])
     ax.invert_xaxis()
@@ -295,6 +330,22 @@ def _plot_accuracy(
     ax.set_title(f"{ds}: accuracy vs density")
     ax.legend(fontsize=8, ncol=2)
     _save(fig, path)
+
+
+def _y_floor(rows: list[dict[str, Any]], span: float = 25.0) -> tuple[float | None, list[str]]:
+    """A lower y-limit ``span`` points under the best accuracy, so a method that collapsed to chance does not
+    squash the differences that matter into a few pixels; the points it hides are named, not dropped
+    silently (``(variant, density)`` list). ``None`` when every point fits."""
+    accs = [100 * r["acc_mean"] for r in rows if r.get("acc_mean") is not None]
+    if not accs or max(accs) - min(accs) <= span:
+        return None, []
+    lo = max(accs) - span
+    off = [
+        f"{r['variant']} at {100 * r['density_kept']:.3g}% ({100 * r['acc_mean']:.1f}%)"
+        for r in rows
+        if r.get("acc_mean") is not None and 100 * r["acc_mean"] < lo
+    ]
+    return lo, off
 
 
 def _plot_cost(ds: str, rows: list[dict[str, Any]], path: Path) -> None:

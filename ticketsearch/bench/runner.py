@@ -89,8 +89,11 @@ def run_cell(suite: Suite, cell: Cell, *, root: Path, data_root: str | None, dev
 
     entry = _entry(suite, cell)
     variant = None if cell.variant == DENSE else next(v for v in suite.variants if v.name == cell.variant)
+    from ..training.loop import time_split
+
     record: dict[str, Any] = {"key": cell.key, **dataclasses.asdict(cell)}
     t0 = time.perf_counter()
+    clock0 = time_split()
     try:
         hp, weights = _hparams(entry, variant, 1.0 if variant is None else cell.density)
         method = get_method(hp.pruning.method)
@@ -155,6 +158,9 @@ def run_cell(suite: Suite, cell: Cell, *, root: Path, data_root: str | None, dev
     except TicketsearchError as exc:
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     record["wall_time"] = time.perf_counter() - t0
+    clock1 = time_split()
+    # what this cell computed here (a cell served from its cached run computes almost nothing)
+    record["time_split"] = {k: clock1[k] - clock0[k] for k in clock1}
     return record
 
 
@@ -225,7 +231,14 @@ def run_suite(
     workers: int = 1,
     progress: bool | str = "auto",
 ) -> list[dict[str, Any]]:
-    """Run every cell not yet recorded in ``out_dir/results.jsonl``; returns all records."""
+    """Run every cell not yet recorded in ``out_dir/results.jsonl``; returns all records.
+
+    ``timing.json`` states this invocation's wall time and how much of the workers' time went to training
+    steps, so the suite's overhead (start-up, data, evaluation, scoring, writing) is measured, not guessed.
+    """
+    from ..training.loop import time_split
+
+    t_start = time.perf_counter()
     suite.validate()
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "suite.json", dataclasses.asdict(suite))
@@ -243,7 +256,10 @@ def run_suite(
         leave=True,
     )
 
+    fresh: list[dict[str, Any]] = []
+
     def record(rec: dict[str, Any]) -> None:
+        fresh.append(rec)
         append_jsonl(results, {**rec, "provenance": prov})
         if bar is not None:
             bar.update(1)
@@ -257,9 +273,56 @@ def run_suite(
     finally:
         if bar is not None:
             bar.close()
+    t_cells = time.perf_counter() - t_start
+    clock0 = time_split()
     if suite.smallest is not None and suite.smallest.variants:
         run_smallest(suite, out_dir, root=root, data_root=data_root, device=device)
+    t_smallest = time.perf_counter() - t_start - t_cells
+    clock1 = time_split()
+    if todo or t_smallest > 1.0:
+        write_timing(
+            out_dir / "timing.json",
+            fresh,
+            workers=max(1, min(workers, len(todo))) if todo else 1,
+            cells_wall=t_cells,
+            smallest_wall=t_smallest,
+            smallest_split={k: clock1[k] - clock0[k] for k in clock1},
+        )
     return read_records(results, warn=warn)
+
+
+def write_timing(
+    path: Path,
+    records: list[dict[str, Any]],
+    *,
+    workers: int,
+    cells_wall: float,
+    smallest_wall: float,
+    smallest_split: dict[str, float],
+) -> dict[str, Any]:
+    """Where one invocation's time went. The cells ran on ``workers`` processes, so their capacity is
+    ``workers × wall``; everything in it that was not a training step (process start, data loading,
+    evaluation, scoring, writing, idle workers at the end) counts as outside, the smallest-ticket
+    searches (one process) likewise."""
+    steps = sum((r.get("time_split") or {}).get("steps", 0.0) for r in records)
+    evals = sum((r.get("time_split") or {}).get("eval", 0.0) for r in records)
+    capacity = workers * cells_wall + smallest_wall
+    steps_all = steps + smallest_split.get("steps", 0.0)
+    evals_all = evals + smallest_split.get("eval", 0.0)
+    out = {
+        "cells_run": len(records),
+        "workers": workers,
+        "cells_wall_s": round(cells_wall, 3),
+        "smallest_wall_s": round(smallest_wall, 3),
+        "wall_s": round(cells_wall + smallest_wall, 3),
+        "worker_seconds": round(capacity, 3),
+        "training_step_s": round(steps_all, 3),
+        "evaluation_s": round(evals_all, 3),
+        "outside_steps_fraction": round(1.0 - steps_all / capacity, 4) if capacity > 0 else None,
+        "evaluation_fraction": round(evals_all / capacity, 4) if capacity > 0 else None,
+    }
+    atomic_write_json(path, out)
+    return out
 
 
 def run_smallest(
