@@ -2,8 +2,10 @@
 
 A layer's ``backend`` names a kernel of op ``masked`` in :mod:`ticketsearch.sparse.kernels` (the one
 registry of kernels): ``inplace`` (default; pruned weights held at zero, their gradients zeroed after backward,
-dense forward) or ``reference`` (``W ⊙ M`` in every forward: the spec and the oracle in tests). A new kernel
-is one module plus a registry entry there.
+dense forward), ``reference`` (``W ⊙ M`` in every forward: the spec and the oracle in tests), ``triton`` and
+``triton_bits`` (Triton matmuls masking the weight tile in-kernel; CUDA). A new kernel is one module plus a
+registry entry there. :func:`resolve_backend` turns the user-facing ``--backend`` value (``auto`` or a
+kernel name) into the kernel a run uses.
 """
 
 from __future__ import annotations
@@ -80,14 +82,17 @@ class MaskedLayer:
     weight: nn.Parameter
     weight_mask: torch.Tensor | None
     _mask_f: torch.Tensor | None
+    _derived: dict[str, torch.Tensor]
     backend: str
 
     def _init_mask(self) -> None:
         self.register_buffer("weight_mask", None, persistent=False)  # type: ignore[attr-defined]  # mixin of nn.Module
         self._mask_f = None
+        self._derived = {}
         self.backend = "inplace"
 
     def set_mask(self, mask: torch.Tensor | None) -> None:
+        self._derived = {}
         if mask is None:
             self.weight_mask = None
             self._mask_f = None
@@ -113,6 +118,16 @@ class MaskedLayer:
             self._mask_f = m.to(device=self.weight.device, dtype=self.weight.dtype)
         return self._mask_f
 
+    def derived_mask(self, key: str, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``make(bool mask)`` cached under ``key`` until the mask changes or the layer moves: a kernel that
+        wants its own layout (e.g. bit-packed words) builds it once per mask, not once per step."""
+        m = self.weight_mask
+        assert m is not None
+        out = self._derived.get(key)
+        if out is None or out.device != m.device:
+            out = self._derived[key] = make(m)
+        return out
+
     def effective_weight(self) -> torch.Tensor:
         """The weight with its mask applied: as is where the backend holds pruned weights at zero
         (``inplace``) or is not a registered kernel, else ``W ⊙ M``."""
@@ -130,6 +145,7 @@ class MaskedLayer:
     def _apply(self, fn, recurse=True):  # keep the float mask cache on the right device/dtype
         out = super()._apply(fn, recurse)  # type: ignore[misc]
         self._mask_f = None
+        self._derived = {}
         return out
 
 

@@ -13,6 +13,8 @@ masked     reference    ``W ⊙ M`` in every forward: the oracle                
 topk       compiled     C++ CPU kernel, float32, built on first use                     :mod:`.compiled`
 topk       torch        PyTorch ops, any device/dtype                                   :mod:`.torch_`
 topk       reference    a stable sort per layer and forward: the oracle                 :mod:`.reference`
+masked     triton       Triton matmuls loading mask bytes with each weight tile          :mod:`.triton_masked`
+masked     triton_bits  the same with the mask bit-packed in int32 words                :mod:`.triton_bits`
 =========  ===========  ==============================================================  ===================
 
 ``kernel=fast`` (the default) is not a kernel: it picks the highest-priority ``auto`` top-k kernel that
@@ -65,7 +67,7 @@ __all__ = [
 ]
 
 # one entry per kernel module, in registration order (within a priority, listings keep this order)
-_MODULES = ("torch_", "reference", "compiled", "triton_masked")
+_MODULES = ("torch_", "reference", "compiled", "triton_masked", "triton_bits")
 
 for _module in _MODULES:
     for _kernel in importlib.import_module(f"{__name__}.{_module}").RECORDS:
