@@ -580,3 +580,32 @@ def test_cifar10_checksum_missing_and_malicious(tmp_path: Path, monkeypatch: pyt
     (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
     with pytest.raises(DataError, match=r"CIFAR-10 files not found: test_batch"):
         D.load_dataset("cifar10", root=tmp_path, val_size=0)
+
+
+def test_process_cache_reuses_unchanged_files_and_rereads_changed_ones(
+    shared_datasets: Path, tmp_path: Path
+) -> None:
+    from ticketsearch.data import base
+
+    root = tmp_path / "flat"
+    root.mkdir()
+    for f in (shared_datasets / "mnist").glob("*.gz"):
+        (root / f.name).write_bytes(f.read_bytes())
+    key = ("mnist", str(root.resolve()))
+    a = D.load_dataset("mnist", root=root, seed=0)
+    raw = base._RAW_CACHE[key][1]
+    b = D.load_dataset("mnist", root=root, seed=1)
+    assert base._RAW_CACHE[key][1] is raw  # the second load decoded nothing
+    assert torch.equal(a.x_test, b.x_test)
+    b.x_test.add_(1.0)  # a caller editing its tensors in place never reaches the cache or other loads
+    assert torch.equal(D.load_dataset("mnist", root=root, seed=0).x_test, a.x_test)
+    with pytest.raises(ValueError):
+        raw.x_test[0, 0, 0, 0] = 1.0  # the cached arrays are read-only
+    # a replaced file (new mtime) is read again, and verified again
+    img = root / "t10k-images-idx3-ubyte.gz"
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))
+    D.load_dataset("mnist", root=root, seed=0)
+    assert base._RAW_CACHE[key][1] is not raw
+    img.write_bytes(img.read_bytes()[:-10])
+    with pytest.raises(DataError):
+        D.load_dataset("mnist", root=root, seed=0)

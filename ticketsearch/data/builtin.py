@@ -114,6 +114,7 @@ def _idx_raw(root: Path, dataset: str, download: bool) -> RawSplits:
     input_shape=(1, 28, 28),
     num_classes=10,
     default_val_size=5000,
+    cache=True,
 )
 def load_mnist_raw(root: Path, *, download: bool = False) -> RawSplits:
     """MNIST from its canonical IDX files (torchvision, flat or ``mnist/`` layout), checksums verified."""
@@ -127,6 +128,7 @@ def load_mnist_raw(root: Path, *, download: bool = False) -> RawSplits:
     input_shape=(1, 28, 28),
     num_classes=10,
     default_val_size=5000,
+    cache=True,
 )
 def load_fashion_mnist_raw(root: Path, *, download: bool = False) -> RawSplits:
     """Fashion-MNIST from its canonical IDX files (torchvision, flat or ``fashion-mnist/`` layout)."""
