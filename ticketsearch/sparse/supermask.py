@@ -24,8 +24,11 @@ same selection. ``reference`` is the oracle: per layer and per forward, a full s
 C++ on CPU float32, built on first use; ``torch``: PyTorch ops, any device) compute every layer's ``W ⊙ M``
 once per forward inside one autograd Function (:class:`_EdgePopupFn`), warm-starting the k-th value from
 the last step. ``fast`` (default) picks the best kernel ready for the scores' device and dtype without
-waiting for a compiler: ``compiled`` on CPU float32 once built, else ``torch``. A new kernel is one module
-plus a registry entry in :mod:`ticketsearch.sparse.kernels`, and ``fast`` considers it by its priority.
+waiting for a compiler: ``compiled`` on CPU float32 once built, else ``torch``. ``triton`` (CUDA, or CPU under
+``TRITON_INTERPRET=1``) is fused: a selector with ``fused = True`` gets each layer's forward
+(:meth:`SupermaskController.linear`: the mask is built inside the matmul from the scores and a per-layer
+cut, ``W ⊙ M`` never formed). A new kernel is one module plus a registry entry in
+:mod:`ticketsearch.sparse.kernels`, and ``fast`` considers it by its priority.
 
 Frozen state: weights, biases and any other non-score parameter get ``requires_grad=False``; BatchNorm should
 be non-affine as in the paper (:func:`make_bn_nonaffine`). Running statistics of BatchNorm still update in
@@ -109,7 +112,7 @@ class SupermaskLinear(MaskedLinear):
     _supermask_index: int
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self._supermask.weight(self), self.bias)
+        return self._supermask.linear(self, x)
 
 
 class SupermaskConv2d(MaskedConv2d):
@@ -220,12 +223,30 @@ class SupermaskController:
     def scores(self) -> list[nn.Parameter]:
         return [m.scores for m in self.layers]
 
+    def _fused(self) -> Any:
+        """The selector if it builds masks inside its own per-layer kernels (``fused = True``), else None."""
+        if self.kind != "edge_popup" or self.kernel == _REFERENCE.name:
+            return None
+        sel = self.selector
+        return sel if getattr(sel, "fused", False) else None
+
+    def linear(self, layer: SupermaskLinear, x: torch.Tensor) -> torch.Tensor:
+        """A supermask Linear's output: the fused kernel where the selector has one (``W ⊙ M`` never
+        formed), else ``F.linear`` on :meth:`weight`."""
+        sel = self._fused()
+        if sel is not None:
+            return sel.linear(layer._supermask_index, x, layer.weight, self.scores(), layer.bias)
+        return F.linear(x, self.weight(layer), layer.bias)
+
     def weight(self, layer: SupermaskLayer) -> torch.Tensor:
         i = layer._supermask_index
         if self.kind == "bernoulli":
             return self._bernoulli(layer)
         if self.kernel == _REFERENCE.name:  # the oracle: per layer, through autograd, nothing cached
             return self._reference(i)
+        fused = self._fused()
+        if fused is not None:  # per layer, through the kernel's own autograd Function
+            return fused.weight(i, layer.weight, self.scores())
         grad = torch.is_grad_enabled()
         key = (grad, tuple(s._version for s in self.scores()), tuple(s.data_ptr() for s in self.scores()))
         if self._cache is None or key != self._cache_key or (grad and self._consumed[i]):

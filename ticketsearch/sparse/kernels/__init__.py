@@ -15,6 +15,7 @@ topk       torch        PyTorch ops, any device/dtype                           
 topk       reference    a stable sort per layer and forward: the oracle                 :mod:`.reference`
 masked     triton       Triton matmuls loading mask bytes with each weight tile          :mod:`.triton_masked`
 masked     triton_bits  the same with the mask bit-packed in int32 words                :mod:`.triton_bits`
+topk       triton       per-layer cut on the device, mask built inside Triton matmuls   :mod:`.triton_supermask`
 =========  ===========  ==============================================================  ===================
 
 ``kernel=fast`` (the default) is not a kernel: it picks the highest-priority ``auto`` top-k kernel that
@@ -67,7 +68,7 @@ __all__ = [
 ]
 
 # one entry per kernel module, in registration order (within a priority, listings keep this order)
-_MODULES = ("torch_", "reference", "compiled", "triton_masked", "triton_bits")
+_MODULES = ("torch_", "reference", "compiled", "triton_masked", "triton_bits", "triton_supermask")
 
 for _module in _MODULES:
     for _kernel in importlib.import_module(f"{__name__}.{_module}").RECORDS:
