@@ -25,7 +25,8 @@ QUICK = [
 OPENLTH = Path("/tmp/open_lth")  # a checkout of facebookresearch/open_lth (see openlth_speed.py's docstring)
 LONG = {
     "imp_lenet_mnist": "IMP on LeNet-300-100/MNIST, 16 levels × 2 seeds + reinit controls (about 1 h on 2 cores)",
-    "scorers_mnist": "SNIP/GraSP/SynFlow/magnitude/random at SNIP's setup, 3 seeds (--jobs N to parallelise)",
+    "scorers_mnist": "SNIP/GraSP/SynFlow/magnitude/random at SNIP's setup, 3 seeds, SGD and Adam rows "
+    "(the SGD grid is also the suite: ticketsearch bench --suite snip-paper)",
     "supermask_mnist": "edge-popup at 10-70% and Bernoulli on MNIST, 2 seeds (about 4 min)",
 }
 
