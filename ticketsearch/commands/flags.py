@@ -78,6 +78,13 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
         help="replicate seed in [0, 2^63-1]: init, data order, validation split",
     )
     g.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    g.add_argument(
+        "--backend",
+        default="auto",
+        help="how masked layers apply their mask: auto | inplace | reference | triton | triton_bits "
+        "(default auto: triton on CUDA when it passes a self-check against the reference, else inplace; "
+        "the chosen one is recorded in each result, not in the run's hash)",
+    )
     g.add_argument("--root", default="runs", help="results root (default: ./runs)")
     g.add_argument(
         "--data-root", default=None, help="where datasets live (default: $TICKETSEARCH_DATA, else ./data)"
@@ -231,6 +238,7 @@ def run_options(ns: argparse.Namespace, **extra: Any) -> Any:
         data_root=ns.data_root,
         download=ns.download,
         device=ns.device,
+        backend=getattr(ns, "backend", "auto"),
         progress=False if ns.no_progress else "auto",
         **extra,
     )

@@ -30,7 +30,7 @@ from ..core.errors import ConfigError, TicketsearchError
 from ..core.hparams import RunHparams, TrainingHparams, check_seed, stable_hash
 from ..core.mask import Mask
 from ..methods import LevelRow, Method, get_method
-from ..sparse import get_mask, prunable_shapes
+from ..sparse import get_mask, prunable_shapes, resolve_backend, set_backend
 from ..training.imp import reset_to
 from ..training.loop import TrainResult, TrainState, train
 from .controls import CONTROLS
@@ -61,6 +61,7 @@ class RunOptions:
     data_root: str | None = None
     download: bool = False  # fetch missing MNIST/Fashion-MNIST through torchvision (only when asked)
     device: str = "auto"
+    backend: str = "auto"  # the masked kernel (sparse.resolve_backend); the chosen one is in every result
     progress: bool | str = "auto"
     controls: tuple[str, ...] = ()
     then_train: bool = False
@@ -131,6 +132,7 @@ class Run:
         self.hp, self.seed, self.opts = hp, check_seed(seed), opts
         self.method = method
         self.device = resolve_device(opts.device)
+        self.backend = resolve_backend(opts.backend, self.device)
         self.progress = opts.progress
         self.then_train = opts.then_train
         self.then_train_hp = opts.then_train_hp
@@ -175,8 +177,9 @@ class Run:
             tuple(self.data.input_shape),
             int(self.data.num_classes),
             init=self.hp.model.init,
-        )
-        return model.to(self.device)
+        ).to(self.device)
+        set_backend(model, self.backend)  # copies (levels, controls) keep it; masks attached later use it
+        return model
 
     def mask_metadata(self, **extra: Any) -> dict[str, Any]:
         hp = self.hp
@@ -233,6 +236,7 @@ class Run:
             "iterations": res.iterations,
             "wall_time": res.wall_time,
             "passes": res.passes,
+            "backend": self.backend,
             **extra,
         }
         level.write_result(out)

@@ -18,6 +18,8 @@ from .layers import (
     prunable_parameters,
     prunable_shapes,
     register_backend,
+    resolve_backend,
+    self_check,
     set_backend,
     sparsify,
 )
@@ -41,6 +43,8 @@ __all__ = [
     "prunable_parameters",
     "prunable_shapes",
     "register_backend",
+    "resolve_backend",
+    "self_check",
     "set_backend",
     "sparsify",
 ]

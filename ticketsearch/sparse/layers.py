@@ -26,8 +26,12 @@ __all__ = [
     "MaskedConv2d",
     "MaskedLayer",
     "BACKENDS",
+    "AUTO",
+    "DEFAULT_BACKEND",
     "register_backend",
     "set_backend",
+    "resolve_backend",
+    "self_check",
     "sparsify",
     "prunable_parameters",
     "prunable_shapes",
@@ -250,6 +254,86 @@ def set_backend(model: nn.Module, backend: str) -> None:
         raise ConfigError(f"sparse backend '{backend}' is unavailable here ({reason})")
     for _, layer in masked_layers(model):
         layer.backend = backend
+
+
+AUTO = "auto"  # not a kernel: what --backend means by default (see resolve_backend)
+DEFAULT_BACKEND = "inplace"
+_CHECKED: dict[tuple[str, str], str | None] = {}
+
+
+def self_check(backend: str, device: torch.device | str) -> str | None:
+    """Why the ``masked`` kernel ``backend`` disagrees with the reference kernel on ``device`` (None: it
+    agrees); once per kernel and device per process.
+
+    A small random Linear (an all-zero row and column included), forward and backward, against
+    ``F.linear(x, W ⊙ M)`` through autograd: a kernel that imports but computes wrong (a broken driver, an
+    unsupported GPU) is caught before it trains a ticket.
+    """
+    dev = torch.device(device)
+    key = (backend, str(dev))
+    if key in _CHECKED:
+        return _CHECKED[key]
+    reason: str | None
+    try:
+        g = torch.Generator().manual_seed(0)
+        mask = torch.rand(19, 37, generator=g) < 0.3
+        mask[3] = False
+        mask[:, 5] = False
+        layers: list[MaskedLinear] = []
+        for name in (backend, "reference"):
+            lin = MaskedLinear(37, 19)
+            with torch.no_grad():
+                lin.weight.copy_(torch.randn(19, 37, generator=g))
+                lin.bias.copy_(torch.randn(19, generator=g))
+            apply_mask(lin.to(dev), {"weight": mask}, backend=name)
+            layers.append(lin)
+        x = torch.randn(5, 37, generator=g)
+        up = torch.randn(5, 19, generator=g).to(dev)
+        outs = []
+        for layer in layers:
+            xi = x.to(dev).requires_grad_()
+            y = layer(xi)
+            y.backward(up)
+            mask_gradients(layer)
+            assert xi.grad is not None and layer.weight.grad is not None and layer.bias.grad is not None
+            outs.append([y.detach(), xi.grad, layer.weight.grad, layer.bias.grad])
+        worst = max(float((a - b).abs().max()) for a, b in zip(*outs))
+        ok = all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(*outs))
+        reason = None if ok else f"disagrees with the reference kernel (max |difference| {worst:.3g})"
+    except Exception as exc:  # a kernel that fails to compile or launch is as unusable as a wrong one
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    _CHECKED[key] = reason
+    return reason
+
+
+def resolve_backend(name: str, device: torch.device | str) -> str:
+    """The ``masked`` kernel a run uses for ``--backend name`` on ``device``.
+
+    ``auto``: ``triton`` on CUDA when Triton imports and the kernel passes :func:`self_check`, else
+    ``inplace`` (the default, and the fastest measured on CPU). A kernel named explicitly must exist, run
+    on ``device`` and be available here, or a :class:`ConfigError` says why.
+    """
+    dev = torch.device(device)
+    if name == AUTO:
+        k = _MASKED_KERNELS.get("triton")
+        if (
+            dev.type == "cuda"
+            and k is not None
+            and k.supports(dev, torch.float32)
+            and k.available(build=False)
+            and self_check(k.name, dev) is None
+        ):
+            return k.name
+        return DEFAULT_BACKEND
+    k = _MASKED_KERNELS.get(name)
+    if k is None:
+        raise ConfigError(f"unknown backend '{name}' (choose from: {', '.join([AUTO, *BACKENDS])})")
+    if not k.supports(dev, torch.float32):
+        raise ConfigError(f"backend '{name}' needs {k.needs()}, and this run is on {dev.type}")
+    reason = k.unavailable_reason(build=True)
+    if reason is not None:
+        raise ConfigError(f"backend '{name}' is unavailable here ({reason})")
+    return name
 
 
 def apply_mask(
