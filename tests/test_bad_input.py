@@ -81,6 +81,7 @@ CASES = [
     (["--method", "snip", "--eb-eps", "0.2"], ["--eb-eps", "does not apply", "'snip'"]),
     (["--resize", "2000"], ["resize", "[0, 1024]", "2000"]),
     (["--dataset", "mnist1d", "--resize", "8"], ["resize", "image datasets", "mnist1d"]),
+    (["--backend", "tritn"], ["backend 'tritn'", "auto", "inplace", "triton_bits"]),
 ]
 
 

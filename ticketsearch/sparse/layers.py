@@ -279,12 +279,13 @@ def self_check(backend: str, device: torch.device | str) -> str | None:
         mask = torch.rand(19, 37, generator=g) < 0.3
         mask[3] = False
         mask[:, 5] = False
+        w, b = torch.randn(19, 37, generator=g), torch.randn(19, generator=g)
         layers: list[MaskedLinear] = []
         for name in (backend, "reference"):
             lin = MaskedLinear(37, 19)
             with torch.no_grad():
-                lin.weight.copy_(torch.randn(19, 37, generator=g))
-                lin.bias.copy_(torch.randn(19, generator=g))
+                lin.weight.copy_(w)
+                lin.bias.copy_(b)
             apply_mask(lin.to(dev), {"weight": mask}, backend=name)
             layers.append(lin)
         x = torch.randn(5, 37, generator=g)
