@@ -35,7 +35,7 @@ from ..core.hparams import TrainingHparams, to_iterations
 from ..sparse import masked_layers, param_name
 from .optim import LRSchedule, make_optimizer
 
-__all__ = ["Population", "PopulationResult", "train_population"]
+__all__ = ["Population", "PopulationResult", "PopulationTrainer", "train_population"]
 
 
 class Population:
@@ -165,6 +165,47 @@ def _clip_per_member(grads: list[torch.Tensor], max_norm: float) -> None:
         g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
 
 
+class PopulationTrainer:
+    """One optimizer over a population's stacked parameters, and its training step.
+
+    What the training loop does per step, for all members at once: set the lr, forward, the summed loss,
+    backward, masks (folded into the update, or applied first when clipping), per-member clipping, the
+    optimizer step. :func:`train_population` drives it; ``benchmarks/speed.py`` times :meth:`step`.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], hp: TrainingHparams) -> None:
+        self.hp = hp
+        self.pop = Population.from_models(models)
+        pop = self.pop
+        names = [n for n in pop.params if n in pop.trainable]
+        self.params = [nn.Parameter(pop.params[n], requires_grad=True) for n in names]
+        for n, p in zip(names, self.params):
+            pop.params[n] = p
+        self.opt = make_optimizer(self.params, hp)
+        self.masks = {id(p): pop.masks[n] for n, p in zip(names, self.params) if n in pop.masks}
+        if hp.grad_clip <= 0:
+            self.opt.set_grad_masks(self.masks)  # folded into the update, as the loop does
+        pop.template.train()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+        """One step on member batches ``x[i], y[i]``; returns the members' losses ``[K]`` (detached)."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        loss = self.pop.losses(x, y, label_smoothing=self.hp.label_smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        if self.hp.grad_clip > 0:
+            grads = []
+            for p in self.params:
+                assert p.grad is not None
+                if id(p) in self.masks:
+                    p.grad.mul_(self.masks[id(p)])
+                grads.append(p.grad)
+            _clip_per_member(grads, self.hp.grad_clip)
+        self.opt.step()
+        return loss.detach()
+
+
 def train_population(
     models: Sequence[nn.Module],
     data: Any,
@@ -186,42 +227,19 @@ def train_population(
         raise ConfigError(f"one seed per member: got {len(seeds)} seeds for {len(models)} models")
     if hp.batch_size <= 0:
         raise ConfigError(f"batch_size must be a positive integer, got {hp.batch_size}")
-    pop = Population.from_models(models)
+    trainer = PopulationTrainer(models, hp)
+    pop = trainer.pop
     batchers = [Batcher(data.x_train, data.y_train, hp.batch_size, seed=s) for s in seeds]
     spe = batchers[0].steps_per_epoch
     total = to_iterations(hp.budget, spe, name="budget")
     if total <= 0:
         raise ConfigError(f"budget must be at least one iteration, got {hp.budget!r}")
     schedule = LRSchedule(hp, spe, total)
-    names = [n for n in pop.params if n in pop.trainable]
-    params = [nn.Parameter(pop.params[n], requires_grad=True) for n in names]
-    for n, p in zip(names, params):
-        pop.params[n] = p
-    opt = make_optimizer(params, hp)
-    masks = {id(p): pop.masks[n] for n, p in zip(names, params) if n in pop.masks}
-    if hp.grad_clip <= 0:
-        opt.set_grad_masks(masks)  # folded into the update, as the loop does
     losses = torch.empty((pop.size, total), dtype=torch.float32, device=data.x_train.device)
-    pop.template.train()
     t0 = time.perf_counter()
     for it in range(total):
-        lr = schedule(it)
-        for g in opt.param_groups:
-            g["lr"] = lr
         idx = torch.stack([b.indices(it) for b in batchers])  # [K, B]: one gather for all members
-        loss = pop.losses(data.x_train[idx], data.y_train[idx], label_smoothing=hp.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        if hp.grad_clip > 0:
-            grads = []
-            for p in params:
-                assert p.grad is not None
-                if id(p) in masks:
-                    p.grad.mul_(masks[id(p)])
-                grads.append(p.grad)
-            _clip_per_member(grads, hp.grad_clip)
-        opt.step()
-        losses[:, it] = loss.detach()
+        losses[:, it] = trainer.step(data.x_train[idx], data.y_train[idx], schedule(it))
     wall = time.perf_counter() - t0
     bad = [i for i, ok in enumerate(torch.isfinite(losses).all(1).tolist()) if not ok]
     if bad:
