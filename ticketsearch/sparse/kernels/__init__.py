@@ -68,7 +68,15 @@ __all__ = [
 ]
 
 # one entry per kernel module, in registration order (within a priority, listings keep this order)
-_MODULES = ("torch_", "reference", "compiled", "triton_masked", "triton_bits", "triton_supermask")
+_MODULES = (
+    "torch_",
+    "reference",
+    "compiled",
+    "triton_masked",
+    "triton_bits",
+    "triton_supermask",
+    "compiled_spmm",
+)
 
 for _module in _MODULES:
     for _kernel in importlib.import_module(f"{__name__}.{_module}").RECORDS:

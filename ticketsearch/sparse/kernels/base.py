@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MASKED",
     "TOPK",
+    "SPMM",
     "OPS",
     "FAST",
     "Kernel",
@@ -33,7 +34,8 @@ __all__ = [
 
 MASKED = "masked"  # a fixed-mask layer's forward/backward (``set_backend``, ``apply_mask(backend=...)``)
 TOPK = "topk"  # a supermask's exact top-k of |scores| fused with W ⊙ M (``to_supermask(kernel=...)``)
-OPS = (MASKED, TOPK)
+SPMM = "spmm"  # a fixed sparse weight times a dense batch, inference only (``export.load_ticket``)
+OPS = (MASKED, TOPK, SPMM)
 FAST = "fast"  # not a kernel: "the best top-k kernel ready for these tensors", resolved per device/dtype
 
 
