@@ -11,9 +11,10 @@ size and speed depend on. Three measurements:
 * **latency**: one forward on CPU, batch 1 and 64, ``torch.inference_mode``: ``dense`` — the model as
   trained (``create_model`` with the dense weights, eager); ``ticket-dense`` — ``load_ticket(policy=
   "dense")``, the same traced executor with every layer dense (isolates what sparsity itself buys);
-  ``ticket`` — ``load_ticket()`` (per-layer dense/CSR measured at load time). Variants run in blocks
-  (warm-up, then a timed block of calls, median per call), rotated round-robin over rounds; the number is
-  the median over rounds, so each model is measured with warm caches and load drift hits all alike.
+  ``ticket`` — ``load_ticket()`` (per layer dense, torch CSR or the compiled kernel, measured at load
+  time). The three variants run interleaved: per round each runs a block of calls (median per call), in
+  an order rotated every round; the speed-up is the median over rounds of the paired per-round ratio
+  dense / ticket, reported with its quartiles (where they straddle 1.0, the two are equal within noise).
   Targets: ticket ≥ 2× faster than dense at batch 1 for density ≤ 5% on LeNet-300-100; never slower.
 * **fine-tuning**: dense masked training (ticketsearch's masked layers and fused optimizer: dense weights,
   gradients and Adam state) vs ``ticketsearch.export.finetune``'s kept-weight model (1-D kept values per
@@ -140,21 +141,40 @@ def measure_sizes(model: str, density: float, tmp: Path) -> list[dict[str, Any]]
 
 
 # -- latency ---------------------------------------------------------------------------------------------
-def blocks(fns: dict[str, Any], *, rounds: int, block: int, warm: int) -> dict[str, float]:
-    per: dict[str, list[float]] = {k: [] for k in fns}
+def interleaved(fns: dict[str, Any], *, rounds: int, block: int, warm: int) -> dict[str, list[float]]:
+    """Per variant, one time per round (seconds per call: the median of a block of calls).
+
+    Each round runs every variant's block back to back, in an order rotated every round, so the machine's
+    load drift (2 shared cores, other jobs) lands on all variants of a round alike; ratios are then taken
+    per round (paired) and summarised by their median, which one disturbed round cannot move."""
     keys = list(fns)
+    for f in fns.values():
+        for _ in range(warm):
+            f()
+    per: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(rounds):
         for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
             f = fns[k]
-            for _ in range(warm):
-                f()
             ts = []
             for _ in range(block):
                 t0 = time.perf_counter()
                 f()
                 ts.append(time.perf_counter() - t0)
             per[k].append(statistics.median(ts))
-    return {k: statistics.median(v) * 1e3 for k, v in per.items()}
+    return per
+
+
+def paired_ratio(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """(median, lower quartile, upper quartile) of num[r] / den[r] over rounds r."""
+    q = statistics.quantiles([a / b for a, b in zip(num, den)], n=4, method="inclusive")
+    return statistics.median([a / b for a, b in zip(num, den)]), q[0], q[2]
+
+
+def _paths_text(paths: dict[str, Any], key: int) -> str:
+    by: dict[str, list[str]] = {}
+    for name, v in paths.items():
+        by.setdefault(v["paths"][key], []).append(name)
+    return "; ".join(f"{p}: {', '.join(by[p])}" for p in ("compiled", "csr") if p in by) or "all dense"
 
 
 def measure_latency(model: str, density: float, tmp: Path, rounds: int) -> list[dict[str, Any]]:
@@ -173,38 +193,47 @@ def measure_latency(model: str, density: float, tmp: Path, rounds: int) -> list[
     ticket_dense = load_ticket(path, policy="dense")
     paths = path_summary(ticket)
     rows = []
-    big = model == "conv6"
     for batch in (1, 64):
         x = torch.randn(batch, *MODELS[model], generator=torch.Generator().manual_seed(1))
         with torch.inference_mode():
             err = float((ticket(x) - dense(x)).abs().max())
-            # Conv-6 at batch 64 takes ~0.3 s per call: short blocks, more rounds against the machine's drift
-            slow = big and batch == 64
-            block = (2 if slow else 15) if big else (40 if batch == 64 else 300)
-            med = blocks(
+            scale = float(dense(x).abs().max())
+            if model == "conv6":  # ~3 ms per call at batch 1, ~0.15 s at 64: short blocks, many rounds
+                block, n_rounds, warm = (5, 6 * rounds, 3) if batch == 1 else (1, 3 * rounds, 1)
+            else:
+                block, n_rounds, warm = (200, 6 * rounds, 50) if batch == 1 else (20, 6 * rounds, 5)
+            per = interleaved(
                 {
                     "dense": lambda x=x: dense(x),
                     "ticket-dense": lambda x=x: ticket_dense(x),
                     "ticket": lambda x=x: ticket(x),
                 },
-                rounds=rounds + 4 if slow else rounds,
+                rounds=n_rounds,
                 block=block,
-                warm=1 if slow else max(2, block // 5),
+                warm=warm,
             )
+        ratio, q1, q3 = paired_ratio(per["dense"], per["ticket"])
+        ratio_td, _, _ = paired_ratio(per["ticket-dense"], per["ticket"])
         key = 1 if batch == 1 else 64
         rows.append(
             {
                 "model": model,
                 "density": density,
                 "batch": batch,
-                "dense_ms": med["dense"],
-                "ticket_dense_ms": med["ticket-dense"],
-                "ticket_ms": med["ticket"],
-                "speedup_vs_dense": med["dense"] / med["ticket"],
-                "speedup_vs_ticket_dense": med["ticket-dense"] / med["ticket"],
+                "rounds": n_rounds,
+                "block": block,
+                "dense_ms": statistics.median(per["dense"]) * 1e3,
+                "ticket_dense_ms": statistics.median(per["ticket-dense"]) * 1e3,
+                "ticket_ms": statistics.median(per["ticket"]) * 1e3,
+                "speedup_vs_dense": ratio,
+                "speedup_vs_dense_q1": q1,
+                "speedup_vs_dense_q3": q3,
+                "speedup_vs_ticket_dense": ratio_td,
                 "max_abs_diff_vs_dense": err,
+                "max_abs_output": scale,
                 "load_s": load_s,
-                "csr_layers": sorted(n for n, v in paths.items() if v["paths"][key] == "csr"),
+                "paths": _paths_text(paths, key),
+                "layer_paths": {n: v["paths"][key] for n, v in paths.items()},
             }
         )
     return rows
@@ -432,9 +461,10 @@ def report(sizes, latency, finetune, threads: int) -> str:
             f"{r['dense_ms']:.4f}",
             f"{r['ticket_dense_ms']:.4f}",
             f"{r['ticket_ms']:.4f}",
-            f"{r['speedup_vs_dense']:.2f}×",
+            f"{r['speedup_vs_dense']:.2f}× [{r['speedup_vs_dense_q1']:.2f}, {r['speedup_vs_dense_q3']:.2f}]",
             f"{r['speedup_vs_ticket_dense']:.2f}×",
-            ", ".join(r["csr_layers"]) or "none",
+            f"{r['load_s']:.2f}",
+            r["paths"],
         ]
         for r in latency
     ]
@@ -447,16 +477,21 @@ def report(sizes, latency, finetune, threads: int) -> str:
                 "dense",
                 "ticket-dense",
                 "ticket",
-                "× vs dense",
+                "× vs dense [quartiles]",
                 "× vs ticket-dense",
-                "CSR layers",
+                "load s",
+                "sparse layers (others dense)",
             ],
             rows,
         ),
         "",
         '`dense`: the model as trained (eager, dense weights). `ticket-dense`: `load_ticket(policy="dense")`, '
-        "the same traced executor with dense layers. `ticket`: `load_ticket()`, dense or CSR per layer and batch "
-        "size as measured at load time.",
+        "the same traced executor with dense layers. `ticket`: `load_ticket()`, dense, torch CSR or the "
+        "compiled kernel per layer and batch size as measured at load time (`load s` includes that "
+        "measurement). Times: median over rounds of the median of a block of calls; the three variants run "
+        "interleaved (order rotated each round). `× vs dense`: the median over rounds of the paired ratio "
+        "dense / ticket, with its quartiles over rounds: where the quartiles straddle 1.00 the two are equal "
+        "within the machine's noise.",
         "",
     ]
     if finetune:

@@ -5,8 +5,8 @@
   header, or ``onnx`` — with fp32 or fp16 values;
 - :func:`read_ticket` verifies and decodes a ticket file (checksum, every header claim, shapes against the
   rebuilt architecture; it never executes code);
-- :func:`load_ticket` turns it into an inference model whose Linear layers run dense or ``torch.sparse``
-  CSR, whichever measured faster;
+- :func:`load_ticket` turns it into an inference model whose Linear and stride-1 Conv2d layers run dense,
+  ``torch.sparse`` CSR (Linear) or the compiled sparse kernel, whichever measured faster than dense;
 - :func:`finetune` trains only the kept weights (optimizer state the size of the kept weights) and writes
   a new ticket.
 
@@ -17,7 +17,7 @@ Importing this package imports no optional dependency; ONNX export imports ``onn
 from __future__ import annotations
 
 from .finetune import FinetuneResult, KeptWeights, finetune, kept_model
-from .inference import POLICIES, SparseLinear, load_ticket, path_summary
+from .inference import POLICIES, SparseConv2d, SparseLinear, load_ticket, path_summary
 from .onnx_ import verify_onnx
 from .ticket import FORMATS, VALUE_DTYPES, ExportResult, Ticket, export_ticket, read_ticket
 
@@ -28,6 +28,7 @@ __all__ = [
     "ExportResult",
     "FinetuneResult",
     "KeptWeights",
+    "SparseConv2d",
     "SparseLinear",
     "Ticket",
     "export_ticket",
