@@ -7,18 +7,15 @@ Real components throughout: Optuna on an SQLite file, a throw-away PostgreSQL se
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+import pgserver
 import pytest
 
 from ticketsearch.cli import main
@@ -399,61 +396,7 @@ def test_import_ticketsearch_loads_neither_optuna_nor_sqlalchemy():
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------------------------
-def _pg_bin() -> Path | None:
-    for d in sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True
-    ):
-        if (Path(d) / "initdb").is_file():
-            return Path(d)
-    found = shutil.which("initdb")
-    return Path(found).parent if found else None
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A throw-away PostgreSQL server on a unix socket in a temp dir (as the postgres user under root)."""
-    bin_dir = _pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed here (no initdb in /usr/lib/postgresql/*/bin or on PATH)")
-    pytest.importorskip(
-        "psycopg", reason="the PostgreSQL driver is missing: pip install 'ticketsearch[postgres]'"
-    )
-    tmp = Path(tempfile.mkdtemp(prefix="ts-pg-"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        import pwd
-
-        try:
-            pg = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(tmp)
-            pytest.skip("running as root and there is no 'postgres' user to start PostgreSQL as")
-        os.chown(tmp, pg.pw_uid, pg.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    sock, data, log = tmp / "sock", tmp / "data", tmp / "log"
-    sock.mkdir()
-    if prefix:
-        shutil.chown(sock, "postgres", "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctl = [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data)]
-    try:
-        r = subprocess.run(
-            [*prefix, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-            capture_output=True, text=True, timeout=180,
-        )  # fmt: skip
-        if r.returncode != 0:
-            pytest.skip(f"initdb failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
-        opts = f"-k {sock} -p {port} -c listen_addresses='' -c fsync=off -c max_connections=50"
-        r = subprocess.run([*ctl, "-o", opts, "-l", str(log), "-w", "-t", "60", "start"], capture_output=True, text=True, timeout=120)  # fmt: skip
-        if r.returncode != 0:
-            tail = log.read_text().strip().splitlines()[-1:] if log.exists() else r.stderr
-            pytest.skip(f"PostgreSQL did not start: {tail}")
-        yield f"postgresql://postgres@/postgres?host={sock}&port={port}"
-    finally:
-        subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(tmp, ignore_errors=True)
+postgres_url = pgserver.postgres_url  # the throw-away server fixture (shared with test_bench_queue.py)
 
 
 def _finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str, str]]:

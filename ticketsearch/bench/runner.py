@@ -25,7 +25,17 @@ from ..core.io import append_jsonl, atomic_write_json
 from ..training import progress_bar
 from .spec import DatasetEntry, Suite, Variant
 
-__all__ = ["Cell", "cells_of", "run_cell", "run_suite", "read_records", "DENSE"]
+__all__ = [
+    "Cell",
+    "cells_of",
+    "run_cell",
+    "run_suite",
+    "read_records",
+    "run_smallest",
+    "smallest_keys",
+    "smallest_search",
+    "DENSE",
+]
 
 DENSE = "dense"
 
@@ -332,43 +342,54 @@ def run_smallest(
 
     Each search reuses the suite's cached runs where it can (an IMP walk extends the suite's IMP run);
     a search already recorded is not repeated."""
+    path = out_dir / "smallest.jsonl"
+    done = {r["key"] for r in read_records(path) if r.get("status") == "ok"}  # a failed search runs again
+    for key in smallest_keys(suite):
+        if key not in done:
+            append_jsonl(
+                path, smallest_search(suite, key, out_dir, root=root, data_root=data_root, device=device)
+            )
+    return read_records(path)
+
+
+def smallest_keys(suite: Suite) -> list[str]:
+    """``dataset/model|variant`` of every smallest-ticket search the suite asks for, in run order."""
+    if suite.smallest is None:
+        return []
+    return [f"{e.dataset}/{e.model}|{name}" for e in suite.datasets for name in suite.smallest.variants]
+
+
+def smallest_search(
+    suite: Suite, key: str, out_dir: Path, *, root: Path, data_root: str | None, device: str
+) -> dict[str, Any]:
+    """One smallest-ticket search (``key`` from :func:`smallest_keys`) and its record; a user error is a
+    failed record. Its curve and report go to ``out_dir/smallest/<key>/``."""
     from ..experiments.runner import RunOptions
     from ..smallest import smallest
 
     spec = suite.smallest
     assert spec is not None
-    path = out_dir / "smallest.jsonl"
-    done = {r["key"] for r in read_records(path) if r.get("status") == "ok"}  # a failed search runs again
+    ds, name = key.split("|")
+    entry = next(e for e in suite.datasets if f"{e.dataset}/{e.model}" == ds)
+    variant = next(v for v in suite.variants if v.name == name)
     opts = RunOptions(root=root, data_root=data_root, device=device, progress=False)
-    for entry in suite.datasets:
-        for name in spec.variants:
-            key = f"{entry.dataset}/{entry.model}|{name}"
-            if key in done:
-                continue
-            variant = next(v for v in suite.variants if v.name == name)
-            hp, weights = _hparams(entry, variant, min(suite.densities))
-            rec: dict[str, Any] = {
-                "key": key,
-                "dataset": entry.dataset,
-                "model": entry.model,
-                "variant": name,
-            }
-            try:
-                r = smallest(
-                    hp,
-                    seeds=list(suite.seeds),
-                    tolerance=spec.tolerance,
-                    opts=opts,
-                    min_density=spec.min_density,
-                    precision=spec.precision,
-                    out_dir=out_dir / "smallest" / key.replace("/", "_").replace("|", "_"),
-                    dense_training=weights,
-                )
-                rec.update(status="ok", **r.to_dict())
-            except TicketsearchError as exc:
-                rec.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-            append_jsonl(path, rec)
-    return read_records(path)
+    hp, weights = _hparams(entry, variant, min(suite.densities))
+    rec: dict[str, Any] = {"key": key, "dataset": entry.dataset, "model": entry.model, "variant": name}
+    try:
+        r = smallest(
+            hp,
+            seeds=list(suite.seeds),
+            tolerance=spec.tolerance,
+            opts=opts,
+            min_density=spec.min_density,
+            precision=spec.precision,
+            out_dir=out_dir / "smallest" / key.replace("/", "_").replace("|", "_"),
+            dense_training=weights,
+        )
+        rec.update(status="ok", **r.to_dict())
+    except TicketsearchError as exc:
+        rec.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    return rec
 
 
 def _run_pool(

@@ -31,6 +31,8 @@ __all__ = [
     "SmallestSpec",
     "load_suite",
     "list_suites",
+    "suite_from_dict",
+    "suite_from_saved",
     "SUITES_DIR",
 ]
 
@@ -198,6 +200,17 @@ def suite_from_dict(d: dict[str, Any], *, source: str) -> Suite:
         raise ConfigError(f"suite {source} is missing {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"suite {source} is malformed: {exc}") from None
+
+
+def suite_from_saved(d: dict[str, Any], *, source: str = "suite.json") -> Suite:
+    """The suite back from its saved dataclass form (``suite.json``, a queue's study): that form holds
+    ``variants``, where a spec file holds ``methods``."""
+    d = dict(d)
+    d["methods"] = [
+        {k: v[k] for k in ("name", "method", "pruning", "args", "then_train")} for v in d.pop("variants")
+    ]
+    d["seeds"] = list(d["seeds"])
+    return suite_from_dict(d, source=source)
 
 
 def _smallest(d: Any) -> SmallestSpec | None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from .base import Command, register_command
+
+if TYPE_CHECKING:
+    from ..bench.spec import Suite
 
 
 @register_command("bench")
@@ -13,7 +17,10 @@ class Bench(Command):
     description = (
         "Run every cell of --suite (a built-in name, see `list suites`, or a JSON/TOML spec file) as a cached, "
         "resumable run, then write results.jsonl, summary.csv, report.md and PNG plots into --out. "
-        "--report DIR rebuilds the report from DIR/results.jsonl without training."
+        "--report DIR rebuilds the report from DIR/results.jsonl without training. With --storage URL the "
+        "cells are a queue on a shared database (SQLite or PostgreSQL): run the same command on any number "
+        "of machines, each takes the next unfinished cell; --storage URL --report DIR writes the records and "
+        "the report from the database on any machine."
     )
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
@@ -31,26 +38,60 @@ class Bench(Command):
         parser.add_argument("--out", default=None, help="report folder (default: ROOT/bench_<suite>)")
         parser.add_argument("--report", default=None, metavar="DIR", help="only rebuild the report of DIR")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        parser.add_argument(
+            "--storage",
+            default=None,
+            metavar="URL",
+            help="run the cells as a queue on this database (e.g. postgresql://user:pw@host/db), shared by "
+            "every machine running the same command",
+        )
+        parser.add_argument(
+            "--study-name",
+            default=None,
+            help="the queue's study in --storage (default: bench_<suite>_<hash of its spec>)",
+        )
+        parser.add_argument(
+            "--heartbeat",
+            type=int,
+            default=None,
+            help="with --storage: seconds between a worker's heartbeats; a cell without one for twice "
+            "that is retried by another worker (default 60)",
+        )
 
     def run(self, ns: argparse.Namespace) -> int:
-        import json
         import sys
         from pathlib import Path
 
         from ..bench import load_suite, read_records, run_suite, write_report
-        from ..bench.spec import suite_from_dict
+        from ..bench.spec import suite_from_saved
         from ..core.errors import ConfigError
 
-        if ns.report:
+        for flag, value in (("--study-name", ns.study_name), ("--heartbeat", ns.heartbeat)):
+            if value is not None and ns.storage is None:
+                raise ConfigError(f"{flag} needs --storage URL (it names or tunes a shared queue)")
+        heartbeat = 60 if ns.heartbeat is None else ns.heartbeat
+        if heartbeat < 1:
+            raise ConfigError(f"--heartbeat must be a whole number of seconds ≥ 1, got {heartbeat}")
+        if ns.report and ns.storage:
+            from ..bench.queue import report_queue
+
+            out = Path(ns.report)
+            suite, records = report_queue(
+                ns.storage, study_name=ns.study_name, suite_hint=_suite_hint(ns), out_dir=out
+            )
+            write_report(records, out, suite)
+        elif ns.report:
+            import json
+
             out = Path(ns.report)
             if not (out / "results.jsonl").is_file():
                 raise ConfigError(f"'{out}' holds no results.jsonl to report on")
             suite_file = out / "suite.json"
-            suite = None
+            saved = None
             if suite_file.is_file():
-                suite = _suite_from_saved(json.loads(suite_file.read_text(encoding="utf-8")), suite_from_dict)
+                saved = suite_from_saved(json.loads(suite_file.read_text(encoding="utf-8")))
             records = read_records(out / "results.jsonl", warn=lambda m: print(m, file=sys.stderr))
-            write_report(records, out, suite)
+            write_report(records, out, saved)
         else:
             if ns.workers < 1:
                 raise ConfigError(f"--workers must be ≥ 1, got {ns.workers}")
@@ -61,32 +102,44 @@ class Bench(Command):
             suite = load_suite(ns.suite).with_overrides(methods=methods, seeds=ns.seeds)
             suite.validate()
             out = Path(ns.out) if ns.out else Path(ns.root) / f"bench_{suite.name}"
-            records = run_suite(
-                suite,
-                out,
-                root=Path(ns.root),
-                data_root=ns.data_root,
-                device=ns.device,
-                workers=ns.workers,
-                progress=False if ns.no_progress else "auto",
-            )
+            if ns.storage:
+                from ..bench.queue import run_queue
+
+                records = run_queue(
+                    suite,
+                    ns.storage,
+                    study_name=ns.study_name,
+                    out_dir=out,
+                    root=Path(ns.root),
+                    data_root=ns.data_root,
+                    device=ns.device,
+                    workers=ns.workers,
+                    heartbeat=heartbeat,
+                    progress=False if ns.no_progress else "auto",
+                )
+            else:
+                records = run_suite(
+                    suite,
+                    out,
+                    root=Path(ns.root),
+                    data_root=ns.data_root,
+                    device=ns.device,
+                    workers=ns.workers,
+                    progress=False if ns.no_progress else "auto",
+                )
             write_report(records, out, suite)
         print(f"report: {out / 'report.md'}")
         return 0
 
 
-def _suite_from_saved(d: dict, suite_from_dict) -> object:  # type: ignore[no-untyped-def]
-    """suite.json holds the dataclass form (variants, not methods): map it back."""
-    d = dict(d)
-    d["methods"] = [
-        {
-            "name": v["name"],
-            "method": v["method"],
-            "pruning": v["pruning"],
-            "args": v["args"],
-            "then_train": v["then_train"],
-        }
-        for v in d.pop("variants")
-    ]
-    d["seeds"] = list(d["seeds"])
-    return suite_from_dict(d, source="suite.json")
+def _suite_hint(ns: argparse.Namespace) -> Suite | None:
+    """The suite the flags name, to find its queue when --study-name is not given (None if they name
+    none: the storage's only queue is used then)."""
+    from ..bench import load_suite
+    from ..core.errors import TicketsearchError
+
+    try:
+        methods = [m.strip() for m in ns.methods.split(",") if m.strip()] if ns.methods else None
+        return load_suite(ns.suite).with_overrides(methods=methods, seeds=ns.seeds)
+    except TicketsearchError:
+        return None
