@@ -183,3 +183,32 @@ def test_train_mask_with_a_damaged_sidecar(tmp_path, capsys, case):
     }[case]
     assert_one_line_error(r, *needles)
     assert nothing_left(root) == []
+
+
+# `bench --storage URL` (the suite as a queue on a shared database): checked before the database, the run
+# directories or the output folder are touched; a password is never printed
+BENCH = ["bench", "--suite", "smoke", "--no-progress"]
+BENCH_CASES = [
+    (["--storage", "nonsense"], ["malformed storage URL 'nonsense'"]),
+    (["--storage", "foo://x/y"], ["unknown database 'foo'"]),
+    (["--storage", "sqlite:////no/such/dir/q.db"], ["'/no/such/dir' does not exist"]),
+    (
+        ["--storage", "postgresql://bob:hunter2@127.0.0.1:1/db"],
+        ["cannot reach storage 'postgresql://bob:***@127.0.0.1:1/db'"],
+    ),
+    (["--storage", "sqlite:///{tmp}/q.db", "--workers", "0"], ["--workers", "got 0"]),
+    (["--storage", "sqlite:///{tmp}/q.db", "--heartbeat", "0"], ["--heartbeat", "got 0"]),
+    (["--study-name", "x"], ["--study-name needs --storage"]),
+    (["--heartbeat", "5"], ["--heartbeat needs --storage"]),
+    (["--storage", "sqlite:///{tmp}/q.db", "--report", "{tmp}/out"], ["no database at", "q.db"]),
+]
+
+
+@pytest.mark.parametrize("args,needles", BENCH_CASES, ids=[" ".join(a) for a, _ in BENCH_CASES])
+def test_bad_bench_queue_input(tmp_path, capsys, args, needles):
+    root, out = tmp_path / "runs", tmp_path / "out"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = run_cli(capsys, *BENCH, "--root", str(root), "--out", str(out), *args)
+    line = assert_one_line_error(r, *needles)
+    assert "hunter2" not in line
+    assert nothing_left(root) == [] and nothing_left(out) == [] and not (tmp_path / "q.db").exists()
