@@ -393,12 +393,18 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def report(sizes, latency, finetune, threads: int) -> str:
+def report(sizes, latency, finetune, threads: int, loadavg: list[float] | None = None) -> str:
+    load = (
+        f" Machine load (1-minute load average, {os.cpu_count()} logical cores) at start / end: "
+        f"{loadavg[0]:.1f} / {loadavg[1]:.1f}."
+        if loadavg
+        else ""
+    )
     md = [
         "# Ticket export: file size, CPU inference latency, fine-tuning cost",
         "",
         f"Random layerwise masks on Kaiming-normal weights; {threads} torch thread(s). "
-        "Size as % of the dense fp32 model (4 bytes per parameter and buffer).",
+        f"Size as % of the dense fp32 model (4 bytes per parameter and buffer).{load}",
         "",
     ]
     for model in MODELS:
@@ -556,6 +562,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     variant = args.variant or (f"{args.threads}thread" + ("s" if args.threads != 1 else ""))
     out = ResultWriter("export_size", variant, results_dir=args.results_dir)
+    load_start = os.getloadavg()[0]
     models = [m for m in args.models.split(",") if m]
     sizes: list[dict[str, Any]] = []
     latency: list[dict[str, Any]] = []
@@ -572,7 +579,8 @@ def main() -> None:
             for d in FINETUNE[model]:
                 finetune += measure_finetune(model, d, args.threads, steps)
                 print(f"{model} {d}: fine-tuning done", flush=True)
-    md = report(sizes, latency, finetune, args.threads)
+    loadavg = [load_start, os.getloadavg()[0]]
+    md = report(sizes, latency, finetune, args.threads, loadavg)
     payload = {
         "setup": {
             "models": models,
@@ -580,6 +588,7 @@ def main() -> None:
             "threads": args.threads,
             "rounds": args.rounds,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "loadavg_1min_start_end": loadavg,
         },
         "sizes": sizes,
         "latency": latency,
