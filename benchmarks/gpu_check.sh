@@ -1,15 +1,53 @@
 #!/usr/bin/env bash
-# One short device session: CUDA tests against the CPU reference, then timings on the GPU.
-# Run from the repo root with MNIST under build/data (carried): see README, "Benchmarks".
+# The one device check (an H100/H200, under 8 minutes): install the project, run the GPU tests and the
+# kernel tests on CUDA, then benchmarks/speed.py; every log and result lands under $OUT (8 files at most).
+#
+#   OUT=/some/dir bash benchmarks/gpu_check.sh        # from the repository root
+#
+# Results to commit afterwards: $OUT/speed/cuda.{json,md} -> benchmarks/results/speed/ (and a line in
+# benchmarks/results/README.md). With MNIST under build/data (carried), it also times the open_lth-sized
+# experiment (`find --method imp`, 2 epochs) on the GPU and on the CPU (olt.log).
 set -u
-export PYTHONUNBUFFERED=1  # python3 -m (pytest, ticketsearch) run from the repo root import it from there
+export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])"
-python3 -m pytest tests/gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
-for dev in cuda cpu; do
-  rm -rf /tmp/olt_$dev
-  /usr/bin/time -f "%e s wall ($dev)" python3 -m ticketsearch find --method imp --dataset mnist --data-root build/data \
-    --rounds 1 --budget 2ep --batch-size 128 --optimizer sgd --lr 0.1 --val-size 0 --eval-every 1ep \
-    --scope global --output-rate 0 --no-progress --root /tmp/olt_$dev --device $dev 2>&1 | tee "$OUT/olt_$dev.log"
-done
+PY=${PY:-python3}
+T0=$(date +%s)
+stage() { echo "== $1 ($(( $(date +%s) - T0 )) s)"; }
+
+stage env
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+} 2>&1 | tee "$OUT/env.txt"
+
+# no network on the device machine: install without dependencies (the image holds torch, numpy,
+# scikit-learn, safetensors, tqdm, pytest); if that fails, `python -m` from the repo root still imports it
+stage install
+$PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+  || echo "install failed (install.log): running from the source tree" | tee -a "$OUT/install.log"
+
+# the gpu-marked tests (CUDA vs CPU, Triton kernels in fp32 and bf16, auto backend, population)
+stage "gpu tests"
+timeout 170 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu 2>&1 | tee "$OUT/gpu_tests.log"
+
+# the oracle tests of every kernel, which run on CUDA where it is present (no C++ build: that is CPU-only)
+stage "kernel tests on cuda"
+TICKETSEARCH_NO_EXT=1 timeout 110 $PY -m pytest -q -p no:cacheprovider -x \
+  tests/test_triton.py tests/test_triton_supermask.py tests/test_triton_backend.py tests/test_kernels.py \
+  tests/test_population.py 2>&1 | tee "$OUT/kernel_tests.log"
+
+# issue 12's benchmark: four models, every path, K = 128 population, ratios from one run
+stage "speed benchmark"
+timeout 200 $PY -m benchmarks.speed --device cuda --rounds 3 --repeats 20 --results-dir "$OUT" 2>&1 \
+  | tee "$OUT/speed.log"
+
+if [ -d build/data/mnist ]; then
+  stage "open_lth-sized find (cuda, cpu)"
+  for dev in cuda cpu; do
+    rm -rf "/tmp/olt_$dev"
+    /usr/bin/time -f "%e s wall ($dev)" timeout 60 $PY -m ticketsearch find --method imp --dataset mnist \
+      --data-root build/data --rounds 1 --budget 2ep --batch-size 128 --optimizer sgd --lr 0.1 --val-size 0 \
+      --eval-every 1ep --scope global --output-rate 0 --no-progress --root "/tmp/olt_$dev" --device $dev
+  done 2>&1 | tee "$OUT/olt.log"
+fi
+stage done
