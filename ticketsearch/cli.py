@@ -3,11 +3,15 @@
 Errors the user can fix print one line (``error: ...``) and exit with code 2 — argparse's own errors too,
 with a pointer to the subcommand's ``--help`` instead of the whole usage; an interrupted run says how to
 resume it (rerun the same command: finished levels are kept, the level in progress resumes).
+
+Under torchrun every process runs this; an error that every rank meets is printed by rank 0 alone (the
+others' copy is marked ``quiet``), and each rank that loses the others says so in its own line.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -21,8 +25,14 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``error: <what>; see 'ticketsearch find --help'``."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"error: {message} (see '{self.prog} --help')\n")
+        if not _secondary_rank():  # every torchrun rank parses the same arguments: rank 0 says it
+            sys.stderr.write(f"error: {message} (see '{self.prog} --help')\n")
         sys.exit(2)
+
+
+def _secondary_rank() -> bool:
+    """A torchrun process other than rank 0 (its argument errors are rank 0's too)."""
+    return "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0").strip() not in ("", "0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns, extra = parser.parse_known_args(argv)
     if extra:  # argparse would blame the top-level parser; point at the subcommand's help instead
         prog = f"ticketsearch {ns.command}" if ns.command else "ticketsearch"
-        print(f"error: unrecognized arguments: {' '.join(extra)} (see '{prog} --help')", file=sys.stderr)
+        if not _secondary_rank():
+            print(f"error: unrecognized arguments: {' '.join(extra)} (see '{prog} --help')", file=sys.stderr)
         return 2
     if ns.command is None:
         parser.print_help()
@@ -63,12 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return ns._command.run(ns)
     except TicketsearchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not getattr(exc, "quiet", False):
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the environment, not a bug: a full disk, a read-only or vanished path
         if isinstance(exc, BrokenPipeError):
             _quiet_stdout()
             return 0
+        if getattr(exc, "quiet", False):
+            return 2
         where = f" '{exc.filename}'" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from .base import Command, register_command
 from .flags import (
@@ -14,6 +17,33 @@ from .flags import (
     run_options,
 )
 from .table import emit
+
+
+def add_world_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of a run under ``torchrun`` (find and train); without torchrun they change nothing."""
+    g = parser.add_argument_group("many processes (torchrun --nproc-per-node N -m ticketsearch ...)")
+    g.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long a process waits for the others (a collective, the rendezvous) before the run stops "
+        "with one line; a rank that dies or hangs ends the run within this time (default: 300)",
+    )
+
+
+@contextmanager
+def torchrun_world(ns: argparse.Namespace) -> Iterator[Any]:
+    """The torchrun world of this process (one process outside torchrun): NCCL when the run is on CUDA,
+    gloo on CPU."""
+    import torch
+
+    from ..training.distributed import open_world
+
+    device = str(ns.device)
+    cuda = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
+    with open_world(cuda=cuda, timeout=ns.dist_timeout) as world:
+        yield world
 
 
 @register_command("find")
@@ -53,22 +83,34 @@ class Find(Command):
             "--baseline", action="store_true", help="one-shot/learned methods: also train the dense network"
         )
         add_run_flags(parser)
+        add_world_flags(parser)
 
     def run(self, ns: argparse.Namespace) -> int:
-        from ..experiments.runner import run_find
+        from ..experiments.runner import RunSummary, run_find
 
-        if ns.from_study is not None:
-            import sys
+        with torchrun_world(ns) as world:
 
-            from ..studies import fill_from_study
+            def find() -> RunSummary:
+                if ns.from_study is not None:
+                    import sys
 
-            print(fill_from_study(ns), file=sys.stderr)
-        elif ns.study_name is not None:
-            from ..core.errors import ConfigError
+                    from ..studies import fill_from_study
 
-            raise ConfigError("--study-name needs --from-study URL")
-        hp = resolve_hparams(ns, method=ns.method or "imp")
-        controls = tuple(c.strip() for c in ns.controls.split(",") if c.strip())
-        opts = run_options(ns, controls=controls, then_train=ns.then_train, baseline=ns.baseline)
-        emit(run_find(hp, seed=ns.seed, opts=opts), as_json=ns.json)
+                    note = fill_from_study(ns)
+                    if world.is_main:
+                        print(note, file=sys.stderr)
+                elif ns.study_name is not None:
+                    from ..core.errors import ConfigError
+
+                    raise ConfigError("--study-name needs --from-study URL")
+                hp = resolve_hparams(ns, method=ns.method or "imp")
+                controls = tuple(c.strip() for c in ns.controls.split(",") if c.strip())
+                opts = run_options(
+                    ns, controls=controls, then_train=ns.then_train, baseline=ns.baseline, world=world
+                )
+                return run_find(hp, seed=ns.seed, opts=opts)
+
+            summary = world.agree(find)  # an error every rank met is printed once, by rank 0
+            if world.is_main:
+                emit(summary, as_json=ns.json)
         return 0

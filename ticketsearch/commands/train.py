@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .base import Command, register_command
+from .find import add_world_flags, torchrun_world
 from .flags import add_model_flags, add_run_flags, add_training_flags, resolve_hparams, run_options
 from .table import emit
 
@@ -28,17 +29,23 @@ class Train(Command):
         add_model_flags(parser)
         add_training_flags(parser)
         add_run_flags(parser)
+        add_world_flags(parser)
 
     def run(self, ns: argparse.Namespace) -> int:
         from ..core.mask import Mask
-        from ..experiments.runner import train_mask
+        from ..experiments.runner import RunSummary, train_mask
 
-        meta = Mask.load(ns.mask).metadata
-        ns.model = ns.model or meta.get("model")
-        ns.dataset = ns.dataset or meta.get("dataset")
-        hp = resolve_hparams(ns)
-        emit(
-            train_mask(Path(ns.mask), hp, seed=ns.seed, init=ns.init_from, opts=run_options(ns)),
-            as_json=ns.json,
-        )
+        with torchrun_world(ns) as world:
+
+            def train() -> RunSummary:
+                meta = Mask.load(ns.mask).metadata
+                ns.model = ns.model or meta.get("model")
+                ns.dataset = ns.dataset or meta.get("dataset")
+                hp = resolve_hparams(ns)
+                opts = run_options(ns, world=world)
+                return train_mask(Path(ns.mask), hp, seed=ns.seed, init=ns.init_from, opts=opts)
+
+            summary = world.agree(train)  # an error every rank met is printed once, by rank 0
+            if world.is_main:
+                emit(summary, as_json=ns.json)
         return 0

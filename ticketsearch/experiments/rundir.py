@@ -7,6 +7,10 @@ once the level is finished (its final weights stay in ``model_final.safetensors`
 One process works on a replicate at a time: :meth:`RunDir.lock` holds ``<run>/.replicate_<seed>.lock``
 (beside the replicate, not in it: a run that only reads finished levels changes nothing inside them). Under
 the lock, :meth:`RunDir.clean_stale_temps` removes the temporary files a killed writer left behind.
+
+In a torchrun world only rank 0 touches the directory: every read and write of :class:`RunDir` and
+:class:`LevelDir` runs on rank 0 (``World.on_main``) and the other ranks receive its answer, so they never
+read a half-written file and the nodes need not share a file system. Only rank 0 takes the lock.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from ..core.io import (
     storage_error,
 )
 from ..core.mask import Mask
+from ..training.distributed import SINGLE, World
 
 __all__ = ["RunDir", "LevelDir", "save_state", "load_state", "check_writable", "lock_name"]
 
@@ -88,8 +93,13 @@ def load_state(path: Path, device: torch.device | str = "cpu") -> dict[str, torc
 
 
 class LevelDir:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, world: World = SINGLE) -> None:
         self.path = path
+        self.world = world
+
+    def _main(self, what: str, fn: Any) -> Any:
+        """``fn()`` on rank 0 only, its answer on every rank (in one process: just ``fn()``)."""
+        return self.world.on_main(f"{what} {self.path.name}", fn)
 
     @property
     def result_path(self) -> Path:
@@ -112,9 +122,16 @@ class LevelDir:
         return self.path / "model_final.safetensors"
 
     def done(self) -> bool:
-        return self.result_path.is_file()
+        return bool(self._main("done", self.result_path.is_file))
+
+    def has_mask(self) -> bool:
+        """A mask was stored (a level scored before a crash reuses it)."""
+        return bool(self._main("has_mask", self.mask_path.is_file))
 
     def result(self) -> dict[str, Any]:
+        return self._main("result", self._result)  # type: ignore[no-any-return]
+
+    def _result(self) -> dict[str, Any]:
         """The finished level's result; a damaged file is named, with the way out (delete → recompute)."""
         p = self.result_path
         fix = "delete it to recompute this level"
@@ -129,31 +146,44 @@ class LevelDir:
         return res
 
     def write_result(self, result: dict[str, Any]) -> None:
-        atomic_write_json(self.result_path, result)
-        if self.checkpoint_path.exists():
-            self.checkpoint_path.unlink()
+        def write() -> None:
+            atomic_write_json(self.result_path, result)
+            if self.checkpoint_path.exists():
+                self.checkpoint_path.unlink()
+
+        self._main("write_result", write)
 
     def save_mask(self, mask: Mask, **metadata: Any) -> Path:
-        return mask.save(self.mask_path, **metadata)
+        return self._main("save_mask", lambda: mask.save(self.mask_path, **metadata))  # type: ignore[no-any-return]
 
     def load_mask(self) -> Mask:
-        return Mask.load(self.mask_path)
+        return self._main("load_mask", lambda: Mask.load(self.mask_path))  # type: ignore[no-any-return]
 
     def log(self, record: dict[str, Any]) -> None:
-        append_jsonl(self.metrics_path, record)
+        self._main("log", lambda: append_jsonl(self.metrics_path, record))
 
     def metrics(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.metrics_path)
+        return self._main("metrics", lambda: read_jsonl(self.metrics_path))  # type: ignore[no-any-return]
 
     def reset_metrics(self, history: list[dict[str, Any]]) -> None:
         """On resume: metrics.jsonl becomes exactly the checkpoint's history (drops records past it)."""
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in history)
-        atomic_write(self.metrics_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        self._main(
+            "reset_metrics",
+            lambda: atomic_write(self.metrics_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8")),
+        )
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        self._main(
+            "save_checkpoint", lambda: atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        )
 
     def load_checkpoint(self) -> dict[str, Any] | None:
+        """The state of a level in progress (on the CPU), or ``None``; in a torchrun world rank 0 reads it
+        and every rank resumes from the same copy."""
+        return self._main("load_checkpoint", self._load_checkpoint)  # type: ignore[no-any-return]
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
         if not self.checkpoint_path.is_file():
             return None
         try:
@@ -163,7 +193,9 @@ class LevelDir:
 
     def sub(self, name: str) -> LevelDir:
         """A folder inside this level (a control run), created so a file in its place fails in one line."""
-        return LevelDir(_make_dir(self.path / name))
+        path = self.path / name
+        self._main(f"mkdir {name}", lambda: _make_dir(path))
+        return LevelDir(path, self.world)
 
     def clean_stale_temps(self) -> list[Path]:
         """Remove the ``.<name>.*.tmp`` files a killed :func:`atomic_write` left here and in sub-levels.
@@ -178,10 +210,17 @@ class RunDir:
     """``root/<method>_<hash>/`` with ``hparams.json``; replicates and levels below it."""
 
     def __init__(
-        self, root: str | os.PathLike[str], hparams: RunHparams, *, identity: str | None = None
+        self,
+        root: str | os.PathLike[str],
+        hparams: RunHparams,
+        *,
+        identity: str | None = None,
+        world: World = SINGLE,
     ) -> None:
         """``identity``: the hash naming the run (default: of all of ``hparams``); a method whose levels do
-        not depend on how far it goes (IMP) names its run without the target density."""
+        not depend on how far it goes (IMP) names its run without the target density. ``world``: a
+        torchrun world, whose rank 0 alone touches the directory."""
+        self.world = world
         self.root = expand_path(root, what="results root")
         self.hparams = hparams
         self.identity = identity or hparams.hash()
@@ -189,21 +228,28 @@ class RunDir:
         self.path = self.root / self.name
 
     def create(self) -> RunDir:
-        check_writable(self.root)
-        _make_dir(self.path)
-        hp_path = self.path / "hparams.json"
-        if not hp_path.is_file():
-            atomic_write_json(hp_path, self.hparams.to_dict())
+        def create() -> None:
+            check_writable(self.root)
+            _make_dir(self.path)
+            hp_path = self.path / "hparams.json"
+            if not hp_path.is_file():
+                atomic_write_json(hp_path, self.hparams.to_dict())
+
+        self.world.on_main("create run", create)
         return self
 
     def replicate_path(self, seed: int) -> Path:
         return self.path / f"replicate_{seed}"
 
     def replicate(self, seed: int) -> Path:
-        return _make_dir(self.replicate_path(seed))
+        path = self.replicate_path(seed)
+        self.world.on_main("mkdir replicate", lambda: _make_dir(path))
+        return path
 
     def level(self, seed: int, k: int) -> LevelDir:
-        return LevelDir(_make_dir(self.replicate_path(seed) / f"level_{k}"))
+        path = self.replicate_path(seed) / f"level_{k}"
+        self.world.on_main(f"mkdir level_{k}", lambda: _make_dir(path))
+        return LevelDir(path, self.world)
 
     def clean_stale_temps(self, seed: int) -> list[Path]:
         """Remove the temporary files killed writers left anywhere under ``replicate_<seed>/``.
@@ -211,7 +257,8 @@ class RunDir:
         Call it right after taking :meth:`lock` for ``seed``, never without: a writer at work in another
         process has a temporary file of the same shape. Returns the removed paths (for a log line).
         """
-        return remove_stale_temps(self.replicate_path(seed))
+        found = self.world.on_main("clean temps", lambda: remove_stale_temps(self.replicate_path(seed)))
+        return found  # type: ignore[no-any-return]
 
     @contextlib.contextmanager
     def lock(
@@ -226,8 +273,24 @@ class RunDir:
         is released (``wait=True``), or :class:`RunLockedError` is raised (``wait=False``). Re-entering
         from the process that holds it is a no-op, so nested callers cannot deadlock themselves. On NFS
         the lock works only where the server supports locking (Linux maps flock to NFS locks).
+
+        In a torchrun world rank 0 alone holds the lock, and does not wait for it: the other ranks would
+        give up waiting after the process-group timeout, so a held replicate is refused on every rank.
         """
         self.replicate(seed)
+        if self.world.active:
+            held = contextlib.ExitStack()
+            self.world.on_main(
+                "lock", lambda: held.enter_context(self._flock(seed, wait=False, on_wait=None))
+            )
+            with held:
+                yield self.path / lock_name(seed)
+            return
+        with self._flock(seed, wait=wait, on_wait=on_wait) as path:
+            yield path
+
+    @contextlib.contextmanager
+    def _flock(self, seed: int, *, wait: bool, on_wait: Callable[[str], None] | None) -> Iterator[Path]:
         path = self.path / lock_name(seed)
         key = os.path.realpath(path)
         with _HELD_GUARD:

@@ -9,6 +9,10 @@ Order of work, so that bad input never leaves a file behind: every hyperparamete
 is loaded and the model built (a missing file or a shape that does not fit fails here); only then is the
 run directory created, and the replicate locked. A user error raised before any level finished removes
 what this call created.
+
+Under torchrun (``RunOptions.world``) every rank builds the same run and trains its slice of each batch;
+rank 0 alone reads and writes the run directory (the others receive what it read), masks are rank 0's on
+every rank, and a user error on any rank while the run is built stops every rank in one line.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ..core.hparams import RunHparams, TrainingHparams, check_seed, stable_hash
 from ..core.mask import Mask
 from ..methods import LevelRow, Method, get_method
 from ..sparse import get_mask, prunable_shapes, resolve_backend, set_backend
+from ..training.distributed import SINGLE, DistributedError, World
 from ..training.imp import reset_to
 from ..training.loop import TrainResult, TrainState, train
 from .controls import CONTROLS
@@ -70,6 +75,7 @@ class RunOptions:
     # called with (level folder, record) after each evaluation of a level's own training (not of controls
     # or then-train), so a study can report intermediate accuracy and stop a trial (optuna.TrialPruned)
     on_eval: Callable[[Path, dict[str, Any]], None] | None = None
+    world: World = SINGLE  # torchrun: this process's rank; SINGLE for one process
 
 
 @dataclass
@@ -82,13 +88,21 @@ class RunSummary:
         return {"run_dir": str(self.run_dir), "seed": self.seed, "rows": [r.to_dict() for r in self.rows]}
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, world: World = SINGLE) -> torch.device:
+    """The device of ``--device``; under torchrun, CUDA means ``cuda:LOCAL_RANK`` (one GPU per process)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise ConfigError(f"unknown device '{name}' (choose from: auto, cpu, cuda)")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
+    if world.active and name.startswith("cuda"):
+        if name != "cuda":
+            raise ConfigError(
+                f"device '{name}' names one GPU, but under torchrun each process uses cuda:LOCAL_RANK; "
+                "use --device cuda (or auto)"
+            )
+        return torch.device("cuda", world.local_rank)
     return torch.device(name)
 
 
@@ -131,9 +145,10 @@ class Run:
     ) -> None:
         self.hp, self.seed, self.opts = hp, check_seed(seed), opts
         self.method = method
-        self.device = resolve_device(opts.device)
+        self.world = opts.world
+        self.device = resolve_device(opts.device, self.world)
         self.backend = resolve_backend(opts.backend, self.device)
-        self.progress = opts.progress
+        self.progress = opts.progress if self.world.is_main else False
         self.then_train = opts.then_train
         self.then_train_hp = opts.then_train_hp
         self.baseline = opts.baseline
@@ -142,31 +157,60 @@ class Run:
         self.shapes = prunable_shapes(self.model)
         if not self.shapes:
             raise ConfigError(f"model '{hp.model.model}' has no prunable (Linear/Conv2d) layers")
-        self.run = RunDir(opts.root, hp, identity=method.identity(hp) if method is not None else None)
+        self.run = RunDir(
+            opts.root,
+            hp,
+            identity=method.identity(hp) if method is not None else None,
+            world=self.world,
+        )
         self.init_state: dict[str, torch.Tensor] = {}
 
-    # -- storage --------------------------------------------------------------------------------------
+    # -- storage (rank 0 only under torchrun: every read and write goes through world.on_main) ----------
     def open(self) -> None:
         """Store the init (or reload it, bit for bit, on resume); the run directory exists and is locked."""
         init_path = self.replicate_path() / "init.safetensors"
-        if init_path.is_file():
-            self.model.load_state_dict(load_state(init_path, self.device))
-        else:
-            save_state(init_path, self.model.state_dict())
-        self.init_state = load_state(init_path, self.device)
+        model = self.model
+
+        def store_or_load() -> dict[str, torch.Tensor]:
+            if not init_path.is_file():
+                save_state(init_path, model.state_dict())
+            return load_state(init_path, "cpu")
+
+        stored = self.world.on_main("init", store_or_load)
+        self.init_state = {k: v.to(self.device) for k, v in stored.items()}
+        self.model.load_state_dict(self.init_state)
 
     def replicate_path(self) -> Path:
         return self.run.replicate(self.seed)
 
     def level(self, k: int) -> LevelDir:
         level = self.run.level(self.seed, k)
-        return level if self.opts.on_eval is None else _ReportingLevel(level.path, self.opts.on_eval)
+        return (
+            level if self.opts.on_eval is None else _ReportingLevel(level.path, self.opts.on_eval, self.world)
+        )
 
-    def save_state(self, path: Path, state: Mapping[str, torch.Tensor]) -> Path:
-        return save_state(path, dict(state))
+    def save_state(self, path: Path, state: Mapping[str, torch.Tensor], *, keep: bool = False) -> Path:
+        """Write ``state`` to ``path``; ``keep``: a file already there stays (IMP's rewind point)."""
+
+        def write() -> Path:
+            return path if keep and path.is_file() else save_state(path, dict(state))
+
+        return self.world.on_main(f"save_state {path.name}", write)  # type: ignore[no-any-return]
 
     def load_state(self, path: Path) -> dict[str, torch.Tensor]:
-        return load_state(path, self.device)
+        stored = self.world.on_main(f"load_state {path.name}", lambda: load_state(path, "cpu"))
+        return {k: v.to(self.device) for k, v in stored.items()}
+
+    def shared_mask(self, mask: Mask) -> Mask:
+        """Rank 0's ``mask`` on every rank (torchrun), so every rank prunes and trains the same weights
+        even where scoring is not bitwise reproducible across processes; ``mask`` itself in one process."""
+        if not self.world.active:
+            return mask
+        sent = self.world.on_main("share mask", lambda: (mask.cpu(), dict(mask.metadata)))
+        if self.world.is_main:
+            return mask
+        tensors, metadata = sent
+        return Mask({n: t.to(self.device) for n, t in tensors.items()}, metadata)
 
     def build_model(self, seed: int) -> nn.Module:
         from ..models import create_model
@@ -220,12 +264,13 @@ class Run:
             on_step=on_step,
             progress=self.progress,
             desc=desc,
+            world=self.world,
         )
 
     def finish_level(
         self, level: LevelDir, model: nn.Module, res: TrainResult, **extra: Any
     ) -> dict[str, Any]:
-        save_state(level.final_path, model.state_dict())
+        self.save_state(level.final_path, model.state_dict())
         out = {
             "test_acc": res.final.get("test_acc"),
             "test_loss": res.final.get("test_loss"),
@@ -267,7 +312,7 @@ class Run:
             setup = CONTROLS.get(name)().setup(self, k, mask, start_state)
             sub.save_mask(setup.mask, **self.mask_metadata(control=name, level=k))
             if setup.fresh_init:
-                save_state(sub.path / "init.safetensors", setup.model.state_dict())
+                self.save_state(sub.path / "init.safetensors", setup.model.state_dict())
             res = self.train_level(sub, setup.model, desc=f"level {k} {name}")
             out[name] = self.finish_level(sub, setup.model, res, density=setup.mask.density)
         return out
@@ -277,8 +322,8 @@ class _ReportingLevel(LevelDir):
     """A level whose evaluation records also go to ``RunOptions.on_eval``, after they are logged; an
     exception it raises ends the run like a kill at that evaluation (the last checkpoint resumes)."""
 
-    def __init__(self, path: Path, on_eval: Callable[[Path, dict[str, Any]], None]) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, on_eval: Callable[[Path, dict[str, Any]], None], world: World) -> None:
+        super().__init__(path, world)
         self._on_eval = on_eval
 
     def log(self, record: dict[str, Any]) -> None:
@@ -293,7 +338,9 @@ def _say(message: str) -> None:
 @contextlib.contextmanager
 def opened(run: Run) -> Iterator[Run]:
     """Create, lock and clean the replicate; on a user error before any level finished, remove what this
-    call created, so a bad value never leaves a started run directory behind."""
+    call created, so a bad value never leaves a started run directory behind. A lost torchrun rank is not
+    a bad value: its checkpoints stay, for the rerun to resume from. Under torchrun rank 0 alone cleans."""
+    owner = run.world.is_main
     run_existed = run.run.path.exists()
     rep = run.run.path / f"replicate_{run.seed}"
     rep_existed = rep.exists()
@@ -304,12 +351,20 @@ def opened(run: Run) -> Iterator[Run]:
             try:
                 run.open()
                 yield run
+            except DistributedError:
+                raise
             except TicketsearchError:
-                if not rep_existed and not any(rep.rglob("result.json")):
+                if owner and not rep_existed and not any(rep.rglob("result.json")):
                     shutil.rmtree(rep, ignore_errors=True)
                 raise
+    except DistributedError:
+        raise
     except TicketsearchError:
-        if not run_existed and not any(p.name.startswith("replicate_") for p in run.run.path.glob("*")):
+        if (
+            owner
+            and not run_existed
+            and not any(p.name.startswith("replicate_") for p in run.run.path.glob("*"))
+        ):
             shutil.rmtree(run.run.path, ignore_errors=True)
         raise
 
@@ -327,14 +382,25 @@ def prepare(hp: RunHparams, opts: RunOptions) -> tuple[Method, RunHparams]:
         )
     if opts.then_train and method.kind != "learned":
         raise ConfigError(f"--then-train applies to learned methods (supermasks), not to '{method.name}'")
+    if opts.world.active and not method.distributed:
+        raise ConfigError(
+            f"method '{method.name}' does not run under torchrun (its masks or files are not yet kept "
+            "identical across processes); run it in one process, or use one of the methods that do: imp and "
+            "the one-shot scorers"
+        )
+    opts.world.check_batch_size(hp.training.batch_size)
     return method, hp
 
 
 def run_find(hp: RunHparams, *, seed: int = 0, opts: RunOptions | None = None) -> RunSummary:
     """Find (and train) a ticket with ``hp.pruning.method``; resumable; returns one row per level."""
     opts = opts or RunOptions()
-    method, hp = prepare(hp, opts)
-    run = Run(hp, seed, opts, method=method)
+
+    def build() -> tuple[Method, Run]:
+        method, canon = prepare(hp, opts)
+        return method, Run(canon, seed, opts, method=method)
+
+    method, run = opts.world.agree(build)  # torchrun: a rank that cannot build it stops every rank
     with opened(run):
         rows = method.run_levels(run)
     return RunSummary(run_dir=run.run.path, seed=seed, rows=rows)
@@ -409,39 +475,48 @@ def train_mask(
     metadata and result) is stored in the run directory as ``source.json`` and in every result.
     """
     opts = opts or RunOptions()
-    if init not in ("source", "fresh"):
-        raise ConfigError(f"unknown init '{init}' (choose from: source, fresh)")
-    hp.validate()
-    check_seed(seed)
-    mask = Mask.load(mask_path)
-    init_seed = (seed + _FRESH_INIT_SEED_OFFSET) % (2**63) if init == "fresh" else None
-    source_init = ticket_init(mask_path, mask) if init == "source" else None
-    identity = {
-        "mask": mask_digest(mask),
-        "init": init,
-        "init_digest": file_digest(source_init) if source_init is not None else None,
-        "init_seed": init_seed,
-        "untrained": untrained,
-        "then_train": bool(untrained and opts.then_train),
-    }
-    hp = hp.replace(
-        method_args=tuple(sorted({**dict(hp.method_args), "ticket": stable_hash(identity)}.items()))
-    )
-    run = Run(hp, seed, opts, init_seed=init_seed)
-    state = load_state(source_init, run.device) if source_init is not None else None
-    notes: dict[str, Any] = {}
-    if adapt is not None:
-        mask, state, notes = adapt(mask, run, state)
-    mask.check_shapes(run.shapes, what=f"model '{hp.model.model}' on '{hp.dataset.dataset}'")
-    if state is not None:
-        assert source_init is not None
-        _check_state_fits(state, run.model, source_init, hp.model.model)
+    world = opts.world
+
+    def build() -> tuple[Mask, RunHparams, Run, dict[str, torch.Tensor] | None, dict[str, Any], Path | None]:
+        if init not in ("source", "fresh"):
+            raise ConfigError(f"unknown init '{init}' (choose from: source, fresh)")
+        hp.validate()
+        check_seed(seed)
+        world.check_batch_size(hp.training.batch_size)
+        mask = Mask.load(mask_path)
+        init_seed = (seed + _FRESH_INIT_SEED_OFFSET) % (2**63) if init == "fresh" else None
+        source_init = ticket_init(mask_path, mask) if init == "source" else None
+        identity = {
+            "mask": mask_digest(mask),
+            "init": init,
+            "init_digest": file_digest(source_init) if source_init is not None else None,
+            "init_seed": init_seed,
+            "untrained": untrained,
+            "then_train": bool(untrained and opts.then_train),
+        }
+        run_hp = hp.replace(
+            method_args=tuple(sorted({**dict(hp.method_args), "ticket": stable_hash(identity)}.items()))
+        )
+        run = Run(run_hp, seed, opts, init_seed=init_seed)
+        state = load_state(source_init, run.device) if source_init is not None else None
+        notes: dict[str, Any] = {}
+        if adapt is not None:
+            mask, state, notes = adapt(mask, run, state)
+        mask.check_shapes(run.shapes, what=f"model '{run_hp.model.model}' on '{run_hp.dataset.dataset}'")
+        if state is not None:
+            assert source_init is not None
+            _check_state_fits(state, run.model, source_init, run_hp.model.model)
+        return mask, run_hp, run, state, notes, source_init
+
+    # torchrun: every rank reads the (input) mask and init; a rank that cannot stops every rank
+    mask, hp, run, state, notes, _ = world.agree(build)
+    mask = run.shared_mask(mask)
     extra = {**notes, **({"source": record} if record is not None else {})}
     with opened(run):
         if record is not None:
             from ..core.io import atomic_write_json
 
-            atomic_write_json(run.run.path / "source.json", record)
+            world.on_main("source.json", lambda: atomic_write_json(run.run.path / "source.json", record))
         level = run.level(1)
         start = state if state is not None else run.init_state
         if level.done():
@@ -456,7 +531,7 @@ def train_mask(
             if untrained:
                 from ..training import evaluate
 
-                ev = evaluate(run.model, run.data.x_test, run.data.y_test)
+                ev = evaluate(run.model, run.data.x_test, run.data.y_test, world=world)
                 res = {"test_acc": ev["acc"], "test_loss": ev["loss"], "weights_trained": False, **extra}
                 run.save_state(level.final_path, run.model.state_dict())
                 level.write_result(res)

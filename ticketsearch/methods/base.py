@@ -116,6 +116,8 @@ class LevelStore(Protocol):
 
     def done(self) -> bool: ...
 
+    def has_mask(self) -> bool: ...
+
     def result(self) -> dict[str, Any]: ...
 
     def write_result(self, result: dict[str, Any]) -> None: ...
@@ -141,7 +143,10 @@ class RunContext(Protocol):
     ``model`` is built from the replicate seed and holds the stored init (bit for bit on resume);
     ``init_state`` is that init. ``train_level`` trains whatever requires gradients and checkpoints into
     the level; ``finish_level`` writes the final weights and ``result.json`` (last, so a level with a
-    result is finished); ``run_controls`` trains the requested controls beside a level.
+    result is finished); ``run_controls`` trains the requested controls beside a level. Under torchrun the
+    storage calls run on rank 0 and answer every rank, and ``shared_mask`` hands every rank rank 0's mask:
+    a method that reads and writes only through these, and shares each mask it computes, may declare
+    ``distributed = True``.
     """
 
     hp: RunHparams
@@ -162,9 +167,11 @@ class RunContext(Protocol):
 
     def mask_metadata(self, **extra: Any) -> dict[str, Any]: ...
 
-    def save_state(self, path: Path, state: Mapping[str, torch.Tensor]) -> Path: ...
+    def save_state(self, path: Path, state: Mapping[str, torch.Tensor], *, keep: bool = False) -> Path: ...
 
     def load_state(self, path: Path) -> dict[str, torch.Tensor]: ...
+
+    def shared_mask(self, mask: Mask) -> Mask: ...
 
     def build_model(self, seed: int) -> nn.Module: ...
 
@@ -212,7 +219,8 @@ class Method(ABC):
     besides :data:`SHARED_FIELDS`), ``knobs`` (``--arg`` name → default; ``None``: accepts any key, for
     plugin scorers that declare nothing), ``default_scope`` (the selection its paper uses) and
     ``citation``. They implement :meth:`run_levels`. Everything a method checks before the first file is
-    written goes in :meth:`validate`.
+    written goes in :meth:`validate`. ``distributed``: the method runs under torchrun (see
+    :class:`RunContext`); one that touches files itself or keeps per-rank state must not say so.
     """
 
     name: ClassVar[str] = ""
@@ -221,6 +229,7 @@ class Method(ABC):
     knobs: ClassVar[dict[str, Any] | None] = {}
     default_scope: ClassVar[str] = "layerwise"
     citation: ClassVar[str] = ""
+    distributed: ClassVar[bool] = False
     source: str = "built-in"
     description: str = ""  # the registry's line for it (``list methods``)
 

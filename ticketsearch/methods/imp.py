@@ -68,6 +68,7 @@ class IMP(Method):
 
     kind = "iterative"
     fields = ("rounds", "rate", "output_rate", "scope", "rewind", "retrain")
+    distributed = True  # ranks train identical weights under DDP; rank 0's pruned mask is shared anyway
     default_scope = "layerwise"  # the paper's rule for LeNet and Conv-2/4/6
     citation = "Frankle & Carbin, ICLR 2019; Frankle et al., ICML 2020"
 
@@ -124,8 +125,8 @@ class IMP(Method):
             )
 
         def save_rewind(it: int, model: nn.Module) -> None:
-            if it == rewind_it and not rewind_path.is_file():
-                run.save_state(rewind_path, model.state_dict())
+            if it == rewind_it:  # kept if already there (a resumed level 0 saved it before the kill)
+                run.save_state(rewind_path, model.state_dict(), keep=True)
 
         retrain = hp.pruning.retrain
         from_trained = retrain in ("finetune", "lr-rewind")
@@ -160,7 +161,7 @@ class IMP(Method):
                     trained = copy.deepcopy(run.model)
                     trained.load_state_dict(prev_final)
                     apply_mask(trained, mask)
-                    mask = prune(hp.pruning, trained, mask)
+                    mask = run.shared_mask(prune(hp.pruning, trained, mask))
                 reset_to(run.model, start_state(k) if k > 0 else run.init_state, mask)
                 # the state this level trains from is the ticket's init (rewind point, trained weights)
                 level.save_mask(mask, **run.mask_metadata(level=k, init=start_name(k), retrain=retrain))

@@ -57,6 +57,7 @@ class OneShot(Method):
 
     kind = "oneshot"
     fields = ("rounds", "scope", "distribution", "score_batches", "score_batch_size")
+    distributed = True  # every rank scores the same batches; rank 0's mask is the one kept
 
     def __init__(self, scorer_cls: type[Scorer], *, source: str = "built-in") -> None:
         self.scorer_cls = scorer_cls
@@ -98,11 +99,12 @@ class OneShot(Method):
             mask = level.load_mask()
             res = level.result()
         else:
-            if level.mask_path.is_file():  # scored before a crash: scoring is deterministic, reuse it
+            if level.has_mask():  # scored before a crash: scoring is deterministic, reuse it
                 mask = level.load_mask()
                 find_cost: dict[str, Any] = mask.metadata.get("cost_to_find", {})
             else:
                 mask, find_cost = self.find(run)
+                mask = run.shared_mask(mask)
                 level.save_mask(mask, **run.mask_metadata(level=1, cost_to_find=find_cost))
             reset_to(run.model, run.init_state, mask)
             result = run.train_level(level, run.model, desc=f"{self.name} ({mask.density:.1%})")

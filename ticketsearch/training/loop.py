@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..core.errors import ConfigError, DivergenceError
 from ..core.hparams import TrainingHparams, to_iterations
 from ..sparse import grad_masker, mask_pairs
+from .distributed import SINGLE, World
 from .optim import LRSchedule, make_optimizer
 
 __all__ = [
@@ -93,10 +94,21 @@ def _noop() -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> dict[str, float]:
-    """Mean loss and accuracy, in eval mode; the caller's train/eval mode is restored."""
-    if x.shape[0] == 0:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048, *, world: World | None = None
+) -> dict[str, float]:
+    """Mean loss and accuracy, in eval mode; the caller's train/eval mode is restored.
+
+    In a torchrun ``world`` each rank evaluates its slice of the rows and the sums are all-reduced, so
+    every rank gets the same numbers as one process (within float64 rounding of the loss sum).
+    """
+    world = world or SINGLE
+    n = x.shape[0]
+    if n == 0:
         return {"loss": float("nan"), "acc": float("nan")}
+    if world.active:
+        rows = world.shard(n)
+        x, y = x[rows], y[rows]
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
@@ -107,7 +119,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         loss_sum += F.cross_entropy(out.float(), yb, reduction="sum").double()
         correct += (out.argmax(1) == yb).sum()
     model.train(was_training)
-    n = x.shape[0]
+    if world.active:  # one all-reduce: counts below 2**53 are exact in float64
+        sums = world.all_reduce_(torch.stack([loss_sum, correct.double()]))
+        loss_sum, correct = sums[0], sums[1]
     return {"loss": float(loss_sum) / n, "acc": float(correct) / n}
 
 
@@ -146,6 +160,7 @@ def train(
     progress: bool | str = "auto",
     desc: str = "train",
     stop_at: int | None = None,
+    world: World | None = None,
 ) -> TrainResult:
     """Train ``model`` (already on the data's device) on ``data`` (a :class:`ticketsearch.data.Dataset`).
 
@@ -153,11 +168,20 @@ def train(
     it (learned scorers use it). Checkpoints every ``checkpoint_every`` iterations go to ``save_checkpoint``;
     ``start`` resumes from one. ``stop_at`` ends early at that iteration (tests of resume).
     Raises DivergenceError on a NaN/inf loss.
+
+    ``world`` (torchrun): the model trains under DistributedDataParallel, each rank on its slice of the
+    global batch ``hp.batch_size`` (which must divide by the world size); the loss of a slice is its sum
+    over the global batch's size, times the world size, so DDP's average of gradients is the gradient of
+    the mean loss over the global batch: what one process optimises. Evaluations and the reported
+    training loss are all-reduced; hooks and ``save_checkpoint`` run on every rank (the caller makes
+    storage rank-0-only); a ``StopTraining`` from any rank stops every rank at the same step.
     """
     from ..data import Batcher
 
+    world = world or SINGLE
     if hp.batch_size <= 0:
         raise ConfigError(f"batch_size must be a positive integer, got {hp.batch_size}")
+    world.check_batch_size(hp.batch_size)
     batcher = Batcher(data.x_train, data.y_train, hp.batch_size, seed=seed)
     spe = batcher.steps_per_epoch
     total = to_iterations(hp.budget, spe, name="budget")
@@ -189,9 +213,9 @@ def train(
         t_eval = time.perf_counter()
         rec: dict[str, Any] = {"iteration": at, "epoch": at / spe, "train_loss": train_loss}
         if has_val:
-            v = evaluate(model, data.x_val, data.y_val)
+            v = evaluate(model, data.x_val, data.y_val, world=world)
             rec.update(val_loss=v["loss"], val_acc=v["acc"])
-        t = evaluate(model, data.x_test, data.y_test)
+        t = evaluate(model, data.x_test, data.y_test, world=world)
         rec.update(test_loss=t["loss"], test_acc=t["acc"], lr=schedule(max(at - 1, 0)))
         history.append(rec)
         key = rec["val_loss"] if has_val else rec["test_loss"]
@@ -209,6 +233,7 @@ def train(
         opt.set_grad_masks({id(p): m for p, m in mask_pairs(model)})
         mask_grads = _noop
     model.train()
+    net = world.wrap(model)  # after the resumed state is loaded: DDP starts every rank from rank 0's
     bar = progress_bar(total, initial=it, enabled=progress, desc=desc)
     t0 = time.perf_counter()
     loss_acc = torch.zeros((), dtype=torch.float64, device=data.x_train.device)
@@ -218,71 +243,88 @@ def train(
         do_eval(0, None)  # before any step: no training loss yet (JSON has no NaN)
     stopped = False
     try:
-        while it < end:
-            if on_step is not None:
-                try:
-                    on_step(it, model)
-                except StopTraining:
-                    stopped = True
-                    break
-            t_step = time.perf_counter()
-            lr = schedule(it)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            xb, yb = batcher.batch(it)
-            out = model(xb)
-            loss = F.cross_entropy(out, yb, label_smoothing=hp.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            mask_grads()
-            if hp.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
-            opt.step()
-            passes["forward"] += 1
-            passes["backward"] += 1
-            loss_acc += loss.detach()
-            n_acc += 1
-            it += 1
-            _CLOCK["steps"] += time.perf_counter() - t_step
-            if after_step is not None:
-                after_step(it, model)
-            if bar is not None:
-                bar.update(1)
-            if it % eval_every == 0 or it == total:
-                train_loss = float(loss_acc) / max(n_acc, 1)
-                if not math.isfinite(train_loss):
-                    raise DivergenceError(
-                        f"training diverged: loss is {train_loss} at iteration {it} (lr={lr:g}); "
-                        "lower --lr or check the data"
+        with world.guard():  # a lost rank (dead, hung past the timeout) ends the run in one line
+            while it < end:
+                if on_step is not None:
+                    stop = False
+                    try:
+                        on_step(it, model)
+                    except StopTraining:
+                        stop = True
+                    if world.any(stop):  # every rank stops at the same step, or none does
+                        stopped = True
+                        break
+                t_step = time.perf_counter()
+                lr = schedule(it)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                if world.active:
+                    idx = batcher.indices(it)
+                    mine = idx[world.shard(idx.numel())]
+                    out = net(data.x_train[mine])
+                    loss_sum = F.cross_entropy(
+                        out, data.y_train[mine], label_smoothing=hp.label_smoothing, reduction="sum"
                     )
-                loss_acc.zero_()
-                n_acc = 0
-                do_eval(it, train_loss)
+                    loss = loss_sum * (world.size / idx.numel())  # DDP divides by world.size again
+                    loss_acc += loss_sum.detach() / idx.numel()  # this rank's share of the global mean
+                else:
+                    xb, yb = batcher.batch(it)
+                    out = model(xb)
+                    loss = F.cross_entropy(out, yb, label_smoothing=hp.label_smoothing)
+                    loss_acc += loss.detach()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                mask_grads()
+                if hp.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
+                opt.step()
+                passes["forward"] += 1
+                passes["backward"] += 1
+                n_acc += 1
+                it += 1
+                _CLOCK["steps"] += time.perf_counter() - t_step
+                if after_step is not None:
+                    after_step(it, model)
                 if bar is not None:
-                    bar.set_postfix(test_acc=f"{history[-1]['test_acc']:.4f}")
-            if (
-                save_checkpoint is not None
-                and it < total
-                and it % eval_every == 0
-                and (it // eval_every) % max(checkpoint_every, 1) == 0
-            ):
-                # checkpoints fall on eval points, where the running train-loss accumulator is empty
-                save_checkpoint(
-                    TrainState(
-                        it,
-                        {k: v.detach().clone() for k, v in model.state_dict().items()},
-                        opt.state_dict(),
-                        history,
-                        best,
-                        passes,
-                        elapsed + time.perf_counter() - t0,
+                    bar.update(1)
+                if it % eval_every == 0 or it == total:
+                    world.all_reduce_(loss_acc)  # the global batch's mean loss, the same on every rank
+                    train_loss = float(loss_acc) / max(n_acc, 1)
+                    if not math.isfinite(train_loss):
+                        raise DivergenceError(
+                            f"training diverged: loss is {train_loss} at iteration {it} (lr={lr:g}); "
+                            "lower --lr or check the data"
+                        )
+                    loss_acc.zero_()
+                    n_acc = 0
+                    do_eval(it, train_loss)
+                    if bar is not None:
+                        bar.set_postfix(test_acc=f"{history[-1]['test_acc']:.4f}")
+                if (
+                    save_checkpoint is not None
+                    and it < total
+                    and it % eval_every == 0
+                    and (it // eval_every) % max(checkpoint_every, 1) == 0
+                ):
+                    # checkpoints fall on eval points, where the running train-loss accumulator is empty
+                    save_checkpoint(
+                        TrainState(
+                            it,
+                            {k: v.detach().clone() for k, v in model.state_dict().items()},
+                            opt.state_dict(),
+                            history,
+                            best,
+                            passes,
+                            elapsed + time.perf_counter() - t0,
+                        )
                     )
-                )
+            if stopped and (not history or history[-1]["iteration"] != it):
+                if n_acc:
+                    world.all_reduce_(loss_acc)
+                do_eval(it, float(loss_acc) / n_acc if n_acc else None)
     finally:
         if bar is not None:
             bar.close()
-    if stopped and (not history or history[-1]["iteration"] != it):
-        do_eval(it, float(loss_acc) / n_acc if n_acc else None)
     elapsed += time.perf_counter() - t0
     final = dict(history[-1]) if history else {}
     best_out = {k: v for k, v in best.items() if k != "_key"}
