@@ -82,6 +82,10 @@ CASES = [
     (["--resize", "2000"], ["resize", "[0, 1024]", "2000"]),
     (["--dataset", "mnist1d", "--resize", "8"], ["resize", "image datasets", "mnist1d"]),
     (["--backend", "tritn"], ["backend 'tritn'", "auto", "inplace", "triton_bits"]),
+    # torchrun (checked in one process too: a bad value is bad before any process group exists)
+    (["--dist-timeout", "0"], ["--dist-timeout", "positive", "got 0"]),
+    (["--dist-timeout", "nan"], ["--dist-timeout", "positive", "nan"]),
+    (["--dist-timeout", "abc"], ["--dist-timeout", "'abc'", "ticketsearch find --help"]),
 ]
 
 
@@ -212,3 +216,20 @@ def test_bad_bench_queue_input(tmp_path, capsys, args, needles):
     line = assert_one_line_error(r, *needles)
     assert "hunter2" not in line
     assert nothing_left(root) == [] and nothing_left(out) == [] and not (tmp_path / "q.db").exists()
+
+
+@pytest.mark.parametrize(
+    "env,needles",
+    [
+        ({"WORLD_SIZE": "two", "RANK": "0"}, ["WORLD_SIZE='two'", "not an integer", "torchrun"]),
+        ({"WORLD_SIZE": "2", "RANK": "5"}, ["WORLD_SIZE=2, RANK=5", "0 <= RANK < WORLD_SIZE"]),
+    ],
+)
+def test_bad_torchrun_environment(tmp_path, capsys, monkeypatch, env, needles):
+    """Variables torchrun (or a hand-written srun script) set wrongly: one line, before any rendezvous."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    root = tmp_path / "runs"
+    r = run_cli(capsys, *FIND, "--root", str(root))
+    assert_one_line_error(r, *needles)
+    assert nothing_left(root) == []
