@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -224,6 +225,14 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"warm-up rounds, every mode sampled round-robin in one run ({meta['clock']}); torch "
         f"{meta['torch']}. Ratios are to the dense step of the same run.\n\n"
     )
+    if meta["device"] == "cpu":
+        md += (
+            f"CPU: {meta['threads']} torch thread(s); 1-minute load average {meta['load_average_start']:.1f} at the "
+            f"start, {meta['load_average_end']:.1f} at the end (a shared machine: p10–p90 shows the noise; the "
+            "round-robin sampling keeps the ratios fair). The dense step runs the optimizer's unmasked path, "
+            "whose weight decay allocates a new gradient list, while `inplace` folds mask and decay into "
+            "in-place updates: a masked step can be faster than the dense one.\n\n"
+        )
     modes = []
     for r in results:
         modes += [k for k in r["timing"] if k not in modes]
@@ -321,6 +330,7 @@ def main() -> None:
         "warmup": warmup,
         "density": DENSITY,
         "optimizer": "sgd lr 0.1 momentum 0.9 wd 5e-4",
+        "load_average_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     results = []
     for name in names:
@@ -338,6 +348,7 @@ def main() -> None:
         del steps
         if cuda:
             torch.cuda.empty_cache()
+    meta["load_average_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     md = markdown(results, meta)
     out.write({"meta": meta, "results": results}, md)
     print(md)
