@@ -373,6 +373,12 @@ def open_world(*, cuda: bool, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Worl
     old = signal.signal(signal.SIGTERM, _on_sigterm(world))
     try:
         yield world
-    finally:
+    except BaseException:
+        # already failing: torchrun's SIGTERM to the survivors (it follows the first failure within a
+        # second) must not kill this process before the CLI has printed why
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise
+    else:
         signal.signal(signal.SIGTERM, old)
+    finally:
         world.close()
