@@ -23,7 +23,7 @@ import pytest
 from clitools import assert_one_line_error, nothing_left, run_cli
 
 from ticketsearch.bench import cells_of, load_suite, read_records
-from ticketsearch.bench.queue import QUEUE_ATTR, _take, default_name, items_of, open_queue
+from ticketsearch.bench.queue import QUEUE_ATTR, _take, _top_up, default_name, items_of, open_queue
 
 optuna = pytest.importorskip("optuna")
 
@@ -89,23 +89,16 @@ def _without_timing(md: str) -> str:
 def test_two_machines_run_the_smoke_suite_once_and_any_machine_reports_it(postgres_url, tmp_path):
     suite = load_suite("smoke")
     a, b = tmp_path / "a", tmp_path / "b"
-    procs = [
+    procs = [  # two machines: their own run directories and output folders, one database
         subprocess.Popen(
-            _bench(a, postgres_url, "--workers", "2"),
+            _bench(m, postgres_url),
             cwd=REPO,
             env=ENV,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        ),  # fmt: skip
-        subprocess.Popen(
-            _bench(b, postgres_url),
-            cwd=REPO,
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ),  # fmt: skip
+        )
+        for m in (a, b)
     ]
     for code, _, err in _finish(procs, 300):
         assert code == 0, err
@@ -125,7 +118,8 @@ def test_two_machines_run_the_smoke_suite_once_and_any_machine_reports_it(postgr
     for t in trials:
         rec = t.user_attrs["record"]
         if "run" in rec:
-            machine = roots[t.user_attrs["worker"]["pid"]]
+            machine = roots.get(t.user_attrs["worker"]["pid"])
+            assert machine is not None, t.user_attrs["worker"]
             assert Path(rec["run"]).is_relative_to(machine / "runs"), (rec["run"], machine)
     # the report from the database (any machine, no training) is the local report of the same records
     c = tmp_path / "c"
@@ -192,6 +186,7 @@ def _retried(trials, killed_number: int):
     return retry
 
 
+@pytest.mark.slow  # a heartbeat going stale across machines: ~15 s (the same machine's case is below)
 def test_a_killed_machine_s_cell_is_retried_by_the_other_on_postgres(postgres_url, tmp_path):
     spec, suite = _slow_suite(tmp_path)
     a, b = tmp_path / "a", tmp_path / "b"
@@ -298,13 +293,16 @@ def _sqlite(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'q.db'}"
 
 
-def test_a_duplicated_item_runs_once_the_older_trial_wins(tmp_path):
+@pytest.mark.parametrize("younger_first", [False, True])
+def test_a_duplicated_item_runs_once_the_older_trial_wins(tmp_path, younger_first):
     """Two trials for one item (a filler died and another process topped the queue up): whoever takes
-    the younger one closes it as a duplicate, whatever the order of taking."""
+    the younger one closes it as a duplicate, whether the older one is still waiting or already taken."""
     suite = load_suite("smoke")
     q = open_queue(suite, _sqlite(tmp_path), study_name=None, heartbeat=60)
     first = items_of(suite)[0]
-    q.study.enqueue_trial({"item": first}, user_attrs={"item": first})  # the duplicate, numbered last
+    _top_up(q, [first])  # as a process joining a queue whose filler died does: numbered last
+    if younger_first:  # this worker's snapshot of the waiting trials, youngest first
+        q._waiting = sorted(q.trials(states=(optuna.trial.TrialState.WAITING,)), key=lambda t: -t.number)
     taken = []
     while (got := _take(q)) is not None:
         taken.append(got[0].user_attrs["item"])
@@ -312,6 +310,7 @@ def test_a_duplicated_item_runs_once_the_older_trial_wins(tmp_path):
     trials = q.trials()
     dup = trials[-1]
     assert dup.state.name == "PRUNED" and dup.user_attrs["duplicate_of"] == 0
+    assert trials[0].state.name == "RUNNING" and trials[0].user_attrs["item"] == first
     assert Counter(t.state.name for t in trials) == {"RUNNING": len(items_of(suite)), "PRUNED": 1}
 
 

@@ -66,6 +66,7 @@ __all__ = [
 
 QUEUE_ATTR = "ticketsearch_bench"  # study user attribute: the suite, its hash, the number of items
 _FULL_ATTR = "ticketsearch_bench_queued"  # set by the process that filled the queue once it has
+_TOPUP_ATTR = "ticketsearch_bench_topped_up"  # set before a top-up: duplicates may exist from then on
 _STUDY_ATTR = "ticketsearch"  # what `ticketsearch study` stores on its studies
 _MAX_DEATHS = 3  # a worker process of this command replaced this many times per worker slot at most
 
@@ -97,10 +98,14 @@ class Queue:
     heartbeat: int
     local: bool  # SQLite: every worker is on this machine
     items: list[str] = field(default_factory=list)
+    _sid: int | None = None
+    _waiting: list[Any] = field(default_factory=list)  # this worker's snapshot of the WAITING trials
 
     @property
     def study_id(self) -> int:
-        return int(self.storage.get_study_id_from_name(self.name))
+        if self._sid is None:
+            self._sid = int(self.storage.get_study_id_from_name(self.name))
+        return self._sid
 
     def trials(self, states: tuple[Any, ...] | None = None) -> list[Any]:
         return list(self.storage.get_all_trials(self.study_id, deepcopy=False, states=states))
@@ -208,9 +213,16 @@ def open_queue(
     _wait_for_attr(rdb, sid, _FULL_ATTR, patience=patience, progress=lambda: len(q.trials()))
     missing = [i for i in items if i not in _live(q.trials())]
     if missing:
-        _enqueue(study, missing)
+        _top_up(q, missing)
         _say(f"queue '{name}': enqueued {len(missing)} item(s) that had no live trial")
     return q
+
+
+def _top_up(q: Queue, items: list[str]) -> None:
+    """Enqueue ``items`` again. Two processes may do it at once, so takers check for duplicates from
+    now on (the flag is set first: a taker that sees a topped-up trial also sees the flag)."""
+    q.study.set_user_attr(_TOPUP_ATTR, True)
+    _enqueue(q.study, items)
 
 
 def _say(message: str) -> None:
@@ -259,45 +271,61 @@ class _Heartbeat:
 
 
 def _take(q: Queue) -> tuple[Any, int] | None:
-    """The lowest-numbered WAITING trial, switched to RUNNING by this process (the database lets one
-    process do that), or None when none is left. A trial whose item an older live trial holds is closed
-    as a duplicate instead of run."""
+    """The lowest-numbered WAITING trial this process could switch to RUNNING (the database lets one
+    process do that), or None when none is left. The worker walks its snapshot of the waiting trials
+    (a trial another worker took fails the switch) and reads a new one when it is used up, so a take
+    costs a few small queries, not a read of the whole study. Once the queue was topped up, a trial
+    whose item an older live trial holds is closed as a duplicate instead of run."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     from ..studies.study import worker_id
 
-    sid = q.study_id
     known = set(q.items)
-    for t in sorted(q.trials(states=(TrialState.WAITING,)), key=lambda t: t.number):
-        tid = q.storage.get_trial_id_from_study_id_trial_number(sid, t.number)
-        q.storage.record_heartbeat(tid)  # first: a RUNNING trial without a heartbeat would never go stale
-        try:
-            if not q.storage.set_trial_state_values(tid, state=TrialState.RUNNING):
-                continue  # another worker took it first
-        except UpdateFinishedTrialError:
-            continue
-        q.storage.set_trial_user_attr(tid, "worker", worker_id())
-        item = t.user_attrs.get("item")
-        if item not in known:  # not ours (someone ran another objective on this study)
-            q.storage.set_trial_user_attr(tid, "error", f"not an item of suite '{q.suite.name}': {item!r}")
-            q.storage.set_trial_state_values(tid, state=TrialState.FAIL)
-            continue
-        live = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
-        older = [
-            u.number
-            for u in q.trials(states=live)
-            if u.user_attrs.get("item") == item
-            and u.number != t.number
-            and "duplicate_of" not in u.user_attrs
-            and (u.number < t.number or u.state == TrialState.COMPLETE)
-        ]
-        if older:
-            q.storage.set_trial_user_attr(tid, "duplicate_of", min(older))
-            q.storage.set_trial_state_values(tid, state=TrialState.PRUNED)
-            continue
-        return t, tid
+    for fresh in (False, True):
+        if fresh or not q._waiting:
+            q._waiting = sorted(q.trials(states=(TrialState.WAITING,)), key=lambda t: t.number)
+        while q._waiting:
+            t = q._waiting.pop(0)
+            tid = q.storage.get_trial_id_from_study_id_trial_number(q.study_id, t.number)
+            q.storage.record_heartbeat(tid)  # first: a RUNNING trial without a heartbeat never goes stale
+            try:
+                if not q.storage.set_trial_state_values(tid, state=TrialState.RUNNING):
+                    continue  # another worker took it first
+            except UpdateFinishedTrialError:
+                continue
+            q.storage.set_trial_user_attr(tid, "worker", worker_id())
+            item = t.user_attrs.get("item")
+            if item not in known:  # not ours (someone ran another objective on this study)
+                q.storage.set_trial_user_attr(
+                    tid, "error", f"not an item of suite '{q.suite.name}': {item!r}"
+                )
+                q.storage.set_trial_state_values(tid, state=TrialState.FAIL)
+                continue
+            older = _older(q, t) if _TOPUP_ATTR in q.storage.get_study_user_attrs(q.study_id) else []
+            if older:
+                q.storage.set_trial_user_attr(tid, "duplicate_of", min(older))
+                q.storage.set_trial_state_values(tid, state=TrialState.PRUNED)
+                continue
+            return t, tid
+        if fresh:
+            break
     return None
+
+
+def _older(q: Queue, t: Any) -> list[int]:
+    """Numbers of the live trials that hold ``t``'s item before it (or have completed it)."""
+    from optuna.trial import TrialState
+
+    live = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
+    return [
+        u.number
+        for u in q.trials(states=live)
+        if u.user_attrs.get("item") == t.user_attrs.get("item")
+        and u.number != t.number
+        and "duplicate_of" not in u.user_attrs
+        and (u.number < t.number or u.state == TrialState.COMPLETE)
+    ]
 
 
 def _jsonable(rec: dict[str, Any]) -> dict[str, Any]:
@@ -331,7 +359,7 @@ def work(
     cells = {f"cell:{c.key}": c for c in cells_of(q.suite)}
     ran: list[int] = []
     while True:
-        t0 = time.perf_counter()
+        t0, wall0 = time.perf_counter(), time.time()
         _recover(q.study, q.storage, q.local)  # dead workers' trials: failed, enqueued again
         taken = _take(q)
         if taken is None:
@@ -341,7 +369,9 @@ def work(
             continue
         trial, tid = taken
         item = trial.user_attrs["item"]
-        q.storage.set_trial_user_attr(tid, "take_s", time.perf_counter() - t0)
+        # the queue's own cost: taking the item (here) and storing its result (datetime_complete minus
+        # the item's time, the trial's value), measured from this wall-clock start
+        q.storage.set_trial_user_attr(tid, "take", {"start": wall0, "take_s": time.perf_counter() - t0})
         with _Heartbeat(q.storage, tid, q.heartbeat):
             t1, clock0 = time.perf_counter(), time_split()
             try:
@@ -356,13 +386,11 @@ def work(
             except BaseException as exc:
                 _abandon(q, tid, trial.number, exc)
                 raise
-            clock1 = time_split()
+            item_s, clock1 = time.perf_counter() - t1, time_split()
             try:
                 q.storage.set_trial_user_attr(tid, "record", _jsonable(rec))
                 q.storage.set_trial_user_attr(tid, "time_split", {k: clock1[k] - clock0[k] for k in clock1})
-                q.storage.set_trial_state_values(
-                    tid, state=TrialState.COMPLETE, values=[time.perf_counter() - t1]
-                )
+                q.storage.set_trial_state_values(tid, state=TrialState.COMPLETE, values=[item_s])
             except UpdateFinishedTrialError:
                 _say(
                     f"{item}: trial {trial.number} was given up as stale while it ran (no heartbeat for "
@@ -493,7 +521,7 @@ def run_queue(
         len(q.items), initial=_finished(q), enabled=progress, desc=f"queue {q.name}", unit="item", leave=True
     )
 
-    def refresh() -> None:
+    def refresh() -> None:  # reads every finished record: only when a bar shows it
         if bar is not None:
             bar.n = _finished(q)
             bar.refresh()
@@ -600,11 +628,13 @@ def _run_workers(q: Queue, workers: int, refresh: Callable[[], None], **kw: Any)
 
     procs = [start() for _ in range(workers)]
     pids = [p.pid for p in procs]
-    replaced, errors = 0, 0
+    replaced, errors, shown = 0, 0, time.monotonic()
     try:
         while procs:
             time.sleep(0.5)
-            refresh()
+            if time.monotonic() - shown > 2.0:
+                refresh()
+                shown = time.monotonic()
             for p in [p for p in procs if p.exitcode is not None]:
                 procs.remove(p)
                 if p.exitcode == 0:

@@ -1,0 +1,204 @@
+"""The cost of ``bench --storage``: the smoke suite as a queue on PostgreSQL, against the plain local suite.
+
+Three ways to run the ``smoke`` suite (5 cells and 1 smallest-ticket search on digits) on this machine,
+each from a fresh ``--root`` and as a user would type it (a new interpreter, default threads):
+
+* ``local``: ``bench --suite smoke`` (1 worker, no database);
+* ``pg_1worker``: ``bench --suite smoke --storage postgresql://...`` (1 worker);
+* ``pg_2workers``: the same with ``--workers 2`` (one command, two worker processes);
+* ``pg_2machines``: two such commands at once, 1 worker and 1 thread each, own ``--root`` and ``--out``
+  (two machines sharing one database, here on one CPU).
+
+Every round runs the four in turn (interleaved, so a change in the machine's load hits all of them), each
+PostgreSQL run on its own study. From the database: the queue's overhead per item, i.e. the time a worker
+spends taking an item (stale-trial check, the list of waiting trials, heartbeat, the compare-and-set to
+RUNNING, the duplicate check) and storing its result (the record and the COMPLETE state), i.e. the loop
+iteration's wall time minus the item's own. At the scale of the ``quick`` suite (369 cells + 15 searches)
+it also times filling the queue and one take with every item waiting.
+
+The PostgreSQL server is a throw-away one (``tests/pgserver.py``: a fresh cluster on a unix socket, as the
+``postgres`` user when run as root), or ``--storage URL`` for your own. From the repository root:
+
+    python -m benchmarks.bench_queue                  # 3 rounds, about 3 minutes on 2 quiet cores
+
+Results: ``benchmarks/results/bench_queue/<variant>.{json,md}``, variant ``postgres`` (``--variant``).
+Run it on a quiet machine: the load average at the start and the end is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ._writer import REPO, ResultWriter, add_output_args, md_table
+
+MODES = ("local", "pg_1worker", "pg_2workers", "pg_2machines")
+
+
+def _cmd(machine: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "ticketsearch", "bench", "--suite", "smoke", "--no-progress",
+        "--root", str(machine / "runs"), "--out", str(machine / "out"), *extra,
+    ]  # fmt: skip
+
+
+def _run(cmds: list[list[str]], threads: int | None = None) -> float:
+    """Wall time of ``cmds`` started together, until the last one ends (``threads``: torch threads of
+    each, else torch's default)."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in cmds
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=900)
+        if p.returncode != 0:
+            raise SystemExit(f"{' '.join(p.args)} failed ({p.returncode}):\n{err[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def _overheads(url: str, name: str) -> list[dict[str, float]]:
+    """Per item: take (start of the loop iteration to the item's start), store (the item's end to
+    COMPLETE) and the item's own time, from what the workers stored on the trials."""
+    import optuna
+
+    from ticketsearch.studies.storage import quiet
+
+    quiet()
+    out = []
+    for t in optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False):
+        if t.state.name != "COMPLETE":
+            continue
+        take = t.user_attrs["take"]
+        total = t.datetime_complete.timestamp() - take["start"] - t.values[0]
+        out.append(
+            {
+                "take_s": take["take_s"],
+                "store_s": total - take["take_s"],
+                "total_s": total,
+                "item_s": t.values[0],
+            }
+        )
+    return out
+
+
+def _quick_scale(url: str) -> dict[str, Any]:
+    """Filling a queue of the quick suite's size and taking its first item (every item waiting)."""
+    from ticketsearch.bench import load_suite
+    from ticketsearch.bench.queue import _take, items_of, open_queue
+
+    suite = load_suite("quick")
+    t0 = time.perf_counter()
+    q = open_queue(suite, url, study_name=f"bq_quick_{uuid.uuid4().hex[:8]}", heartbeat=60)
+    fill = time.perf_counter() - t0
+    takes = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        assert _take(q) is not None
+        takes.append(time.perf_counter() - t0)
+    return {"items": len(items_of(suite)), "fill_s": fill, "take_s": statistics.median(takes)}
+
+
+def _ms(xs: list[float]) -> str:
+    return f"{1000 * statistics.median(xs):.0f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--storage", default=None, help="a PostgreSQL URL (default: a throw-away server)")
+    add_output_args(ap, "result name (default: postgres)")
+    args = ap.parse_args()
+    out = ResultWriter("bench_queue", args.variant or "postgres", results_dir=args.results_dir)
+    load_start = os.getloadavg()
+    if args.storage:
+        server: Any = contextlib.nullcontext(args.storage)
+    else:
+        from tests.pgserver import throwaway_postgres  # the tests' throw-away server, one definition
+
+        server = throwaway_postgres()
+    walls: dict[str, list[float]] = {m: [] for m in MODES}
+    over: dict[str, list[dict[str, float]]] = {m: [] for m in MODES[1:]}
+    with server as url, tempfile.TemporaryDirectory(prefix="bench_queue-") as tmp:
+        for r in range(args.rounds):
+            for mode in MODES:
+                base = Path(tmp) / f"{mode}_{r}"
+                name = f"bq_{mode}_{r}_{uuid.uuid4().hex[:8]}"
+                q = ("--storage", url, "--study-name", name)
+                cmds = {
+                    "local": [_cmd(base)],
+                    "pg_1worker": [_cmd(base, *q)],
+                    "pg_2workers": [_cmd(base, *q, "--workers", "2")],
+                    "pg_2machines": [_cmd(base / "a", *q), _cmd(base / "b", *q)],
+                }[mode]
+                # two commands on one CPU: a thread each, as --workers 2 gives its two workers
+                walls[mode].append(_run(cmds, threads=1 if mode == "pg_2machines" else None))
+                if mode != "local":
+                    over[mode] += _overheads(url, name)
+                print(f"round {r}: {mode} {walls[mode][-1]:.1f} s", file=sys.stderr, flush=True)
+        quick = _quick_scale(url)
+    load_end = os.getloadavg()
+
+    rows = [[m, f"{statistics.median(walls[m]):.1f}", ", ".join(f"{w:.1f}" for w in walls[m]),
+             f"{statistics.median(walls[m]) / statistics.median(walls['local']):.2f}×"] for m in MODES]  # fmt: skip
+    orows = [[m, len(o), _ms([x["take_s"] for x in o]), _ms([x["store_s"] for x in o]), _ms([x["total_s"] for x in o]),
+              f"{1000 * max(x['total_s'] for x in o):.0f}", _ms([x["item_s"] for x in o])] for m, o in over.items()]  # fmt: skip
+    all_over = [x for o in over.values() for x in o]
+    per_item = statistics.median([x["total_s"] for x in all_over])
+    items_s = statistics.median([x["item_s"] for x in all_over])
+    md = f"""# bench --storage: the smoke suite as a queue on PostgreSQL
+
+`python -m benchmarks.bench_queue`: the `smoke` suite (5 cells + 1 smallest-ticket search on digits), each
+run from a fresh `--root` as a new command with default threads, {args.rounds} rounds interleaved; PostgreSQL
+{"a throw-away local server (unix socket, fsync off)" if not args.storage else "at --storage"}. Load average
+at the start {load_start[0]:.2f}, at the end {load_end[0]:.2f} (2-core machine shared with other work).
+
+## Wall time of the suite (s)
+
+{md_table(["mode", "median", "rounds", "vs local"], rows)}
+
+`local`: `bench --suite smoke`; `pg_1worker`: the same with `--storage`; `pg_2workers`: `--workers 2`;
+`pg_2machines`: two commands at once, 1 worker and 1 thread each (two machines on one database, here one
+2-core CPU; `--workers 2` also gives each worker one thread).
+
+## The queue's overhead per item (ms, median over items and rounds)
+
+{md_table(["mode", "items", "take", "store", "total", "max total", "item itself"], orows)}
+
+take: from the start of a worker's loop iteration to the item's start (stale-trial check, the waiting
+trials, heartbeat, compare-and-set to RUNNING, worker note, duplicate check); store: from the item's end to
+COMPLETE (the record and its time split as trial attributes, the state). Median over every item:
+**{1000 * per_item:.0f} ms** of queue per item, against a median item of {items_s:.2f} s here.
+
+At the scale of the `quick` suite ({quick["items"]} items): filling the queue took {quick["fill_s"]:.1f} s
+(once, by the process that creates the study) and one take with every item waiting {1000 * quick["take_s"]:.0f} ms
+(it reads every trial of the study).
+"""
+    payload = {
+        "rounds": args.rounds,
+        "wall_s": walls,
+        "wall_median_s": {m: statistics.median(w) for m, w in walls.items()},
+        "overhead_per_item_s": over,
+        "overhead_median_s": per_item,
+        "item_median_s": items_s,
+        "quick_scale": quick,
+        "loadavg_start": load_start,
+        "loadavg_end": load_end,
+        "storage": "throw-away local PostgreSQL" if not args.storage else "given",
+    }
+    j, m = out.write(payload, md)
+    print(f"wrote {j} and {m}")
+
+
+if __name__ == "__main__":
+    main()
