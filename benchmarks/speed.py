@@ -18,7 +18,8 @@ cross-entropy, zero_grad, backward, ticketsearch's optimizer step (SGD, lr 0.1, 
 
 "fastest" is the quickest of ``inplace``/``triton``/``triton_bits`` (masked) and of the ``sm_*`` kernels
 other than the reference (supermask). Timing: every mode's step is sampled round-robin (one step of each in
-turn) after a warm-up, so the machine's drift hits all alike; per step CUDA events on a GPU, perf_counter
+turn, in a fresh random order) after a warm-up, so the machine's drift and the cache evictions of
+the big modes hit all alike; per step CUDA events on a GPU, perf_counter
 on a CPU; the median over ``rounds × repeats`` (≥ 50) steps. Not measured here (out of this script's
 scope): CUDA-graph capture of the whole step, bf16 autocast, open_lth end to end (``openlth_speed``).
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -159,7 +161,8 @@ def build_steps(
 def interleaved(
     steps: dict[str, Callable[[], None]], *, rounds: int, repeats: int, warmup: int, cuda: bool
 ) -> dict[str, dict[str, float]]:
-    """Median/p10/p90 ms per step of each mode, sampled round-robin (CUDA events on a GPU)."""
+    """Median/p10/p90 ms per step of each mode, sampled round-robin in random orders (CUDA events on a
+    GPU)."""
     keys = list(steps)
     for _ in range(warmup):
         for k in keys:
@@ -167,11 +170,13 @@ def interleaved(
     if cuda:
         torch.cuda.synchronize()
     samples: dict[str, list[float]] = {k: [] for k in keys}
-    for r in range(rounds):
+    rng = random.Random(0)
+    for _ in range(rounds):
         events: list[tuple[str, Any, Any]] = []
-        for i in range(repeats):
-            j = (r * repeats + i) % len(keys)
-            for k in keys[j:] + keys[:j]:
+        for _ in range(repeats):
+            # a fresh order every time: a mode that always ran right after a big one (the population
+            # evicts the caches) would pay for it in every sample of a fixed rotation
+            for k in rng.sample(keys, len(keys)):
                 if cuda:
                     e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     e0.record()
@@ -228,10 +233,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     if meta["device"] == "cpu":
         md += (
             f"CPU: {meta['threads']} torch thread(s); 1-minute load average {meta['load_average_start']:.1f} at the "
-            f"start, {meta['load_average_end']:.1f} at the end (a shared machine: p10–p90 shows the noise; the "
-            "round-robin sampling keeps the ratios fair). The dense step runs the optimizer's unmasked path, "
-            "whose weight decay allocates a new gradient list, while `inplace` folds mask and decay into "
-            "in-place updates: a masked step can be faster than the dense one.\n\n"
+            f"start, {meta['load_average_end']:.1f} at the end (a shared machine: p10–p90 shows the noise; sampling "
+            "every mode in a fresh random order each time keeps the ratios fair).\n\n"
         )
     modes = []
     for r in results:
