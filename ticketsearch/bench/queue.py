@@ -8,21 +8,22 @@ that exists with another spec is refused.
 
 Which process fills the queue is decided by the database: ``create_study`` succeeds for exactly one of
 the processes that start together, and only that one enqueues; the others wait until it says the queue is
-full. A worker takes the lowest-numbered WAITING trial by switching it to RUNNING, the same compare-and-set
-``Study.ask`` uses (it succeeds for one process only), records Optuna's heartbeat while the item runs, and
-stores the item's record — the dict :func:`~ticketsearch.bench.runner.run_cell` returns — as the trial's
-``record`` user attribute before completing it. A trial whose worker dies (no heartbeat for twice
-``heartbeat`` seconds; at once for a worker process of this command, or on SQLite for any process gone
-from this machine) is marked failed and enqueued again by Optuna's retry callback, up to 3 times, and its
-cell resumes from its run directory where that directory is shared.
+full. A worker takes the next waiting trial by switching it to RUNNING, the compare-and-set ``Study.ask``
+uses (it succeeds for one process only), records Optuna's heartbeat while the item runs, and stores the
+item's record — the dict :func:`~ticketsearch.bench.runner.run_cell` returns — as the trial's ``record``
+user attribute before completing it (the trial's value is the item's own time). A trial whose worker dies
+(no heartbeat for twice ``heartbeat`` seconds; at once for a worker process of this command, or on SQLite
+for any process gone from this machine) is marked failed and enqueued again by Optuna's retry callback, up
+to 3 times, and its cell resumes from its run directory where that directory is shared.
 
-No cell is recorded twice: a worker that takes a trial while an older live trial (waiting, running or
-complete) holds the same item closes its own as a duplicate (PRUNED, ``duplicate_of``) without running it.
-Duplicates only arise when the process filling the queue dies and others top it up, and the rule settles
-them the same way on every machine. A worker whose trial was given up as stale while it still ran (a pause
-longer than the grace period) cannot complete it; its result is dropped and the retry records the cell.
+No cell is recorded twice. Duplicates can only come from topping the queue up (a process joins a queue
+whose filler died, or whose items used up their retries, and enqueues what has no live trial; two may do
+it at once); from then on a worker that takes a trial while an older live trial (waiting, running or
+complete) holds its item closes its own as a duplicate (PRUNED, ``duplicate_of``) without running it, the
+same rule on every machine. A worker whose trial was given up as stale while it still ran (a pause longer
+than the grace period) cannot complete it; its result is dropped and the retry records the cell.
 
-The smallest-ticket searches are queue items too, enqueued after the cells, so any worker takes them once
+The smallest-ticket searches are queue items too, enqueued after the cells, so workers take them once
 every cell has been taken and they run in parallel with the last cells; a search reuses the cached runs of
 the machine it runs on and retrains what it needs otherwise (same hparams, same result on CPU). Every
 command returns once the whole queue is finished, then writes ``results.jsonl``, ``smallest.jsonl`` and
