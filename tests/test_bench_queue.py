@@ -121,6 +121,9 @@ def test_two_machines_run_the_smoke_suite_once_and_any_machine_reports_it(postgr
             machine = roots.get(t.user_attrs["worker"]["pid"])
             assert machine is not None, t.user_attrs["worker"]
             assert Path(rec["run"]).is_relative_to(machine / "runs"), (rec["run"], machine)
+    # each machine's timing.json counts what its own worker ran
+    timings = [json.loads(t.read_text()) for m in (a, b) if (t := m / "out" / "timing.json").is_file()]
+    assert sum(t["cells_run"] + t["searches_run"] for t in timings) == len(items_of(suite))
     # the report from the database (any machine, no training) is the local report of the same records
     c = tmp_path / "c"
     r = subprocess.run(

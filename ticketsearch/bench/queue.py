@@ -571,13 +571,17 @@ def _write_timing(
         if not t.user_attrs.get("item", "").startswith("cell:"):
             for k, v in (t.user_attrs.get("time_split") or {}).items():
                 split[k] = split.get(k, 0.0) + float(v)
-    write_timing(
+    timing = write_timing(
         out_dir / "timing.json",
         cell_records,
         workers=workers,
         cells_wall=wall,
         smallest_wall=0.0,
         smallest_split=split,
+    )
+    # the searches ran inside the workers' time, beside the cells: say so, and how many
+    atomic_write_json(
+        out_dir / "timing.json", {**timing, "queue": q.name, "searches_run": len(mine) - len(cell_records)}
     )
 
 

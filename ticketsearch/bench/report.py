@@ -246,12 +246,22 @@ def _timing_section(out_dir: Path) -> list[str]:
     path = out_dir / "timing.json"
     try:
         t = json.loads(path.read_text(encoding="utf-8"))
+        if t.get("queue"):  # bench --storage: this machine's share of a queue, searches among its items
+            ran = (
+                f"Last invocation on this machine (queue `{t['queue']}`): {t['cells_run']} cells and "
+                f"{t.get('searches_run', 0)} smallest-ticket searches on {t['workers']} worker(s), wall time "
+                f"{t['wall_s'] / 60:.1f} min. "
+            )
+        else:
+            ran = (
+                f"Last invocation: {t['cells_run']} cells on {t['workers']} worker(s) in {t['cells_wall_s']:.0f} s, "
+                f"smallest-ticket searches {t['smallest_wall_s']:.0f} s; wall time {t['wall_s'] / 60:.1f} min. "
+            )
         out = [
             "## Where the time went",
             "",
-            f"Last invocation: {t['cells_run']} cells on {t['workers']} worker(s) in {t['cells_wall_s']:.0f} s, "
-            f"smallest-ticket searches {t['smallest_wall_s']:.0f} s; wall time {t['wall_s'] / 60:.1f} min. "
-            f"Of the {t['worker_seconds']:.0f} worker-seconds, training steps took {t['training_step_s']:.0f} s; "
+            ran
+            + f"Of the {t['worker_seconds']:.0f} worker-seconds, training steps took {t['training_step_s']:.0f} s; "
             f"**{100 * t['outside_steps_fraction']:.1f}% went to anything else** (evaluation "
             f"{100 * t['evaluation_fraction']:.1f}%, plus start-up, data, scoring, writing and workers idle "
             "at the end). Cells read from cached runs compute nothing, so this is meaningful for a fresh run.",
