@@ -317,20 +317,22 @@ def test_a_duplicated_item_runs_once_the_older_trial_wins(tmp_path, younger_firs
     assert Counter(t.state.name for t in trials) == {"RUNNING": len(items_of(suite)), "PRUNED": 1}
 
 
-def test_joining_a_queue_whose_filler_died_tops_it_up(tmp_path):
+@pytest.mark.parametrize("died", ["after_two_items", "before_naming_it"])
+def test_joining_a_queue_whose_filler_died_tops_it_up(tmp_path, died):
+    from ticketsearch.bench.queue import _enqueue
+
     suite = load_suite("smoke")
     url = _sqlite(tmp_path)
     q = open_queue(suite, url, study_name=None, heartbeat=60)
     items = items_of(suite)
-    # the filler "died" after enqueuing two items: only those and the identity are in the database
-    name = "half"
-    from ticketsearch.bench.queue import _enqueue
-
-    study = optuna.create_study(storage=q.storage, study_name=name, direction="minimize")
-    study.set_user_attr(QUEUE_ATTR, q.study.user_attrs[QUEUE_ATTR])
-    _enqueue(study, items[:2])
-    joined = open_queue(suite, url, study_name=name, heartbeat=60, patience=0.5)
+    # the filler "died" after creating the study: with its identity and two items, or with nothing
+    study = optuna.create_study(storage=q.storage, study_name="half", direction="minimize")
+    if died == "after_two_items":
+        study.set_user_attr(QUEUE_ATTR, q.study.user_attrs[QUEUE_ATTR])
+        _enqueue(study, items[:2])
+    joined = open_queue(suite, url, study_name="half", heartbeat=60, patience=0.5)
     assert Counter(t.user_attrs["item"] for t in joined.trials()) == Counter(items)
+    assert joined.study.user_attrs[QUEUE_ATTR]["spec"] == q.study.user_attrs[QUEUE_ATTR]["spec"]
 
 
 def test_bench_queue_bad_input(tmp_path, capsys):

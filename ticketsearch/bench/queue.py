@@ -195,20 +195,26 @@ def open_queue(
         study = optuna.create_study(storage=rdb, study_name=name, direction="minimize")
     except optuna.exceptions.DuplicatedStudyError:
         study = None
+    ident = {
+        "suite": json.loads(json.dumps(dataclasses.asdict(suite))),
+        "spec": spec_hash(suite),
+        "items": len(items),
+        "version": __version__,
+    }
     if study is not None:  # this process won the creation: it alone fills the queue
-        ident = {
-            "suite": json.loads(json.dumps(dataclasses.asdict(suite))),
-            "spec": spec_hash(suite),
-            "items": len(items),
-            "version": __version__,
-        }
         study.set_user_attr(QUEUE_ATTR, ident)
         _enqueue(study, items)
         study.set_user_attr(_FULL_ATTR, True)
         return Queue(url, shown, name, suite, rdb, study, heartbeat, local, items)
     sid = rdb.get_study_id_from_name(name)
     _wait_for_attr(rdb, sid, QUEUE_ATTR, patience=min(patience, 10.0))
-    _check_identity(rdb.get_study_user_attrs(sid), suite, name, shown)
+    attrs = rdb.get_study_user_attrs(sid)
+    if not attrs and not rdb.get_all_trials(sid, deepcopy=False):
+        # an empty study without a word: its creator died before naming it (or it is a bare study
+        # made for this); adopt it, the top-up below fills it
+        rdb.set_study_user_attr(sid, QUEUE_ATTR, ident)
+        attrs = rdb.get_study_user_attrs(sid)
+    _check_identity(attrs, suite, name, shown)
     study = optuna.load_study(study_name=name, storage=rdb)
     q = Queue(url, shown, name, suite, rdb, study, heartbeat, local, items)
     _wait_for_attr(rdb, sid, _FULL_ATTR, patience=patience, progress=lambda: len(q.trials()))
