@@ -159,7 +159,13 @@ def build_steps(
 
 
 def interleaved(
-    steps: dict[str, Callable[[], None]], *, rounds: int, repeats: int, warmup: int, cuda: bool
+    steps: dict[str, Callable[[], None]],
+    *,
+    rounds: int,
+    repeats: int,
+    warmup: int,
+    cuda: bool,
+    round_s: float = 0.0,
 ) -> dict[str, dict[str, float]]:
     """Median/p10/p90 ms per step of each mode, sampled round-robin in random orders (CUDA events on a
     GPU)."""
@@ -169,6 +175,12 @@ def interleaved(
             steps[k]()
     if cuda:
         torch.cuda.synchronize()
+    t0 = time.perf_counter()  # one step of every mode: how many fit in a round of `round_s` seconds
+    for k in keys:
+        steps[k]()
+    if cuda:
+        torch.cuda.synchronize()
+    repeats = min(max(repeats, int(round_s / max(time.perf_counter() - t0, 1e-6))), 10 * repeats)
     samples: dict[str, list[float]] = {k: [] for k in keys}
     rng = random.Random(0)
     for _ in range(rounds):
@@ -218,7 +230,7 @@ def summarise(name: str, timing: dict[str, dict[str, float]], info: dict[str, An
     if "population" in timing and "inplace" in timing:
         k = info["population_k"]
         out["population_throughput_vs_sequential"] = (
-            k * timing["inplace"]["median_ms"] / timing["population"]["median_ms"]
+            k * info["population_inplace_ms"] / timing["population"]["median_ms"]
         )
     return out
 
@@ -226,8 +238,10 @@ def summarise(name: str, timing: dict[str, dict[str, float]], info: dict[str, An
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     md = f"# Training-step time per path ({meta['device_name']}, density {DENSITY})\n\n"
     md += (
-        f"Median ms per step over {meta['rounds']}×{meta['repeats']} steps per mode after {meta['warmup']} "
-        f"warm-up rounds, every mode sampled round-robin in one run ({meta['clock']}); torch "
+        f"Median ms per step over {meta['rounds']} rounds of ≥ {meta['repeats']} steps per mode (more for fast "
+        f"models, to fill ~{meta['round_seconds']:g} s a round) after {meta['warmup']} warm-up rounds, every "
+        f"mode sampled round-robin in one run ({meta['clock']}); the population is timed apart, beside "
+        f"`inplace` (its big step evicts the caches of whatever runs next); torch "
         f"{meta['torch']}. Ratios are to the dense step of the same run.\n\n"
     )
     if meta["device"] == "cpu":
@@ -296,7 +310,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="LeNet-300-100 and Conv-6 only, fewer steps")
     ap.add_argument("--models", default=None, help="comma-separated subset of " + ", ".join(MODELS))
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 5; quick 3)")
-    ap.add_argument("--repeats", type=int, default=None, help="steps per mode per round (default 20)")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="steps per mode per round, at least (default 20)"
+    )
+    ap.add_argument(
+        "--round-seconds",
+        type=float,
+        default=4.0,
+        help="more repeats for fast models, up to 10× --repeats, to fill a round of this many seconds",
+    )
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps per mode (default 10; quick 5)")
     ap.add_argument("--population", type=int, default=None, help="K (default 128 on CUDA, 8 on CPU; 0: off)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
@@ -331,6 +353,7 @@ def main() -> None:
         "rounds": rounds,
         "repeats": repeats,
         "warmup": warmup,
+        "round_seconds": args.round_seconds,
         "density": DENSITY,
         "optimizer": "sgd lr 0.1 momentum 0.9 wd 5e-4",
         "load_average_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
@@ -339,7 +362,13 @@ def main() -> None:
     for name in names:
         t0 = time.perf_counter()
         steps, info = build_steps(name, device, population)
-        timing = interleaved(steps, rounds=rounds, repeats=repeats, warmup=warmup, cuda=cuda)
+        pop = steps.pop("population", None)
+        kw = dict(rounds=rounds, repeats=repeats, warmup=warmup, cuda=cuda, round_s=args.round_seconds)
+        timing = interleaved(steps, **kw)
+        if pop is not None:  # apart: its step evicts the caches of whatever runs next
+            pair = interleaved({"inplace": steps["inplace"], "population": pop}, **kw)
+            timing["population"] = pair["population"]
+            info["population_inplace_ms"] = pair["inplace"]["median_ms"]
         results.append(summarise(name, timing, info))
         r = results[-1]
         print(
