@@ -1,7 +1,8 @@
 """Every kernel of the sparse layers, in one registry and one vocabulary.
 
-Two ops. ``masked``: how a fixed-mask layer enforces its mask (``set_backend``, ``apply_mask(backend=)``).
+Three ops. ``masked``: how a fixed-mask layer enforces its mask (``set_backend``, ``apply_mask(backend=)``).
 ``topk``: how a supermask picks its exact top-k of ``|scores|`` and forms ``W ⊙ M`` (``to_supermask(kernel=)``).
+``spmm``: sparse inference of an exported ticket (``load_ticket`` picks it per layer when it measures faster).
 Every kernel of an op computes the same thing as that op's ``reference`` kernel, bitwise for the selection;
 ``tests/test_kernels.py`` checks each registered kernel against it on every device it supports here.
 
@@ -16,6 +17,7 @@ topk       reference    a stable sort per layer and forward: the oracle         
 masked     triton       Triton matmuls loading mask bytes with each weight tile          :mod:`.triton_masked`
 masked     triton_bits  the same with the mask bit-packed in int32 words                :mod:`.triton_bits`
 topk       triton       per-layer cut on the device, mask built inside Triton matmuls   :mod:`.triton_supermask`
+spmm       compiled     C++ CPU CSR linear / linear chain / stride-1 conv, fp32          :mod:`.compiled_spmm`
 =========  ===========  ==============================================================  ===================
 
 ``kernel=fast`` (the default) is not a kernel: it picks the highest-priority ``auto`` top-k kernel that
