@@ -69,6 +69,7 @@ CASES = [
     (["--method", "supermask", "--controls", "reinit"], ["--controls", "learned", "supermask"]),
     (["--method", "snip", "--then-train"], ["--then-train", "learned", "'snip'"]),
     (["--retrain", "prune"], ["retrain", "'prune'", "lr-rewind"]),
+    (["--precision", "fp16"], ["precision", "'fp16'", "fp32, bf16"]),
     (["--retrain", "rewind"], ["--retrain rewind", "--rewind-iter"]),
     (["--retrain", "finetune", "--rewind-iter", "5"], ["finetune", "drop --rewind-iter"]),
     (["--method", "early-bird", "--eb-eps", "2"], ["eb_eps", "(0, 1)", "2"]),

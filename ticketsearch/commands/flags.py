@@ -45,6 +45,8 @@ TRAIN_HELP = {
     "eval_every": "evaluate (and checkpoint) every, e.g. 1ep or 1000it",
     "label_smoothing": "cross-entropy label smoothing, in [0, 1)",
     "grad_clip": "clip the gradient norm (0: off)",
+    "precision": "fp32 | bf16: bf16 autocasts forward and loss (weights and optimizer state stay fp32); "
+    "part of the run's hash when not fp32",
 }
 PRUNE_HELP = {
     "density": "fraction of weights KEPT, in (0, 1] (sparsity = 1 - density); default 0.2",
@@ -84,6 +86,12 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
         help="how masked layers apply their mask: auto | inplace | reference | triton | triton_bits "
         "(default auto: triton on CUDA when it passes a self-check against the reference, else inplace; "
         "the chosen one is recorded in each result, not in the run's hash)",
+    )
+    g.add_argument(
+        "--no-graph",
+        action="store_true",
+        help="on CUDA, run every training step eagerly instead of replaying it as a captured CUDA graph "
+        "(results equal within fp32 tolerance, so not part of the run's hash; each result records which ran)",
     )
     g.add_argument("--root", default="runs", help="results root (default: ./runs)")
     g.add_argument(
@@ -239,6 +247,7 @@ def run_options(ns: argparse.Namespace, **extra: Any) -> Any:
         download=ns.download,
         device=ns.device,
         backend=getattr(ns, "backend", "auto"),
+        graph=not getattr(ns, "no_graph", False),
         progress=False if ns.no_progress else "auto",
         **extra,
     )

@@ -37,10 +37,11 @@ class Smallest(Command):
             "--min-density", type=float, default=1e-3, help="the lowest density tried (default 1e-3)"
         )
         parser.add_argument(
-            "--precision",
+            "--bisect-precision",
             type=float,
             default=0.1,
-            help="stop bisecting when good/bad ≤ 1 + this (default 0.1)",
+            help="stop bisecting when good/bad ≤ 1 + this (default 0.1; --precision is the training "
+            "arithmetic, fp32 | bf16)",
         )
         parser.add_argument(
             "--max-probes", type=int, default=12, help="bisection probes at most (default 12)"
@@ -71,7 +72,7 @@ class Smallest(Command):
                 "seeds": seeds,
                 "tol": ns.tolerance,
                 "min": ns.min_density,
-                "precision": ns.precision,
+                "precision": ns.bisect_precision,
             }
         )
         out = Path(ns.out) if ns.out else Path(ns.root) / f"smallest_{ns.method}_{key}"
@@ -81,7 +82,7 @@ class Smallest(Command):
             tolerance=ns.tolerance,
             opts=run_options(ns),
             min_density=ns.min_density,
-            precision=ns.precision,
+            precision=ns.bisect_precision,
             max_probes=ns.max_probes,
             out_dir=out,
         )

@@ -33,6 +33,7 @@ __all__ = [
     "coerce_knob",
     "check_seed",
     "MAX_SEED",
+    "PRECISIONS",
 ]
 
 # float32 is what the optimizers compute in: a value that is finite in Python but not in float32 (lr 1e39)
@@ -105,10 +106,14 @@ class TrainingHparams:
     eval_every: str = "1ep"
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # 0 = off
+    # fp32 | bf16 (autocast of forward + loss; weights and optimizer state stay fp32). It changes results,
+    # so it is hashed, but only when not fp32: runs named before the field existed keep their names.
+    precision: str = "fp32"
 
     def validate(self) -> None:
         """Every value checked before anything is written: a bad one must not leave a started run dir."""
         from_choices("optimizer", self.optimizer, OPTIMIZERS)
+        from_choices("precision", self.precision, PRECISIONS)
         from_choices("schedule", self.schedule, SCHEDULES)
         if not finite("lr", self.lr) > 0:
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
@@ -193,6 +198,8 @@ class RunHparams:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["method_args"] = dict(self.method_args)
+        if d["training"]["precision"] == "fp32":  # the default stays out of the hash (see TrainingHparams)
+            del d["training"]["precision"]
         return d
 
     @classmethod
@@ -227,6 +234,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant", "default")
 RETRAIN_MODES = ("reset", "rewind", "finetune", "lr-rewind")
+PRECISIONS = ("fp32", "bf16")
 
 
 def from_choices(name: str, value: Any, choices: tuple[str, ...]) -> str:

@@ -67,6 +67,7 @@ class RunOptions:
     download: bool = False  # fetch missing MNIST/Fashion-MNIST through torchvision (only when asked)
     device: str = "auto"
     backend: str = "auto"  # the masked kernel (sparse.resolve_backend); the chosen one is in every result
+    graph: bool = True  # CUDA: replay each training step as a captured CUDA graph where train() allows it
     progress: bool | str = "auto"
     controls: tuple[str, ...] = ()
     then_train: bool = False
@@ -265,6 +266,7 @@ class Run:
             progress=self.progress,
             desc=desc,
             world=self.world,
+            graph=self.opts.graph,
         )
 
     def finish_level(
@@ -282,6 +284,8 @@ class Run:
             "wall_time": res.wall_time,
             "passes": res.passes,
             "backend": self.backend,
+            "graph": res.graph,  # whether the steps replayed a CUDA graph, and if not, why
+            "eager_reason": res.eager_reason,
             **extra,
         }
         level.write_result(out)

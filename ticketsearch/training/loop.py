@@ -20,9 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.errors import ConfigError, DivergenceError
-from ..core.hparams import TrainingHparams, to_iterations
+from ..core.hparams import PRECISIONS, TrainingHparams, to_iterations
 from ..sparse import grad_masker, mask_pairs
 from .distributed import SINGLE, World
+from .graphs import GraphStep, eager_reason, precision_context
 from .optim import LRSchedule, make_optimizer
 
 __all__ = [
@@ -87,6 +88,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_time: float = 0.0
     passes: dict[str, int] = field(default_factory=dict)  # forward/backward passes over batches
+    graph: bool = False  # the steps replayed a captured CUDA graph (see training.graphs)
+    eager_reason: str | None = None  # why not, when they did not
 
 
 def _noop() -> None:
@@ -95,12 +98,20 @@ def _noop() -> None:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048, *, world: World | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 2048,
+    *,
+    world: World | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Mean loss and accuracy, in eval mode; the caller's train/eval mode is restored.
 
     In a torchrun ``world`` each rank evaluates its slice of the rows and the sums are all-reduced, so
     every rank gets the same numbers as one process (within float64 rounding of the loss sum).
+    Sums stay on the device: one host synchronisation per evaluation, none per batch. ``precision``
+    "bf16" evaluates under the same autocast the run trained with.
     """
     world = world or SINGLE
     n = x.shape[0]
@@ -114,7 +125,8 @@ def evaluate(
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     for i in range(0, x.shape[0], batch_size):
-        out = model(x[i : i + batch_size])
+        with precision_context(precision, x.device):
+            out = model(x[i : i + batch_size])
         yb = y[i : i + batch_size]
         loss_sum += F.cross_entropy(out.float(), yb, reduction="sum").double()
         correct += (out.argmax(1) == yb).sum()
@@ -161,6 +173,7 @@ def train(
     desc: str = "train",
     stop_at: int | None = None,
     world: World | None = None,
+    graph: bool = True,
 ) -> TrainResult:
     """Train ``model`` (already on the data's device) on ``data`` (a :class:`ticketsearch.data.Dataset`).
 
@@ -175,12 +188,19 @@ def train(
     the mean loss over the global batch: what one process optimises. Evaluations and the reported
     training loss are all-reduced; hooks and ``save_checkpoint`` run on every rank (the caller makes
     storage rank-0-only); a ``StopTraining`` from any rank stops every rank at the same step.
+
+    ``hp.precision`` "bf16": forward and loss under bf16 autocast (training and evaluation); weights,
+    gradients and optimizer state stay fp32, so the masks stay exact. ``graph`` (CUDA): replay each step
+    as a captured CUDA graph where :func:`ticketsearch.training.graphs.eager_reason` allows it (not under
+    torchrun, not with ``on_step``/``after_step`` hooks); the result says which ran.
     """
     from ..data import Batcher
 
     world = world or SINGLE
     if hp.batch_size <= 0:
         raise ConfigError(f"batch_size must be a positive integer, got {hp.batch_size}")
+    if hp.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {hp.precision!r} (choose from: {', '.join(PRECISIONS)})")
     world.check_batch_size(hp.batch_size)
     batcher = Batcher(data.x_train, data.y_train, hp.batch_size, seed=seed)
     spe = batcher.steps_per_epoch
@@ -213,9 +233,9 @@ def train(
         t_eval = time.perf_counter()
         rec: dict[str, Any] = {"iteration": at, "epoch": at / spe, "train_loss": train_loss}
         if has_val:
-            v = evaluate(model, data.x_val, data.y_val, world=world)
+            v = evaluate(model, data.x_val, data.y_val, world=world, precision=hp.precision)
             rec.update(val_loss=v["loss"], val_acc=v["acc"])
-        t = evaluate(model, data.x_test, data.y_test, world=world)
+        t = evaluate(model, data.x_test, data.y_test, world=world, precision=hp.precision)
         rec.update(test_loss=t["loss"], test_acc=t["acc"], lr=schedule(max(at - 1, 0)))
         history.append(rec)
         key = rec["val_loss"] if has_val else rec["test_loss"]
@@ -241,6 +261,15 @@ def train(
     end = total if stop_at is None else min(total, stop_at)
     if it == 0 and not history:
         do_eval(0, None)  # before any step: no training loss yet (JSON has no NaN)
+    device = data.x_train.device
+    hooks = on_step is not None or after_step is not None
+    why = eager_reason(model, device, enabled=graph, world=world, hooks=hooks)
+    step: GraphStep | None = None
+    if why is None and it < end:
+        step = GraphStep(model, data, hp, opt, params, loss_acc, mask_grads)
+        if not step.capture(batcher.indices(it)):
+            why = step.failure
+    autocast = precision_context(hp.precision, device)  # reusable: a nullcontext or an autocast
     stopped = False
     try:
         with world.guard():  # a lost rank (dead, hung past the timeout) ends the run in one line
@@ -258,26 +287,31 @@ def train(
                 lr = schedule(it)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                if world.active:
+                if step is not None:  # graph-captured (or, for an odd-sized batch, the same step uncaptured)
+                    step(batcher.indices(it), lr)
+                elif world.active:
                     idx = batcher.indices(it)
                     mine = idx[world.shard(idx.numel())]
-                    out = net(data.x_train[mine])
+                    with autocast:
+                        out = net(data.x_train[mine])
                     loss_sum = F.cross_entropy(
-                        out, data.y_train[mine], label_smoothing=hp.label_smoothing, reduction="sum"
+                        out.float(), data.y_train[mine], label_smoothing=hp.label_smoothing, reduction="sum"
                     )
                     loss = loss_sum * (world.size / idx.numel())  # DDP divides by world.size again
                     loss_acc += loss_sum.detach() / idx.numel()  # this rank's share of the global mean
                 else:
                     xb, yb = batcher.batch(it)
-                    out = model(xb)
-                    loss = F.cross_entropy(out, yb, label_smoothing=hp.label_smoothing)
+                    with autocast:
+                        out = model(xb)
+                    loss = F.cross_entropy(out.float(), yb, label_smoothing=hp.label_smoothing)
                     loss_acc += loss.detach()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                mask_grads()
-                if hp.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
-                opt.step()
+                if step is None:
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    mask_grads()
+                    if hp.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
+                    opt.step()
                 passes["forward"] += 1
                 passes["backward"] += 1
                 n_acc += 1
@@ -329,5 +363,12 @@ def train(
     final = dict(history[-1]) if history else {}
     best_out = {k: v for k, v in best.items() if k != "_key"}
     return TrainResult(
-        iterations=it, final=final, best=best_out, history=history, wall_time=elapsed, passes=passes
+        iterations=it,
+        final=final,
+        best=best_out,
+        history=history,
+        wall_time=elapsed,
+        passes=passes,
+        graph=step is not None and step.captured,
+        eager_reason=why,
     )
