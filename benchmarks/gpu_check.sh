@@ -6,7 +6,8 @@
 #
 # Results to commit afterwards: $OUT/speed/cuda.{json,md} -> benchmarks/results/speed/ (and a line in
 # benchmarks/results/README.md). With MNIST under build/data (carried), it also times the open_lth-sized
-# experiment (`find --method imp`, 2 epochs) on the GPU and on the CPU (olt.log).
+# experiment (`find --method imp`, 2 epochs) on the GPU (CUDA-graph steps, then --no-graph) and on the CPU
+# (olt.log).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -26,7 +27,8 @@ stage install
 $PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
   || echo "install failed (install.log): running from the source tree" | tee -a "$OUT/install.log"
 
-# the gpu-marked tests (CUDA vs CPU, Triton kernels in fp32 and bf16, auto backend, population)
+# the gpu-marked tests (CUDA vs CPU, Triton kernels in fp32 and bf16, auto backend, population, the
+# CUDA-graph step against the eager step: test_graphs.py)
 stage "gpu tests"
 timeout 170 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu 2>&1 | tee "$OUT/gpu_tests.log"
 
@@ -43,11 +45,16 @@ timeout 200 $PY -m benchmarks.speed --device cuda --rounds 3 --repeats 20 --resu
 
 if [ -d build/data/mnist ]; then
   stage "open_lth-sized find (cuda, cpu)"
-  for dev in cuda cpu; do
-    rm -rf "/tmp/olt_$dev"
-    /usr/bin/time -f "%e s wall ($dev)" timeout 60 $PY -m ticketsearch find --method imp --dataset mnist \
+  for run in cuda cuda_nograph cpu; do
+    rm -rf "/tmp/olt_$run"
+    extra=""; [ "$run" = cuda_nograph ] && extra="--no-graph"
+    /usr/bin/time -f "%e s wall ($run)" timeout 60 $PY -m ticketsearch find --method imp --dataset mnist \
       --data-root build/data --rounds 1 --budget 2ep --batch-size 128 --optimizer sgd --lr 0.1 --val-size 0 \
-      --eval-every 1ep --scope global --output-rate 0 --no-progress --root "/tmp/olt_$dev" --device $dev
+      --eval-every 1ep --scope global --output-rate 0 --no-progress --root "/tmp/olt_$run" \
+      --device "${run%_nograph}" $extra
+    $PY -c "import glob, json, sys
+for p in sorted(glob.glob(sys.argv[1] + '/**/result.json', recursive=True)):
+    r = json.load(open(p)); print(p.split('/')[-2], 'graph', r.get('graph'), r.get('eager_reason'), 'test_acc', r.get('test_acc'))" "/tmp/olt_$run"
   done 2>&1 | tee "$OUT/olt.log"
 fi
 stage done
