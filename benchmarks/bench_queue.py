@@ -1,6 +1,6 @@
 """The cost of ``bench --storage``: the smoke suite as a queue on PostgreSQL, against the plain local suite.
 
-Three ways to run the ``smoke`` suite (5 cells and 1 smallest-ticket search on digits) on this machine,
+Four ways to run the ``smoke`` suite (5 cells and 1 smallest-ticket search on digits) on this machine,
 each from a fresh ``--root`` and as a user would type it (a new interpreter, default threads):
 
 * ``local``: ``bench --suite smoke`` (1 worker, no database);
@@ -13,8 +13,8 @@ Every round runs the four in turn (interleaved, so a change in the machine's loa
 PostgreSQL run on its own study. From the database: the queue's overhead per item, i.e. the time a worker
 spends taking an item (stale-trial check, the list of waiting trials, heartbeat, the compare-and-set to
 RUNNING, the duplicate check) and storing its result (the record and the COMPLETE state), i.e. the loop
-iteration's wall time minus the item's own. At the scale of the ``quick`` suite (369 cells + 15 searches)
-it also times filling the queue and one take with every item waiting.
+iteration's wall time minus the item's own. For the ``smoke`` and the ``quick`` suite (369 cells + 15
+searches) it also times, in one process, opening a new queue, one take and reading the records back.
 
 The PostgreSQL server is a throw-away one (``tests/pgserver.py``: a fresh cluster on a unix socket, as the
 ``postgres`` user when run as root), or ``--storage URL`` for your own. From the repository root:
@@ -92,21 +92,32 @@ def _overheads(url: str, name: str) -> list[dict[str, float]]:
     return out
 
 
-def _quick_scale(url: str) -> dict[str, Any]:
-    """Filling a queue of the quick suite's size and taking its first item (every item waiting)."""
+def _fixed_costs(url: str, suite_name: str, runs: int = 3) -> dict[str, Any]:
+    """The queue's costs outside the items, in this process: opening a new queue (connect, create the
+    study, enqueue every item), one take with every item waiting, and reading the records back
+    (``collect``, what every command does at the end; here none is stored yet)."""
     from ticketsearch.bench import load_suite
-    from ticketsearch.bench.queue import _take, items_of, open_queue
+    from ticketsearch.bench.queue import _take, collect, items_of, open_queue
 
-    suite = load_suite("quick")
-    t0 = time.perf_counter()
-    q = open_queue(suite, url, study_name=f"bq_quick_{uuid.uuid4().hex[:8]}", heartbeat=60)
-    fill = time.perf_counter() - t0
-    takes = []
-    for _ in range(5):
+    suite = load_suite(suite_name)
+    opens, takes, collects = [], [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        q = open_queue(suite, url, study_name=f"bq_{suite_name}_{uuid.uuid4().hex[:8]}", heartbeat=60)
+        opens.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         assert _take(q) is not None
         takes.append(time.perf_counter() - t0)
-    return {"items": len(items_of(suite)), "fill_s": fill, "take_s": statistics.median(takes)}
+        t0 = time.perf_counter()
+        collect(q)
+        collects.append(time.perf_counter() - t0)
+    med = statistics.median
+    return {
+        "items": len(items_of(suite)),
+        "open_s": med(opens),
+        "take_s": med(takes),
+        "collect_s": med(collects),
+    }
 
 
 def _ms(xs: list[float]) -> str:
@@ -128,6 +139,7 @@ def main() -> None:
 
         server = throwaway_postgres()
     walls: dict[str, list[float]] = {m: [] for m in MODES}
+    loads: dict[str, list[float]] = {m: [] for m in MODES}  # 1-minute load average after each run
     over: dict[str, list[dict[str, float]]] = {m: [] for m in MODES[1:]}
     with server as url, tempfile.TemporaryDirectory(prefix="bench_queue-") as tmp:
         for r in range(args.rounds):
@@ -143,29 +155,42 @@ def main() -> None:
                 }[mode]
                 # two commands on one CPU: a thread each, as --workers 2 gives its two workers
                 walls[mode].append(_run(cmds, threads=1 if mode == "pg_2machines" else None))
+                loads[mode].append(os.getloadavg()[0])
                 if mode != "local":
                     over[mode] += _overheads(url, name)
                 print(f"round {r}: {mode} {walls[mode][-1]:.1f} s", file=sys.stderr, flush=True)
-        quick = _quick_scale(url)
+        fixed = {n: _fixed_costs(url, n) for n in ("smoke", "quick")}
     load_end = os.getloadavg()
 
-    rows = [[m, f"{statistics.median(walls[m]):.1f}", ", ".join(f"{w:.1f}" for w in walls[m]),
-             f"{statistics.median(walls[m]) / statistics.median(walls['local']):.2f}×"] for m in MODES]  # fmt: skip
-    orows = [[m, len(o), _ms([x["take_s"] for x in o]), _ms([x["store_s"] for x in o]), _ms([x["total_s"] for x in o]),
-              f"{1000 * max(x['total_s'] for x in o):.0f}", _ms([x["item_s"] for x in o])] for m, o in over.items()]  # fmt: skip
+    med = statistics.median
+    rows = [
+        [m, f"{med(walls[m]):.1f}", ", ".join(f"{w:.1f}" for w in walls[m]),
+         f"{med(walls[m]) / med(walls['local']):.2f}×", ", ".join(f"{x:.1f}" for x in loads[m])]
+        for m in MODES
+    ]  # fmt: skip
+    orows = [
+        [m, len(o), _ms([x["take_s"] for x in o]), _ms([x["store_s"] for x in o]), _ms([x["total_s"] for x in o]),
+         f"{1000 * max(x['total_s'] for x in o):.0f}", _ms([x["item_s"] for x in o])]
+        for m, o in over.items()
+    ]  # fmt: skip
+    frows = [
+        [n, f["items"], f"{1000 * f['open_s']:.0f}", f"{1000 * f['take_s']:.0f}", f"{1000 * f['collect_s']:.0f}"]
+        for n, f in fixed.items()
+    ]  # fmt: skip
     all_over = [x for o in over.values() for x in o]
-    per_item = statistics.median([x["total_s"] for x in all_over])
-    items_s = statistics.median([x["item_s"] for x in all_over])
+    per_item = med([x["total_s"] for x in all_over])
+    items_s = med([x["item_s"] for x in all_over])
+    where = "a throw-away local server (unix socket, fsync off)" if not args.storage else "at --storage"
     md = f"""# bench --storage: the smoke suite as a queue on PostgreSQL
 
 `python -m benchmarks.bench_queue`: the `smoke` suite (5 cells + 1 smallest-ticket search on digits), each
 run from a fresh `--root` as a new command with default threads, {args.rounds} rounds interleaved; PostgreSQL
-{"a throw-away local server (unix socket, fsync off)" if not args.storage else "at --storage"}. Load average
-at the start {load_start[0]:.2f}, at the end {load_end[0]:.2f} (2-core machine shared with other work).
+{where}. Load average at the start {load_start[0]:.2f}, at the end {load_end[0]:.2f} (a 2-core machine
+shared with other work: wall times move with its load, the per-item costs below much less).
 
 ## Wall time of the suite (s)
 
-{md_table(["mode", "median", "rounds", "vs local"], rows)}
+{md_table(["mode", "median", "rounds", "vs local", "load average after each"], rows)}
 
 `local`: `bench --suite smoke`; `pg_1worker`: the same with `--storage`; `pg_2workers`: `--workers 2`;
 `pg_2machines`: two commands at once, 1 worker and 1 thread each (two machines on one database, here one
@@ -180,18 +205,24 @@ trials, heartbeat, compare-and-set to RUNNING, worker note, duplicate check); st
 COMPLETE (the record and its time split as trial attributes, the state). Median over every item:
 **{1000 * per_item:.0f} ms** of queue per item, against a median item of {items_s:.2f} s here.
 
-At the scale of the `quick` suite ({quick["items"]} items): filling the queue took {quick["fill_s"]:.1f} s
-(once, by the process that creates the study) and one take with every item waiting {1000 * quick["take_s"]:.0f} ms
-(it reads every trial of the study).
+## Fixed costs of a queue (ms, median of 3, measured in one process)
+
+{md_table(["suite", "items", "open a new queue", "take (all waiting)", "collect the records"], frows)}
+
+Opening a new queue: connect, create the study, enqueue every item (once, by the process that creates it;
+a joining process checks the spec and reads the trials). A take reads the waiting trials once per pass
+and walks that list. Collect: every trial read back, as every command does at the end to write
+`results.jsonl` (here no record is stored yet).
 """
     payload = {
         "rounds": args.rounds,
         "wall_s": walls,
-        "wall_median_s": {m: statistics.median(w) for m, w in walls.items()},
+        "wall_median_s": {m: med(w) for m, w in walls.items()},
+        "loadavg_after_each_run": loads,
         "overhead_per_item_s": over,
         "overhead_median_s": per_item,
         "item_median_s": items_s,
-        "quick_scale": quick,
+        "fixed_costs_s": fixed,
         "loadavg_start": load_start,
         "loadavg_end": load_end,
         "storage": "throw-away local PostgreSQL" if not args.storage else "given",
