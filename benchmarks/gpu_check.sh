@@ -30,7 +30,7 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>
 # the gpu-marked tests (CUDA vs CPU, Triton kernels in fp32 and bf16, auto backend, population, the
 # CUDA-graph step against the eager step: test_graphs.py)
 stage "gpu tests"
-timeout 170 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu 2>&1 | tee "$OUT/gpu_tests.log"
+timeout 200 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu 2>&1 | tee "$OUT/gpu_tests.log"
 
 # the oracle tests of every kernel, which run on CUDA where it is present (no C++ build: that is CPU-only)
 stage "kernel tests on cuda"
