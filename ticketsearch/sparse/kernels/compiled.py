@@ -22,70 +22,31 @@ from typing import Any
 import torch
 
 from ...core.errors import DivergenceError
+from ._cpp import CppExtension
 from .base import TOPK, Kernel
 
 __all__ = ["RECORDS", "SOURCE", "cpu_extension", "CompiledTopK", "TOPK_KERNEL"]
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "topk.cpp"
 
-_EXT: Any = None
-_EXT_ERROR: str | None = None
 
-
-def _ext_name() -> str:
-    """Named after the source's hash: an edited kernel gets its own build folder, never a stale build."""
+def _ext_name(flags: Sequence[str]) -> str:
+    """Named after the source's hash: an edited kernel gets its own build folder, never a stale build (one
+    flag set, so the flags need not be in the name; leaving them out keeps existing builds)."""
     import hashlib
 
     return "ticketsearch_supermask_" + hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:10]
 
 
+_EXT = CppExtension(
+    SOURCE, name=_ext_name, flag_sets=[["-O3"]], label="supermask", fallback="the PyTorch kernel"
+)
+
+
 def cpu_extension(*, build: bool = True) -> Any:
     """The compiled CPU kernel, or None (no compiler, disabled by TICKETSEARCH_NO_EXT=1, or not built yet
     with ``build=False``)."""
-    global _EXT, _EXT_ERROR
-    if _EXT is not None or _EXT_ERROR is not None:
-        return _EXT
-    import os
-
-    if os.environ.get("TICKETSEARCH_NO_EXT", "") not in ("", "0"):
-        _EXT_ERROR = "disabled by TICKETSEARCH_NO_EXT"
-        return None
-    if not SOURCE.is_file():
-        _EXT_ERROR = f"kernel source {SOURCE} is missing from the installation"
-        return None
-    try:
-        import logging
-
-        # silence the module's import-time warning about CUDA before importing it
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        from torch.utils import cpp_extension
-
-        name = _ext_name()
-        d = cpp_extension._get_build_directory(name, verbose=False)
-        built = any(f.startswith(name) and f.endswith(".so") for f in os.listdir(d))
-        if not built:
-            if not build:
-                return None
-            import sys
-
-            print(
-                "ticketsearch: building the supermask CPU kernel (once per machine, about a minute; "
-                "TICKETSEARCH_NO_EXT=1 skips it)",
-                file=sys.stderr,
-                flush=True,
-            )
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        _EXT = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3"], verbose=False)
-    except Exception as exc:  # no compiler, no ninja, ...: the PyTorch kernel is used
-        _EXT_ERROR = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        import warnings
-
-        warnings.warn(
-            f"supermask: compiled CPU kernel unavailable ({_EXT_ERROR}); using the PyTorch kernel",
-            stacklevel=2,
-        )
-        _EXT = None
-    return _EXT
+    return _EXT.load(build=build)
 
 
 class CompiledTopK:
@@ -183,14 +144,14 @@ def _make(
 ) -> CompiledTopK:
     ext = cpu_extension(build=True)
     if ext is None:
-        raise RuntimeError(f"the compiled supermask kernel is unavailable ({_EXT_ERROR or 'not built'})")
+        raise RuntimeError(f"the compiled supermask kernel is unavailable ({_EXT.error or 'not built'})")
     return CompiledTopK(shapes, groups, ks, ext)
 
 
 def _probe(build: bool) -> str | None:
     if cpu_extension(build=build) is not None:
         return None
-    return _EXT_ERROR or "not built yet (kernel=compiled builds it once, about a minute)"
+    return _EXT.error or "not built yet (kernel=compiled builds it once, about a minute)"
 
 
 TOPK_KERNEL = Kernel(

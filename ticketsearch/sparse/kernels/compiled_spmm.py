@@ -17,7 +17,6 @@ disables it; without a compiler :func:`spmm_extension` returns None and callers 
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ._cpp import CppExtension
 from .base import SPMM, Kernel
 
 __all__ = [
@@ -44,9 +44,6 @@ __all__ = [
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "spmm.cpp"
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])
-
-_EXT: Any = None
-_EXT_ERROR: str | None = None
 
 
 def _cpu_tag() -> str:
@@ -68,60 +65,20 @@ def _ext_name(flags: Sequence[str]) -> str:
     return "ticketsearch_spmm_" + h.hexdigest()[:10]
 
 
+_EXT = CppExtension(
+    SOURCE, name=_ext_name, flag_sets=_FLAG_SETS, label="sparse inference", fallback="PyTorch paths"
+)
+
+
 def spmm_extension(*, build: bool = True) -> Any:
     """The compiled module, or None (disabled, no compiler, or not built yet with ``build=False``)."""
-    global _EXT, _EXT_ERROR
-    if _EXT is not None or _EXT_ERROR is not None:
-        return _EXT
-    if os.environ.get("TICKETSEARCH_NO_EXT", "") not in ("", "0"):
-        _EXT_ERROR = "disabled by TICKETSEARCH_NO_EXT"
-        return None
-    if not SOURCE.is_file():
-        _EXT_ERROR = f"kernel source {SOURCE} is missing from the installation"
-        return None
-    import logging
-
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # its CUDA warning at import
-    try:
-        from torch.utils import cpp_extension
-    except Exception as exc:  # a torch build without the extension tooling
-        _EXT_ERROR = f"{type(exc).__name__}: {exc}"
-        return None
-    errors = []
-    for flags in _FLAG_SETS:
-        name = _ext_name(flags)
-        try:
-            d = cpp_extension._get_build_directory(name, verbose=False)
-            built = any(f.startswith(name) and f.endswith(".so") for f in os.listdir(d))
-            if not built:
-                if not build:
-                    return None
-                import sys
-
-                print(
-                    "ticketsearch: building the sparse inference CPU kernel (once per machine, about a "
-                    "minute; TICKETSEARCH_NO_EXT=1 skips it)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            _EXT = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False)
-            return _EXT
-        except Exception as exc:  # no compiler, no ninja, a flag this compiler lacks: try the next flags
-            msg = str(exc).strip().splitlines()
-            errors.append(f"{type(exc).__name__}: {msg[0] if msg else ''}")
-    _EXT_ERROR = errors[-1]
-    import warnings
-
-    warnings.warn(
-        f"sparse inference: compiled CPU kernel unavailable ({_EXT_ERROR}); using PyTorch paths", stacklevel=2
-    )
-    return None
+    return _EXT.load(build=build)
 
 
 def spmm_unavailable_reason(*, build: bool = True) -> str | None:
     if spmm_extension(build=build) is not None:
         return None
-    return _EXT_ERROR or "not built yet (the first load_ticket builds it, about a minute)"
+    return _EXT.error or "not built yet (the first load_ticket builds it, about a minute)"
 
 
 @dataclass(frozen=True)
