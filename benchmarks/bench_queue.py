@@ -1,13 +1,15 @@
 """The cost of ``bench --storage``: the smoke suite as a queue on PostgreSQL, against the plain local suite.
 
 Four ways to run the ``smoke`` suite (5 cells and 1 smallest-ticket search on digits) on this machine,
-each from a fresh ``--root`` and as a user would type it (a new interpreter, default threads):
+each from a fresh ``--root`` and as a user would type it (a new interpreter), one torch thread per worker
+(what ``--workers 2`` gives its workers on 2 cores; on a shared machine, two threads per process make wall
+times swing with the other load):
 
 * ``local``: ``bench --suite smoke`` (1 worker, no database);
 * ``pg_1worker``: ``bench --suite smoke --storage postgresql://...`` (1 worker);
 * ``pg_2workers``: the same with ``--workers 2`` (one command, two worker processes);
-* ``pg_2machines``: two such commands at once, 1 worker and 1 thread each, own ``--root`` and ``--out``
-  (two machines sharing one database, here on one CPU).
+* ``pg_2machines``: two such commands at once, 1 worker each, own ``--root`` and ``--out`` (two machines
+  sharing one database, here on one CPU).
 
 Every round runs the four in turn (interleaved, so a change in the machine's load hits all of them), each
 PostgreSQL run on its own study. From the database: the queue's overhead per item, i.e. the time a worker
@@ -153,8 +155,7 @@ def main() -> None:
                     "pg_2workers": [_cmd(base, *q, "--workers", "2")],
                     "pg_2machines": [_cmd(base / "a", *q), _cmd(base / "b", *q)],
                 }[mode]
-                # two commands on one CPU: a thread each, as --workers 2 gives its two workers
-                walls[mode].append(_run(cmds, threads=1 if mode == "pg_2machines" else None))
+                walls[mode].append(_run(cmds, threads=1))
                 loads[mode].append(os.getloadavg()[0])
                 if mode != "local":
                     over[mode] += _overheads(url, name)
@@ -184,7 +185,7 @@ def main() -> None:
     md = f"""# bench --storage: the smoke suite as a queue on PostgreSQL
 
 `python -m benchmarks.bench_queue`: the `smoke` suite (5 cells + 1 smallest-ticket search on digits), each
-run from a fresh `--root` as a new command with default threads, {args.rounds} rounds interleaved; PostgreSQL
+run from a fresh `--root` as a new command, one torch thread per worker, {args.rounds} rounds interleaved; PostgreSQL
 {where}. Load average at the start {load_start[0]:.2f}, at the end {load_end[0]:.2f} (a 2-core machine
 shared with other work: wall times move with its load, the per-item costs below much less).
 
@@ -193,8 +194,7 @@ shared with other work: wall times move with its load, the per-item costs below 
 {md_table(["mode", "median", "rounds", "vs local", "load average after each"], rows)}
 
 `local`: `bench --suite smoke`; `pg_1worker`: the same with `--storage`; `pg_2workers`: `--workers 2`;
-`pg_2machines`: two commands at once, 1 worker and 1 thread each (two machines on one database, here one
-2-core CPU; `--workers 2` also gives each worker one thread).
+`pg_2machines`: two commands at once, 1 worker each (two machines on one database, here one 2-core CPU).
 
 ## The queue's overhead per item (ms, median over items and rounds)
 
