@@ -5,6 +5,7 @@ Kept apart from ``__init__`` so the implementation modules can import it without
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -27,6 +28,8 @@ __all__ = [
     "KernelRegistry",
     "KERNELS",
     "TopKSelector",
+    "TopKLayout",
+    "topk_layout",
     "kernels",
     "find_kernel",
     "resolve_topk",
@@ -56,6 +59,45 @@ class TopKSelector(Protocol):
     def backward(
         self, grads: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], scores: Sequence[torch.Tensor]
     ) -> list[torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class TopKLayout:
+    """A selector's ``(shapes, groups, ks)`` once checked: what every ``topk`` kernel is built from.
+
+    Checked in one place so every kernel accepts and refuses the same arguments (a kernel that skipped a
+    check would index past a group or keep more weights than a group has, differently per kernel).
+    ``members[g]``: the tensors of group ``g`` in order; ``group_n[g]``: their total size.
+    """
+
+    shapes: list[tuple[int, ...]]
+    sizes: list[int]
+    groups: list[int]
+    ks: list[int]
+    members: list[list[int]]
+    group_n: list[int]
+
+
+def topk_layout(shapes: Sequence[Sequence[int]], groups: Sequence[int], ks: Sequence[int]) -> TopKLayout:
+    """Check a selector's arguments: one group id per tensor, groups contiguous runs numbered 0, 1, ...,
+    one ``k`` per group with ``0 <= k <=`` the group's size; ValueError naming what is wrong otherwise."""
+    groups_ = [int(g) for g in groups]
+    if len(shapes) != len(groups_):
+        raise ValueError("one group id per tensor")
+    if groups_ != sorted(groups_) or (groups_ and list(range(groups_[-1] + 1)) != sorted(set(groups_))):
+        raise ValueError("groups must be contiguous runs numbered 0, 1, ...")
+    ks_ = [int(k) for k in ks]
+    G = groups_[-1] + 1 if groups_ else 0
+    if len(ks_) != G:
+        raise ValueError("one k per group")
+    shapes_ = [tuple(int(d) for d in s) for s in shapes]
+    sizes = [math.prod(s) for s in shapes_]
+    members = [[t for t, gg in enumerate(groups_) if gg == g] for g in range(G)]
+    group_n = [sum(sizes[t] for t in idx) for idx in members]
+    for g in range(G):
+        if not 0 <= ks_[g] <= group_n[g]:
+            raise ValueError(f"group {g}: cannot keep {ks_[g]} of {group_n[g]}")
+    return TopKLayout(shapes_, sizes, groups_, ks_, members, group_n)
 
 
 def _always(build: bool) -> str | None:

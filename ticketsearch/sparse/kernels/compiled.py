@@ -23,7 +23,7 @@ import torch
 
 from ...core.errors import DivergenceError
 from ._cpp import CppExtension
-from .base import TOPK, Kernel
+from .base import TOPK, Kernel, topk_layout
 
 __all__ = ["RECORDS", "SOURCE", "cpu_extension", "CompiledTopK", "TOPK_KERNEL"]
 
@@ -56,13 +56,12 @@ class CompiledTopK:
         self, shapes: Sequence[Sequence[int]], groups: Sequence[int], ks: Sequence[int], ext: Any
     ) -> None:
         self.ext = ext
-        self.groups = [int(g) for g in groups]
-        self.ks = [int(k) for k in ks]
+        layout = topk_layout(shapes, groups, ks)
+        self.groups, self.ks = layout.groups, layout.ks
         self.G = len(self.ks)
-        sizes = [math.prod(tuple(s)) for s in shapes]
         self.offsets = []
         seen: dict[int, int] = {}
-        for g, n in zip(self.groups, sizes):
+        for g, n in zip(self.groups, layout.sizes):
             self.offsets.append(seen.get(g, 0))
             seen[g] = seen.get(g, 0) + n
         self.t: list[float | None] = [None] * self.G

@@ -8,13 +8,12 @@ is the same rule behind the selector interface every other top-k kernel is teste
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
-from .base import MASKED, TOPK, Kernel
+from .base import MASKED, TOPK, Kernel, topk_layout
 
 if TYPE_CHECKING:
     from ..layers import MaskedLayer
@@ -72,13 +71,8 @@ class ReferenceTopK:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.groups = [int(g) for g in groups]
-        self.ks = [int(k) for k in ks]
-        if len(shapes) != len(self.groups):
-            raise ValueError("one group id per tensor")
-        if len(self.ks) != (self.groups[-1] + 1 if self.groups else 0):
-            raise ValueError("one k per group")
-        self.sizes = [math.prod(tuple(s)) for s in shapes]
+        layout = topk_layout(shapes, groups, ks)
+        self.groups, self.ks, self.sizes = layout.groups, layout.ks, layout.sizes
         self.stats = {"calls": 0}
 
     @torch.no_grad()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ...core.errors import DivergenceError
-from .base import MASKED, TOPK, Kernel
+from .base import MASKED, TOPK, Kernel, topk_layout
 
 __all__ = ["RECORDS", "ExactTopK", "INPLACE_KERNEL", "TOPK_KERNEL"]
 
@@ -49,34 +49,22 @@ class ExactTopK:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        groups = list(groups)
-        if len(shapes) != len(groups):
-            raise ValueError("one group id per tensor")
-        if groups != sorted(groups) or (groups and list(range(groups[-1] + 1)) != sorted(set(groups))):
-            raise ValueError("groups must be contiguous runs numbered 0, 1, ...")
+        layout = topk_layout(shapes, groups, ks)
         ch = self.CHUNK
-        self.shapes = [tuple(int(d) for d in s) for s in shapes]
-        self.sizes = [math.prod(s) for s in self.shapes]
+        self.shapes, self.sizes = layout.shapes, layout.sizes
+        self.ks, self.group_n = layout.ks, layout.group_n
         nchunks = [max(1, -(-n // ch)) for n in self.sizes]
         self.offsets = [ch * sum(nchunks[:i]) for i in range(len(nchunks))]
         C = sum(nchunks)
-        self.G = (groups[-1] + 1) if groups else 0
-        self.ks = [int(k) for k in ks]
-        if len(self.ks) != self.G:
-            raise ValueError("one k per group")
-        self.group_n = [0] * self.G
+        self.G = len(self.ks)
         self.group_chunks = [[C, 0] for _ in range(self.G)]
         chunk_group: list[int] = []
         start = 0
-        for g, n, c in zip(groups, self.sizes, nchunks):
-            self.group_n[g] += n
+        for g, c in zip(layout.groups, nchunks):
             self.group_chunks[g][0] = min(self.group_chunks[g][0], start)
             self.group_chunks[g][1] = max(self.group_chunks[g][1], start + c)
             chunk_group += [g] * c
             start += c
-        for g in range(self.G):
-            if not 0 <= self.ks[g] <= self.group_n[g]:
-                raise ValueError(f"group {g}: cannot keep {self.ks[g]} of {self.group_n[g]}")
         self.device = torch.device(device)
         self.dtype = dtype
         self.A = torch.full((C, ch), -1.0, device=device, dtype=dtype)  # |s|; padding −1 is never kept

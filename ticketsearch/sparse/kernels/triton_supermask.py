@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .base import TOPK, Kernel
+from .base import TOPK, Kernel, topk_layout
 from .triton_masked import INTERPRET, triton_probe
 
 __all__ = ["RECORDS", "TritonTopK", "TOPK_KERNEL", "kth_largest", "supermask_linear", "supermask_weight"]
@@ -77,15 +77,9 @@ class TritonTopK:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.groups = [int(g) for g in groups]
-        self.ks = [int(k) for k in ks]
-        if len(shapes) != len(self.groups):
-            raise ValueError("one group id per tensor")
-        if len(self.ks) != (self.groups[-1] + 1 if self.groups else 0):
-            raise ValueError("one k per group")
-        self.shapes = [tuple(int(d) for d in s) for s in shapes]
-        self.sizes = [math.prod(s) for s in self.shapes]
-        self.members = [[t for t, gg in enumerate(self.groups) if gg == g] for g in range(len(self.ks))]
+        layout = topk_layout(shapes, groups, ks)
+        self.groups, self.ks, self.shapes, self.sizes = layout.groups, layout.ks, layout.shapes, layout.sizes
+        self.members = layout.members
         self.device = torch.device(device)
         self.dtype = dtype
         self._key: Any = None
