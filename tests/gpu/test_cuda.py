@@ -20,16 +20,7 @@ from ticketsearch.models import create_model
 from ticketsearch.sparse import apply_mask, grad_masker, prunable_parameters
 from ticketsearch.training.optim import make_optimizer
 
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    """Compare in true float32: TF32 convolutions differ from CPU by ~1e-3, which Adam then amplifies."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+pytestmark = pytest.mark.gpu  # TF32 off for every test: tests/gpu/conftest.py
 
 
 def _lenet5_pair():

@@ -16,15 +16,7 @@ from ticketsearch.models import create_model
 from ticketsearch.sparse import apply_mask, masked_layers, prunable_shapes
 from ticketsearch.training import train
 
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+pytestmark = pytest.mark.gpu  # TF32 off for every test: tests/gpu/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -23,15 +23,7 @@ from ticketsearch.sparse.kernels.triton_masked import masked_linear, masked_line
 from ticketsearch.sparse.kernels.triton_supermask import TritonTopK
 from ticketsearch.sparse.supermask import current_mask, to_supermask
 
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+pytestmark = pytest.mark.gpu  # TF32 off for every test: tests/gpu/conftest.py
 
 
 def _mask(shape, density, seed=0):
