@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 from clitools import assert_one_line_error, nothing_left, run_cli
+from nets import one_thread  # noqa: F401  (autouse fixture)
 
 import ticketsearch.training.loop as loop_mod
 from ticketsearch.core.hparams import RunHparams, TrainingHparams, stable_hash
@@ -21,14 +22,6 @@ from ticketsearch.data import load_dataset
 from ticketsearch.models import create_model
 from ticketsearch.sparse import apply_mask, masked_layers, prunable_shapes
 from ticketsearch.training import evaluate, train
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
