@@ -1,12 +1,22 @@
-"""Small networks shared by the sparse, kernel and supermask tests (one place, so the suites test the same nets)."""
+"""Small networks shared by the sparse, kernel and supermask tests, and the small digits run the end-to-end
+tests share (one place, so the suites test the same nets and the same run)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ticketsearch.core.hparams import (
+    DatasetHparams,
+    ModelHparams,
+    PruningHparams,
+    RunHparams,
+    TrainingHparams,
+)
 from ticketsearch.core.select import select
 from ticketsearch.sparse import MaskedConv2d, MaskedLinear, prunable_parameters
 
@@ -64,4 +74,17 @@ def random_mask(model, density=0.3, seed=0):
     g = torch.Generator().manual_seed(seed)
     return select(
         {n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(model).items()}, density
+    )
+
+
+def digits_hparams(
+    method: str = "imp", *, training: dict[str, Any] | None = None, **pruning: Any
+) -> RunHparams:
+    """``mlp_digits`` on ``digits``: the end-to-end run that takes seconds on a CPU. ``training`` holds the
+    TrainingHparams fields and ``pruning`` the PruningHparams fields that differ from the defaults."""
+    return RunHparams(
+        model=ModelHparams(model="mlp_digits"),
+        dataset=DatasetHparams(dataset="digits"),
+        training=TrainingHparams(**(training or {})),
+        pruning=PruningHparams(method=method, **pruning),
     )

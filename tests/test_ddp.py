@@ -21,15 +21,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from nets import digits_hparams
 
 from ticketsearch.cli import main
 from ticketsearch.core import ConfigError, Mask
 from ticketsearch.core.hparams import (
-    DatasetHparams,
-    ModelHparams,
-    PruningHparams,
     RunHparams,
-    TrainingHparams,
 )
 from ticketsearch.experiments.runner import RunOptions, prepare
 from ticketsearch.training.distributed import World
@@ -239,12 +236,7 @@ def test_shards_are_torch_tensor_split(n, size):
 
 
 def _hp(method: str, batch_size: int) -> RunHparams:
-    return RunHparams(
-        model=ModelHparams(model="mlp_digits"),
-        dataset=DatasetHparams(dataset="digits"),
-        training=TrainingHparams(batch_size=batch_size, budget="10it"),
-        pruning=PruningHparams(method=method, density=0.5),
-    )
+    return digits_hparams(method, training=dict(batch_size=batch_size, budget="10it"), density=0.5)
 
 
 def test_prepare_refuses_what_torchrun_cannot_run(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from nets import digits_hparams
 
 from ticketsearch.core import ConfigError, Mask
 from ticketsearch.core.hparams import (
@@ -28,12 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _hp(**pruning) -> RunHparams:
-    return RunHparams(
-        model=ModelHparams(model="mlp_digits"),
-        dataset=DatasetHparams(dataset="digits"),
-        training=TrainingHparams(optimizer="adam", lr=3e-3, batch_size=32, budget="4ep", eval_every="1ep"),
-        pruning=PruningHparams(**{"method": "imp", "rounds": 2, **pruning}),
-    )
+    training = dict(optimizer="adam", lr=3e-3, batch_size=32, budget="4ep", eval_every="1ep")
+    return digits_hparams(training=training, **{"rounds": 2, **pruning})
 
 
 def _opts(root: Path, **kw) -> RunOptions:

@@ -7,16 +7,9 @@ import json
 
 import pytest
 import torch
-from nets import one_thread  # noqa: F401  (autouse fixture)
+from nets import digits_hparams, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 from ticketsearch.core.errors import ConfigError
-from ticketsearch.core.hparams import (
-    DatasetHparams,
-    ModelHparams,
-    PruningHparams,
-    RunHparams,
-    TrainingHparams,
-)
 from ticketsearch.sparse import KERNELS, Kernel, resolve_backend, self_check
 from ticketsearch.sparse.kernels import MASKED, find_kernel
 from ticketsearch.sparse.layers import _CHECKED
@@ -65,12 +58,7 @@ def test_triton_kernels_pass_the_self_check(name):
 def test_backend_is_recorded_not_hashed(tmp_path):
     from ticketsearch.experiments.runner import RunOptions, run_find
 
-    hp = RunHparams(
-        model=ModelHparams(model="mlp_digits"),
-        dataset=DatasetHparams(dataset="digits"),
-        training=TrainingHparams(optimizer="adam", lr=3e-3, batch_size=64, budget="1ep"),
-        pruning=PruningHparams(method="imp", rounds=1),
-    )
+    hp = digits_hparams(training=dict(optimizer="adam", lr=3e-3, batch_size=64, budget="1ep"), rounds=1)
     runs = {}
     for backend in ("reference", "inplace"):
         opts = RunOptions(root=tmp_path / backend, device="cpu", backend=backend, progress=False)

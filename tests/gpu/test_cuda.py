@@ -7,13 +7,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import digits_hparams
 
 from ticketsearch.core import select
 from ticketsearch.core.hparams import (
-    DatasetHparams,
-    ModelHparams,
-    PruningHparams,
-    RunHparams,
     TrainingHparams,
 )
 from ticketsearch.models import create_model
@@ -77,12 +74,7 @@ def test_runner_end_to_end_on_cuda(tmp_path):
     from ticketsearch.core import Mask
     from ticketsearch.experiments.runner import RunOptions, run_find
 
-    hp = RunHparams(
-        model=ModelHparams(model="mlp_digits"),
-        dataset=DatasetHparams(dataset="digits"),
-        training=TrainingHparams(optimizer="adam", lr=3e-3, batch_size=32, budget="10ep"),
-        pruning=PruningHparams(method="imp", rounds=2),
-    )
+    hp = digits_hparams(training=dict(optimizer="adam", lr=3e-3, batch_size=32, budget="10ep"), rounds=2)
     s = run_find(hp, seed=0, opts=RunOptions(root=tmp_path, device="cuda", progress=False))
     assert s.rows[-1]["test_acc"] > 0.9
     masks = [Mask.load(r["mask"]) for r in s.rows]
@@ -92,20 +84,16 @@ def test_runner_end_to_end_on_cuda(tmp_path):
 def test_supermask_on_cuda(tmp_path):
     from ticketsearch.experiments.runner import RunOptions, run_find
 
-    hp = RunHparams(
-        model=ModelHparams(model="mlp_digits"),
-        dataset=DatasetHparams(dataset="digits"),
-        training=TrainingHparams(
-            optimizer="sgd",
-            lr=0.1,
-            momentum=0.9,
-            weight_decay=5e-4,
-            batch_size=64,
-            budget="10ep",
-            schedule="cosine",
-        ),
-        pruning=PruningHparams(method="supermask", density=0.5),
+    training = dict(
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        batch_size=64,
+        budget="10ep",
+        schedule="cosine",
     )
+    hp = digits_hparams("supermask", training=training, density=0.5)
     s = run_find(hp, seed=0, opts=RunOptions(root=tmp_path, device="cuda", progress=False))
     assert s.rows[-1]["density"] == pytest.approx(0.5, abs=1e-3)
     assert s.rows[-1]["test_acc"] > 0.6

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn as nn
+from nets import digits_hparams
 
 from ticketsearch.core.hparams import TrainingHparams
 from ticketsearch.core.mask import Mask
@@ -116,15 +117,9 @@ def test_hooks_fall_back_to_eager(digits):
 
 
 def test_runner_records_graph(digits, tmp_path):
-    from ticketsearch.core.hparams import DatasetHparams, ModelHparams, PruningHparams, RunHparams
     from ticketsearch.experiments.runner import RunOptions, run_find
 
-    hp = RunHparams(
-        model=ModelHparams(model="mlp_digits"),
-        dataset=DatasetHparams(dataset="digits"),
-        training=TrainingHparams(batch_size=32, budget="1ep"),
-        pruning=PruningHparams(method="imp", density=0.8, rounds=1),
-    )
+    hp = digits_hparams(training=dict(batch_size=32, budget="1ep"), density=0.8, rounds=1)
     s = run_find(hp, seed=0, opts=RunOptions(root=tmp_path, device="cuda", progress=False))
     assert all(row.result["graph"] is True for row in s.rows), [r.result.get("eager_reason") for r in s.rows]
     bf = dataclasses.replace(hp, training=dataclasses.replace(hp.training, precision="bf16"))
