@@ -84,16 +84,8 @@ def test_runner_end_to_end_on_cuda(tmp_path):
 def test_supermask_on_cuda(tmp_path):
     from ticketsearch.experiments.runner import RunOptions, run_find
 
-    training = dict(
-        optimizer="sgd",
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=5e-4,
-        batch_size=64,
-        budget="10ep",
-        schedule="cosine",
-    )
-    hp = digits_hparams("supermask", training=training, density=0.5)
+    sgd = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine")
+    hp = digits_hparams("supermask", training=dict(sgd, batch_size=64, budget="10ep"), density=0.5)
     s = run_find(hp, seed=0, opts=RunOptions(root=tmp_path, device="cuda", progress=False))
     assert s.rows[-1]["density"] == pytest.approx(0.5, abs=1e-3)
     assert s.rows[-1]["test_acc"] > 0.6
