@@ -1,11 +1,11 @@
 """The cost of ``bench --storage``: the smoke suite as a queue on PostgreSQL, against the plain local suite.
 
-Four ways to run the ``smoke`` suite (5 cells and 1 smallest-ticket search on digits) on this machine,
+Five ways to run the ``smoke`` suite (5 cells and 1 smallest-ticket search on digits) on this machine,
 each from a fresh ``--root`` and as a user would type it (a new interpreter), one torch thread per worker
 (what ``--workers 2`` gives its workers on 2 cores; on a shared machine, two threads per process make wall
 times swing with the other load):
 
-* ``local``: ``bench --suite smoke`` (1 worker, no database);
+* ``local``: ``bench --suite smoke`` (1 worker, no database); ``local_2workers``: with ``--workers 2``;
 * ``pg_1worker``: ``bench --suite smoke --storage postgresql://...`` (1 worker);
 * ``pg_2workers``: the same with ``--workers 2`` (one command, two worker processes);
 * ``pg_2machines``: two such commands at once, 1 worker each, own ``--root`` and ``--out`` (two machines
@@ -43,7 +43,8 @@ from typing import Any
 
 from ._writer import REPO, ResultWriter, add_output_args, md_table
 
-MODES = ("local", "pg_1worker", "pg_2workers", "pg_2machines")
+MODES = ("local", "local_2workers", "pg_1worker", "pg_2workers", "pg_2machines")
+LOCAL = ("local", "local_2workers")
 
 
 def _cmd(machine: Path, *extra: str) -> list[str]:
@@ -142,7 +143,7 @@ def main() -> None:
         server = throwaway_postgres()
     walls: dict[str, list[float]] = {m: [] for m in MODES}
     loads: dict[str, list[float]] = {m: [] for m in MODES}  # 1-minute load average after each run
-    over: dict[str, list[dict[str, float]]] = {m: [] for m in MODES[1:]}
+    over: dict[str, list[dict[str, float]]] = {m: [] for m in MODES if m not in LOCAL}
     with server as url, tempfile.TemporaryDirectory(prefix="bench_queue-") as tmp:
         for r in range(args.rounds):
             for mode in MODES:
@@ -151,13 +152,14 @@ def main() -> None:
                 q = ("--storage", url, "--study-name", name)
                 cmds = {
                     "local": [_cmd(base)],
+                    "local_2workers": [_cmd(base, "--workers", "2")],
                     "pg_1worker": [_cmd(base, *q)],
                     "pg_2workers": [_cmd(base, *q, "--workers", "2")],
                     "pg_2machines": [_cmd(base / "a", *q), _cmd(base / "b", *q)],
                 }[mode]
                 walls[mode].append(_run(cmds, threads=1))
                 loads[mode].append(os.getloadavg()[0])
-                if mode != "local":
+                if mode not in LOCAL:
                     over[mode] += _overheads(url, name)
                 print(f"round {r}: {mode} {walls[mode][-1]:.1f} s", file=sys.stderr, flush=True)
         fixed = {n: _fixed_costs(url, n) for n in ("smoke", "quick")}
@@ -193,7 +195,8 @@ shared with other work: wall times move with its load, the per-item costs below 
 
 {md_table(["mode", "median", "rounds", "vs local", "load average after each"], rows)}
 
-`local`: `bench --suite smoke`; `pg_1worker`: the same with `--storage`; `pg_2workers`: `--workers 2`;
+`local`: `bench --suite smoke`, `local_2workers` with `--workers 2` (the process pool, no database);
+`pg_1worker`: `bench --suite smoke --storage URL`; `pg_2workers`: the same with `--workers 2`;
 `pg_2machines`: two commands at once, 1 worker each (two machines on one database, here one 2-core CPU).
 
 ## The queue's overhead per item (ms, median over items and rounds)
