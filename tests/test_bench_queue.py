@@ -189,7 +189,6 @@ def _retried(trials, killed_number: int):
     return retry
 
 
-@pytest.mark.slow  # a heartbeat going stale across machines: ~15 s (the same machine's case is below)
 def test_a_killed_machine_s_cell_is_retried_by_the_other_on_postgres(postgres_url, tmp_path):
     spec, suite = _slow_suite(tmp_path)
     a, b = tmp_path / "a", tmp_path / "b"
