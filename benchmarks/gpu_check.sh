@@ -6,7 +6,7 @@
 #
 # Results to commit afterwards: $OUT/speed/cuda.{json,md} -> benchmarks/results/speed/ (and a line in
 # benchmarks/results/README.md). With MNIST under build/data (carried), it also times the open_lth-sized
-# experiment (`find --method imp`, 2 epochs) on the GPU (CUDA-graph steps, then --no-graph) and on the CPU
+# experiment (`find --method imp`, 2 epochs) on the GPU (with --graph, then eager steps) and on the CPU
 # (olt.log).
 set -u
 export PYTHONUNBUFFERED=1
@@ -47,7 +47,7 @@ if [ -d build/data/mnist ]; then
   stage "open_lth-sized find (cuda, cpu)"
   for run in cuda cuda_nograph cpu; do
     rm -rf "/tmp/olt_$run"
-    extra=""; [ "$run" = cuda_nograph ] && extra="--no-graph"
+    extra=""; [ "$run" = cuda ] && extra="--graph"
     /usr/bin/time -f "%e s wall ($run)" timeout 60 $PY -m ticketsearch find --method imp --dataset mnist \
       --data-root build/data --rounds 1 --budget 2ep --batch-size 128 --optimizer sgd --lr 0.1 --val-size 0 \
       --eval-every 1ep --scope global --output-rate 0 --no-progress --root "/tmp/olt_$run" \

@@ -26,7 +26,7 @@ turn, in a fresh random order) after a warm-up, so the machine's drift and the c
 the big modes hit all alike; per step CUDA events on a GPU, perf_counter
 on a CPU; the median over ``rounds × repeats`` (≥ 50) steps. Not measured here (out of this script's
 scope): open_lth end to end (``openlth_speed``; ``benchmarks/gpu_check.sh`` times a find with and without
-``--no-graph``).
+``--graph``).
 
 Results: ``benchmarks/results/speed/<variant>.{json,md}``, the variant ``cpu`` or ``cuda`` by default
 (``--variant`` to name it). From the repository root:

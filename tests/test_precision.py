@@ -22,6 +22,7 @@ from ticketsearch.data import load_dataset
 from ticketsearch.models import create_model
 from ticketsearch.sparse import apply_mask, masked_layers, prunable_shapes
 from ticketsearch.training import evaluate, train
+from ticketsearch.training.graphs import GRAPHS_OFF
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +138,7 @@ def test_graph_step_body_equals_eager_step(digits, monkeypatch, case):
     hp = TrainingHparams(batch_size=32, budget="2ep", **GRAPH_CASES[case])
     eager = _masked_model()
     r_eager = train(eager, digits, hp, seed=5, progress=False)
-    assert not r_eager.graph and "cpu" in (r_eager.eager_reason or "")
+    assert not r_eager.graph and r_eager.eager_reason == GRAPHS_OFF
     monkeypatch.setattr(loop_mod, "eager_reason", lambda *a, **k: None)  # take the graph path on CPU
     graphed = _masked_model()
     r_graph = train(graphed, digits, hp, seed=5, progress=False)
@@ -190,7 +191,7 @@ def test_cli_precision_names_the_run_and_no_graph_is_recorded(tmp_path, capsys):
     root = tmp_path / "runs"
     r32 = run_cli(capsys, *FIND, "--root", str(root), "--json")
     assert r32.returncode == 0, r32.stderr
-    r16 = run_cli(capsys, *FIND, "--root", str(root), "--json", "--precision", "bf16", "--no-graph")
+    r16 = run_cli(capsys, *FIND, "--root", str(root), "--json", "--precision", "bf16", "--graph")
     assert r16.returncode == 0, r16.stderr
     d32, d16 = (json.loads(r.stdout)["run_dir"] for r in (r32, r16))
     assert d32 != d16
@@ -199,8 +200,8 @@ def test_cli_precision_names_the_run_and_no_graph_is_recorded(tmp_path, capsys):
     assert hp16["training"]["precision"] == "bf16" and "precision" not in hp32["training"]
     res16 = json.loads(next((tmp_path / d16).rglob("result.json")).read_text())
     res32 = json.loads(next((tmp_path / d32).rglob("result.json")).read_text())
-    assert res16["graph"] is False and res16["eager_reason"] == "--no-graph"
-    assert res32["graph"] is False and "CUDA-only" in res32["eager_reason"]
+    assert res16["graph"] is False and "CUDA-only" in res16["eager_reason"]  # --graph asked, CPU: eager
+    assert res32["graph"] is False and res32["eager_reason"] == GRAPHS_OFF  # off unless asked
 
 
 def test_cli_bad_precision_one_line(tmp_path, capsys):

@@ -16,6 +16,7 @@ from ticketsearch.data import load_dataset
 from ticketsearch.models import create_model
 from ticketsearch.sparse import apply_mask, masked_layers, prunable_shapes
 from ticketsearch.training import train
+from ticketsearch.training.graphs import GRAPHS_OFF
 
 pytestmark = pytest.mark.gpu  # TF32 off for every test: tests/gpu/conftest.py
 
@@ -44,8 +45,8 @@ def _pruned_all_zero(model: nn.Module) -> bool:
 def _pair(hp: TrainingHparams, data, **model_kw):
     eager, graphed = _model(**model_kw), _model(**model_kw)
     r_e = train(eager, data, hp, seed=3, progress=False, graph=False)
-    r_g = train(graphed, data, hp, seed=3, progress=False)
-    assert not r_e.graph and r_e.eager_reason == "--no-graph"
+    r_g = train(graphed, data, hp, seed=3, progress=False, graph=True)
+    assert not r_e.graph and r_e.eager_reason == GRAPHS_OFF
     assert r_g.graph, r_g.eager_reason  # captured (a capture failure names its error here)
     return eager, graphed, r_e, r_g
 
@@ -95,15 +96,17 @@ def test_graph_bf16(digits):
 def test_graph_resume_equals_uninterrupted(digits):
     hp = TrainingHparams(optimizer="adam", lr=3e-3, batch_size=32, budget="3ep", schedule="cosine")
     full = _model()
-    train(full, digits, hp, seed=2, progress=False)
+    train(full, digits, hp, seed=2, progress=False, graph=True)
     saved = []
-    r = train(_model(), digits, hp, seed=2, progress=False, save_checkpoint=saved.append, stop_at=41)
+    r = train(
+        _model(), digits, hp, seed=2, progress=False, graph=True, save_checkpoint=saved.append, stop_at=41
+    )
     assert r.graph and saved[-1].iteration == 41 and saved[-1].optimizer["steps"] == 41
     resumed = _model()
     with torch.no_grad():
         for p in resumed.parameters():
             p.add_(1.0)  # other weights: the checkpoint must overwrite them
-    r2 = train(resumed, digits, hp, seed=2, progress=False, start=saved[-1])
+    r2 = train(resumed, digits, hp, seed=2, progress=False, graph=True, start=saved[-1])
     assert r2.graph
     for a, b in zip(full.parameters(), resumed.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
@@ -112,7 +115,9 @@ def test_graph_resume_equals_uninterrupted(digits):
 def test_hooks_fall_back_to_eager(digits):
     seen = []
     hp = TrainingHparams(batch_size=32, budget="5it")
-    r = train(_model(), digits, hp, seed=0, progress=False, after_step=lambda it, m: seen.append(it))
+    r = train(
+        _model(), digits, hp, seed=0, progress=False, graph=True, after_step=lambda it, m: seen.append(it)
+    )
     assert not r.graph and "hook" in (r.eager_reason or "") and seen == [1, 2, 3, 4, 5]
 
 
@@ -120,9 +125,9 @@ def test_runner_records_graph(digits, tmp_path):
     from ticketsearch.experiments.runner import RunOptions, run_find
 
     hp = digits_hparams(training=dict(batch_size=32, budget="1ep"), density=0.8, rounds=1)
-    s = run_find(hp, seed=0, opts=RunOptions(root=tmp_path, device="cuda", progress=False))
+    s = run_find(hp, seed=0, opts=RunOptions(root=tmp_path, device="cuda", progress=False, graph=True))
     assert all(row.result["graph"] is True for row in s.rows), [r.result.get("eager_reason") for r in s.rows]
     bf = dataclasses.replace(hp, training=dataclasses.replace(hp.training, precision="bf16"))
     s2 = run_find(bf, seed=0, opts=RunOptions(root=tmp_path, device="cuda", progress=False, graph=False))
     assert s2.run_dir != s.run_dir
-    assert all(row.result["graph"] is False and row.result["eager_reason"] == "--no-graph" for row in s2.rows)
+    assert all(row.result["graph"] is False and row.result["eager_reason"] == GRAPHS_OFF for row in s2.rows)

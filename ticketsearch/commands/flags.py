@@ -88,10 +88,12 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
         "the chosen one is recorded in each result, not in the run's hash)",
     )
     g.add_argument(
-        "--no-graph",
-        action="store_true",
-        help="on CUDA, run every training step eagerly instead of replaying it as a captured CUDA graph "
-        "(results equal within fp32 tolerance, so not part of the run's hash; each result records which ran)",
+        "--graph",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="on CUDA, replay each training step as one captured CUDA graph (opt-in until the GPU tests "
+        "have run on a GPU; results equal eager steps within fp32 tolerance, so not part of the run's hash; "
+        "each result records which ran)",
     )
     g.add_argument("--root", default="runs", help="results root (default: ./runs)")
     g.add_argument(
@@ -247,7 +249,7 @@ def run_options(ns: argparse.Namespace, **extra: Any) -> Any:
         download=ns.download,
         device=ns.device,
         backend=getattr(ns, "backend", "auto"),
-        graph=not getattr(ns, "no_graph", False),
+        graph=bool(getattr(ns, "graph", False)),
         progress=False if ns.no_progress else "auto",
         **extra,
     )

@@ -67,7 +67,7 @@ class RunOptions:
     download: bool = False  # fetch missing MNIST/Fashion-MNIST through torchvision (only when asked)
     device: str = "auto"
     backend: str = "auto"  # the masked kernel (sparse.resolve_backend); the chosen one is in every result
-    graph: bool = True  # CUDA: replay each training step as a captured CUDA graph where train() allows it
+    graph: bool = False  # CUDA: replay each training step as a captured CUDA graph where train() allows it
     progress: bool | str = "auto"
     controls: tuple[str, ...] = ()
     then_train: bool = False

@@ -26,7 +26,7 @@ What a graph needs, and how the step provides it:
   would otherwise hold tensors from the capture.
 
 When the step runs eagerly instead (:func:`eager_reason` says why, and the result records it): not CUDA (the
-CPU path is untouched, so resume stays bit-exact there), ``--no-graph``, torchrun (DDP's bucketed
+CPU path is untouched, so resume stays bit-exact there), without ``--graph`` (the default until the GPU tests have run), torchrun (DDP's bucketed
 all-reduce is host-driven), and any per-step hook (``on_step``/``after_step``): a hook runs host code
 between steps and may change what the forward computes from Python values (the Bernoulli supermask's
 temperature), which a capture would silently freeze. Learned supermasks, early-bird's search and IMP's
@@ -64,6 +64,11 @@ def precision_context(precision: str, device: torch.device, *, graph_safe: bool 
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+# opt-in (``--graph``) until tests/gpu/test_graphs.py has run on a GPU: a capture that ran but computed
+# something else than the eager step would be silent, and no GPU has checked it yet
+GRAPHS_OFF = "CUDA graphs off (--graph turns them on)"
+
+
 def eager_reason(
     model: nn.Module,
     device: torch.device,
@@ -74,7 +79,7 @@ def eager_reason(
 ) -> str | None:
     """Why this ``train()`` call steps eagerly, or ``None`` when it may capture its step in a CUDA graph."""
     if not enabled:
-        return "--no-graph"
+        return GRAPHS_OFF
     if device.type != "cuda":
         return f"device {device.type}: CUDA graphs are CUDA-only"
     if world.active:

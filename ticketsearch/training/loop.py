@@ -173,7 +173,7 @@ def train(
     desc: str = "train",
     stop_at: int | None = None,
     world: World | None = None,
-    graph: bool = True,
+    graph: bool = False,
 ) -> TrainResult:
     """Train ``model`` (already on the data's device) on ``data`` (a :class:`ticketsearch.data.Dataset`).
 
