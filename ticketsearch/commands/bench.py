@@ -24,8 +24,10 @@ class Bench(Command):
     )
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
+        from ..bench.spec import list_suites  # the package's suite files: cheap, no torch
+
         parser.add_argument(
-            "--suite", default="smoke", help="smoke | quick | paper | cifar | a .json/.toml file"
+            "--suite", default="smoke", help=" | ".join([*list_suites(), "a .json/.toml file"])
         )
         parser.add_argument("--methods", default=None, help="comma-separated subset of the suite's methods")
         parser.add_argument("--seeds", type=int, default=None, help="replicates (default: the suite's)")
