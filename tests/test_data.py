@@ -597,8 +597,11 @@ def test_process_cache_reuses_unchanged_files_and_rereads_changed_ones(
     b = D.load_dataset("mnist", root=root, seed=1)
     assert base._RAW_CACHE[key][1] is raw  # the second load decoded nothing
     assert torch.equal(a.x_test, b.x_test)
-    b.x_test.add_(1.0)  # a caller editing its tensors in place never reaches the cache or other loads
-    assert torch.equal(D.load_dataset("mnist", root=root, seed=0).x_test, a.x_test)
+    for t in (b.x_train, b.x_val, b.x_test, b.y_train, b.y_test):
+        t.add_(1)  # a caller editing its tensors in place never reaches the cache or other loads
+    again = D.load_dataset("mnist", root=root, seed=0)
+    for name in ("x_train", "x_val", "x_test", "y_train", "y_val", "y_test"):
+        assert torch.equal(getattr(again, name), getattr(a, name)), name
     with pytest.raises(ValueError):
         raw.x_test[0, 0, 0, 0] = 1.0  # the cached arrays are read-only
     # a replaced file (new mtime) is read again, and verified again

@@ -349,29 +349,34 @@ def load_dataset(
     n_val = resolve_val_size(val_size, int(raw.x_train.shape[0]), spec.default_val_size)
     train_idx, val_idx = stratified_split(raw.y_train, n_val, seed, salt=1)
 
-    def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        # always a copy: the raw arrays may be the process cache's (read-only, shared by later loads)
-        return torch.tensor(np.ascontiguousarray(a), dtype=dtype)
+    def rows(a: np.ndarray, idx: np.ndarray | None, dtype: type) -> torch.Tensor:
+        """A fresh tensor of ``a``'s rows ``idx`` (all rows: None): never a view of ``a``, which may be the
+        process cache's (read-only, shared by later loads). One copy: a fancy index already copies."""
+        out = a[idx] if idx is not None else np.array(a, dtype=dtype)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=dtype))
 
-    x_train_all = t(raw.x_train, torch.float32)
-    y_train_all = t(raw.y_train, torch.int64)
     ti, vi = torch.from_numpy(train_idx).long(), torch.from_numpy(val_idx).long()
-    x_test = t(raw.x_test, torch.float32)
     input_shape = tuple(spec.input_shape)
-    if resize:
-        x_train_all, x_test, input_shape = _resize(name, input_shape, resize, x_train_all, x_test)
+    if resize:  # resample every image once, then split
+        x_all, x_test, input_shape = _resize(
+            name, input_shape, resize, rows(raw.x_train, None, np.float32), rows(raw.x_test, None, np.float32)
+        )
+        x_train, x_val = x_all[ti], x_all[vi]
+    else:  # split first: each split is copied once, not the whole training set twice
+        x_train, x_val = rows(raw.x_train, train_idx, np.float32), rows(raw.x_train, val_idx, np.float32)
+        x_test = rows(raw.x_test, None, np.float32)
     meta = dict(raw.meta)
     meta.update({"dataset": name, "root": str(root_path), "split_seed": int(seed), "val_size": int(n_val)})
     if resize:
         meta["resize"] = int(resize)
     ds = Dataset(
         name=name,
-        x_train=x_train_all[ti],
-        y_train=y_train_all[ti],
-        x_val=x_train_all[vi],
-        y_val=y_train_all[vi],
+        x_train=x_train,
+        y_train=rows(raw.y_train, train_idx, np.int64),
+        x_val=x_val,
+        y_val=rows(raw.y_train, val_idx, np.int64),
         x_test=x_test,
-        y_test=t(raw.y_test, torch.int64),
+        y_test=rows(raw.y_test, None, np.int64),
         input_shape=input_shape,
         num_classes=spec.num_classes,
         meta=meta,
