@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import spawned_children
 
 from ticketsearch.bench import aggregate, cells_of, load_suite, read_records, write_report
 from ticketsearch.bench.report import _y_floor
@@ -89,7 +90,7 @@ def test_resume_after_a_worker_is_killed(tmp_path):
     while time.time() < deadline and not (results.is_file() and results.read_text().count("\n") >= 1):
         assert p.poll() is None, p.stderr.read() if p.stderr else ""
         time.sleep(0.05)
-    workers = _spawned_children(p.pid)
+    workers = spawned_children(p.pid)
     assert workers, "no worker process found"
     os.kill(workers[0], signal.SIGKILL)
     stdout, stderr = p.communicate(timeout=600)
@@ -104,23 +105,6 @@ def test_resume_after_a_worker_is_killed(tmp_path):
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and results.stat().st_mtime_ns == mtime
     assert (out / "smallest.jsonl").stat().st_mtime_ns == small_mtime  # the search is not repeated
-
-
-def _spawned_children(pid: int) -> list[int]:
-    """Worker processes of the pool (spawned interpreters), not multiprocessing's resource tracker."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and "spawn_main" in cmdline:
-            out.append(int(proc.name))
-    return out
 
 
 def _rec(variant, density, seed, acc, **kw):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pgserver
 import pytest
 from clitools import assert_one_line_error, nothing_left, run_cli
+from procs import finish, spawned_children
 
 from ticketsearch.bench import cells_of, load_suite, read_records
 from ticketsearch.bench.queue import QUEUE_ATTR, _take, _top_up, default_name, items_of, open_queue
@@ -68,18 +69,6 @@ def _exactly_once(url: str, suite, name: str | None = None) -> list:
     return trials
 
 
-def _finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str, str]]:
-    out = []
-    for p in procs:
-        try:
-            so, se = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            so, se = p.communicate()
-        out.append((p.returncode, so, se))
-    return out
-
-
 def _without_timing(md: str) -> str:
     """The report less its "Where the time went" section (machine-local: this command's workers)."""
     head, sep, rest = md.partition("## Where the time went")
@@ -100,7 +89,7 @@ def test_two_machines_run_the_smoke_suite_once_and_any_machine_reports_it(postgr
         )
         for m in (a, b)
     ]
-    for code, _, err in _finish(procs, 300):
+    for code, _, err in finish(procs, 300):
         assert code == 0, err
     trials = _exactly_once(postgres_url, suite)
     assert not [t for t in trials if t.state.name != "COMPLETE"]  # no failure, no duplicate
@@ -204,7 +193,7 @@ def test_a_killed_machine_s_cell_is_retried_by_the_other_on_postgres(postgres_ur
         victim.send_signal(signal.SIGKILL)
         victim.wait()
     other = subprocess.Popen(_bench(b, postgres_url, *args), cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    ((code, _, err),) = _finish([other], 300)
+    ((code, _, err),) = finish([other], 300)
     assert code == 0, err
     trials = _exactly_once(postgres_url, suite)
     retry = _retried(trials, killed.number)  # stale heartbeat (2 s): failed, enqueued again, run by the other
@@ -230,7 +219,7 @@ def test_a_killed_worker_process_is_replaced_and_its_cell_retried_at_once(postgr
     children: list[int] = []
 
     def child_running():
-        children[:] = _children(p.pid)
+        children[:] = spawned_children(p.pid)
         for pid in children:
             t = _running_item(postgres_url, "replaced", pid, a / "runs", p)
             if t is not None:
@@ -239,7 +228,7 @@ def test_a_killed_worker_process_is_replaced_and_its_cell_retried_at_once(postgr
 
     killed = _wait_for(child_running, 180, "a worker's cell")
     os.kill(killed.user_attrs["worker"]["pid"], signal.SIGKILL)
-    ((code, _, err),) = _finish([p], 100)
+    ((code, _, err),) = finish([p], 100)
     assert code == 0, err
     assert "a worker died (signal 9)" in err
     trials = _exactly_once(postgres_url, suite, "replaced")
@@ -247,21 +236,6 @@ def test_a_killed_worker_process_is_replaced_and_its_cell_retried_at_once(postgr
     assert retry.user_attrs["worker"]["pid"] != killed.user_attrs["worker"]["pid"]
     # it resumed the dead worker's run directory (same root): the record points at the same run
     assert Path(retry.user_attrs["record"]["run"]).is_relative_to(a / "runs")
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and "spawn_main" in cmdline:
-            out.append(int(proc.name))
-    return out
 
 
 def test_sqlite_rerun_after_a_kill_retries_the_cell_and_resumes_it(tmp_path):

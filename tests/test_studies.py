@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pgserver
 import pytest
+from procs import finish
 
 from ticketsearch.cli import main
 from ticketsearch.core.errors import ConfigError
@@ -399,18 +400,6 @@ def test_import_ticketsearch_loads_neither_optuna_nor_sqlalchemy():
 postgres_url = pgserver.postgres_url  # the throw-away server fixture (shared with test_bench_queue.py)
 
 
-def _finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str, str]]:
-    out = []
-    for p in procs:
-        try:
-            so, se = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            so, se = p.communicate()
-        out.append((p.returncode, so, se))
-    return out
-
-
 def test_two_workers_share_one_postgres_study(postgres_url, tmp_path):
     root = tmp_path / "runs"
     cmd = study_cmd(root, "--method", "snip", "--n-trials", "6", "--budget", "3ep", "--storage", postgres_url, "--study-name", "two", "--json")  # fmt: skip
@@ -418,7 +407,7 @@ def test_two_workers_share_one_postgres_study(postgres_url, tmp_path):
         subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
-    results = _finish(procs, 300)
+    results = finish(procs, 300)
     for code, _, err in results:
         assert code == 0, err
     ran = [json.loads(so)["ran"] for _, so, _ in results]
@@ -442,7 +431,7 @@ def test_a_killed_postgres_worker_s_trial_is_retried_by_the_other(postgres_url, 
     victim = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     other = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = _kill_mid_trial(postgres_url, "kill", victim)
-    ((code, so, se),) = _finish([other], 400)
+    ((code, so, se),) = finish([other], 400)
     assert code == 0, se
     study = load(postgres_url, "kill")
     assert states(study).get("RUNNING", 0) == 0 and states(study).get("WAITING", 0) == 0
