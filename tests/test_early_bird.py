@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from nets import digits_hparams
 
 from ticketsearch.core import Mask, select
 from ticketsearch.experiments.rundir import load_state
@@ -48,20 +49,14 @@ def test_a_distance_equal_to_eps_does_not_stop():
 
 
 def test_early_bird_end_to_end(tmp_path):
-    from ticketsearch.core.hparams import (
-        DatasetHparams,
-        ModelHparams,
-        PruningHparams,
-        RunHparams,
-        TrainingHparams,
-    )
     from ticketsearch.experiments.runner import RunOptions, run_find
 
-    hp = RunHparams(
-        model=ModelHparams(model="mlp_digits"),
-        dataset=DatasetHparams(dataset="digits"),
-        training=TrainingHparams(optimizer="adam", lr=3e-3, batch_size=32, budget="10ep", eval_every="1ep"),
-        pruning=PruningHparams(method="early-bird", density=0.2, eb_every="10it", eb_eps=0.05),
+    hp = digits_hparams(
+        "early-bird",
+        training=dict(optimizer="adam", lr=3e-3, batch_size=32, budget="10ep", eval_every="1ep"),
+        density=0.2,
+        eb_every="10it",
+        eb_eps=0.05,
     )
     s = run_find(hp, seed=0, opts=RunOptions(root=tmp_path, device="cpu", progress=False))
     search, ticket = s.rows

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from nets import digits_hparams
 
 from ticketsearch.core.errors import ConfigError
 from ticketsearch.smallest import Probe, bisect_log_density, check_tolerance, within_tolerance
@@ -102,22 +103,10 @@ def test_bad_search_is_one_line(args, needle, capsys, tmp_path):
 
 def test_a_density_that_empties_a_layer_is_out_of_tolerance_not_an_error(tmp_path):
     """SNIP at 0.01% (about 3 weights) disconnects the digits MLP: the search treats it as a failed probe and goes on."""
-    from ticketsearch.core.hparams import (
-        DatasetHparams,
-        ModelHparams,
-        PruningHparams,
-        RunHparams,
-        TrainingHparams,
-    )
     from ticketsearch.experiments.runner import RunOptions
     from ticketsearch.smallest import smallest
 
-    hp = RunHparams(
-        model=ModelHparams(model="mlp_digits"),
-        dataset=DatasetHparams(dataset="digits"),
-        training=TrainingHparams(optimizer="adam", lr=3e-3, batch_size=32, budget="2ep"),
-        pruning=PruningHparams(method="snip"),
-    )
+    hp = digits_hparams("snip", training=dict(optimizer="adam", lr=3e-3, batch_size=32, budget="2ep"))
     opts = RunOptions(root=tmp_path, device="cpu", progress=False)
     r = smallest(hp, seeds=[0], tolerance=5.0, opts=opts, min_density=1e-4, precision=0.5)
     first = r.probes[0]
