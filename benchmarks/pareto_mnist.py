@@ -44,21 +44,6 @@ def _base(method: str, budget: str):
     )
 
 
-def front(trials: list[Any]) -> list[Any]:
-    """The non-dominated trials (higher validation accuracy, lower density), by increasing density."""
-    done = [t for t in trials if t.values is not None and len(t.values) == 2]
-    out = []
-    for t in done:
-        acc, dens = t.values
-        dominated = any(
-            (o.values[0] >= acc and o.values[1] <= dens) and (o.values[0] > acc or o.values[1] < dens)
-            for o in done
-        )
-        if not dominated:
-            out.append(t)
-    return sorted(out, key=lambda t: t.values[1])
-
-
 def defaults(method: str, budget: str, root: Path, data_root: str | None) -> list[dict[str, Any]]:
     """The method's defaults at each check density: validation and test accuracy of the ticket there."""
     from ticketsearch.experiments.runner import RunOptions, run_find
@@ -154,7 +139,7 @@ def main() -> None:
 
     from ticketsearch.core.io import atomic_write_bytes
     from ticketsearch.experiments.runner import RunOptions
-    from ticketsearch.studies import StudySpec, run_study, trial_record
+    from ticketsearch.studies import StudySpec, best_trials, run_study, trial_record
 
     torch.set_num_threads(1)
     lo, hi = (float(x) for x in args.density_range.split(","))
@@ -168,7 +153,7 @@ def main() -> None:
         outcome = run_study(spec, opts, study_name=f"pareto_{m}_mnist_{variant}", progress=False)
         trials = outcome.study.get_trials(deepcopy=False)
         studies[m] = trials
-        fronts[m] = front(trials)
+        fronts[m] = sorted(best_trials(outcome.study, pareto=True), key=lambda t: t.values[1])
         checks[m] = defaults(m, args.budget, args.root, args.data_root)
         records[m] = [trial_record(t) for t in trials]
 
