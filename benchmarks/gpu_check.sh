@@ -5,7 +5,10 @@
 #   OUT=/some/dir bash benchmarks/gpu_check.sh        # from the repository root
 #
 # Results to commit afterwards: $OUT/speed/cuda.{json,md} -> benchmarks/results/speed/ (and a line in
-# benchmarks/results/README.md). With MNIST under build/data (carried), it also times the open_lth-sized
+# benchmarks/results/README.md); $OUT/gpu_tests.log -> benchmarks/gpu_logs/gpu_tests_<gpu>.log. Only with
+# that log committed and passing may `--backend auto` take Triton on CUDA (set AUTO_TRITON_ON_CUDA in
+# ticketsearch/sparse/layers.py; tests/test_triton_backend.py checks the two agree), and only then may the
+# README call the CUDA tests measured. With MNIST under build/data (carried), it also times the open_lth-sized
 # experiment (`find --method imp`, 2 epochs) on the GPU (with --graph, then eager steps) and on the CPU
 # (olt.log).
 set -u

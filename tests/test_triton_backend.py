@@ -4,13 +4,16 @@ but does not name the run (it changes how, not what, a run computes)."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from nets import digits_hparams, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 from ticketsearch.core.errors import ConfigError
-from ticketsearch.sparse import KERNELS, Kernel, resolve_backend, self_check
+from ticketsearch.sparse import KERNELS, Kernel, layers, resolve_backend, self_check
 from ticketsearch.sparse.kernels import MASKED, find_kernel
 from ticketsearch.sparse.layers import _CHECKED
 
@@ -27,11 +30,33 @@ def test_auto_is_inplace_on_cpu_and_names_are_checked():
 
 def test_auto_on_cuda_needs_a_passing_self_check():
     """Where CUDA is missing the check fails (it cannot launch), so auto falls back to the default."""
-    want = "triton" if torch.cuda.is_available() and TRITON.available(build=False) else "inplace"
+    gated = layers.AUTO_TRITON_ON_CUDA
+    want = "triton" if gated and torch.cuda.is_available() and TRITON.available(build=False) else "inplace"
     assert resolve_backend("auto", "cuda") == want
     if not torch.cuda.is_available():
         assert self_check("triton", "cuda") is not None  # the reason is kept, and the check runs once
         assert ("triton", "cuda") in _CHECKED
+
+
+def test_auto_keeps_inplace_on_cuda_until_a_gpu_log_is_committed(monkeypatch):
+    """``auto`` picks Triton on CUDA only behind AUTO_TRITON_ON_CUDA, and that switch is on only when a GPU
+    run of tests/gpu is committed (a log whose pytest summary says passed, none failed)."""
+    monkeypatch.setattr(layers, "self_check", lambda name, dev: None)  # as if Triton ran and agreed here
+    fake = SimpleNamespace(
+        name="triton", supports=lambda dev, dtype: True, available=lambda build=False: True
+    )
+    monkeypatch.setitem(layers._MASKED_KERNELS, "triton", fake)
+    assert resolve_backend("auto", "cuda") == ("triton" if layers.AUTO_TRITON_ON_CUDA else "inplace")
+    monkeypatch.setattr(layers, "AUTO_TRITON_ON_CUDA", False)
+    assert resolve_backend("auto", "cuda") == "inplace"
+    monkeypatch.setattr(layers, "AUTO_TRITON_ON_CUDA", True)
+    assert resolve_backend("auto", "cuda") == "triton"
+    monkeypatch.undo()
+    logs = sorted((Path(__file__).resolve().parents[1] / "benchmarks/gpu_logs").glob("gpu_tests*.log"))
+    passed = [p for p in logs if re.search(r"\d+ passed", p.read_text()) and " failed" not in p.read_text()]
+    assert layers.AUTO_TRITON_ON_CUDA == bool(passed), (
+        "AUTO_TRITON_ON_CUDA must be on exactly when a passing tests/gpu log from a GPU is committed"
+    )
 
 
 def test_self_check_catches_a_wrong_kernel():
