@@ -13,7 +13,14 @@ Provenance recorded for every result (keys of ``provenance``, see :data:`PROVENA
 * ``versions``: python, torch, numpy, ticketsearch;
 * ``device``: CPU model name (``/proc/cpuinfo``), logical core count, cores this process may use, torch
   threads, CUDA device name (``None`` without CUDA), platform;
-* ``date_utc`` (start), ``finished_utc``, ``wall_s`` (this process, start to write).
+* ``date_utc`` (start), ``finished_utc``, ``wall_s`` (this process, start to write);
+* ``forced_dirty`` and ``code_dirty_files``: only on a result written with ``--force-dirty``.
+
+A number measured with uncommitted changes to the code it measures cannot be traced to any commit, so the
+writer refuses, in one line and before the benchmark runs, while files under ``ticketsearch/`` or
+``benchmarks/`` (tracked or not; results and run folders excepted) differ from HEAD, unless forced
+(``--force-dirty`` from :func:`add_output_args`, or ``TICKETSEARCH_FORCE_DIRTY=1``). A forced result says
+so at the top of its markdown and in ``provenance``.
 
 This module imports only the standard library and ``ticketsearch.core.io`` at import time (torch and
 numpy are imported when a result is written, to record them).
@@ -58,6 +65,9 @@ VERSION_KEYS = ("python", "torch", "numpy", "ticketsearch")
 DEVICE_KEYS = ("cpu_model", "cpu_count", "cpus_usable", "torch_threads", "cuda_device", "platform")
 # paths whose changes do not make a result's code dirty: the results themselves and resumable run folders
 _NOT_CODE = ("benchmarks/results", "benchmarks/runs")
+# the code a benchmark measures: uncommitted changes here make its numbers untraceable
+CODE_PATHS = ("ticketsearch", "benchmarks")
+FORCE_ENV = "TICKETSEARCH_FORCE_DIRTY"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -94,6 +104,23 @@ def git_state() -> dict[str, Any]:
         return {"git_commit": head.strip(), "git_dirty": None, "git_dirty_files": None}
     files = [line[3:] for line in status.splitlines() if line.strip()]
     return {"git_commit": head.strip(), "git_dirty": bool(files), "git_dirty_files": files[:100]}
+
+
+def code_dirty_files() -> list[str] | None:
+    """Files under :data:`CODE_PATHS` that differ from HEAD, untracked ones included (``None`` outside the
+    project's own checkout: nothing to compare with)."""
+    top = _git("rev-parse", "--show-toplevel")
+    if top is None or Path(top.strip()).resolve() != REPO:
+        return None
+    excludes = [f":(exclude){p}" for p in _NOT_CODE]
+    status = _git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS, *excludes)
+    if status is None:
+        return None
+    return [line[3:] for line in status.splitlines() if line.strip()]
+
+
+def _forced_by_env() -> bool:
+    return os.environ.get(FORCE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def command_line() -> str:
@@ -175,15 +202,42 @@ def add_output_args(ap: argparse.ArgumentParser, variant_help: str) -> None:
         default=RESULTS,
         help="root of the results tree (default benchmarks/results); writes <root>/<benchmark>/<variant>.*",
     )
+    ap.add_argument(
+        "--force-dirty",
+        action="store_true",
+        help="write the result although ticketsearch/ or benchmarks/ have uncommitted changes (the result "
+        f"says so; also ${FORCE_ENV}=1)",
+    )
 
 
 class ResultWriter:
     """One benchmark result: ``<results_dir>/<benchmark>/<variant>.{json,md}``. The clock starts here."""
 
-    def __init__(self, benchmark: str, variant: str = "default", *, results_dir: Path | str | None = None):
+    def __init__(
+        self,
+        benchmark: str,
+        variant: str = "default",
+        *,
+        results_dir: Path | str | None = None,
+        force_dirty: bool = False,
+    ):
+        """Refuses (one ``error:`` line, exit 2) while the measured code has uncommitted changes, unless
+        ``force_dirty`` or ``$TICKETSEARCH_FORCE_DIRTY=1``: checked here, before the benchmark spends its
+        time, not when it writes."""
         for what, name in (("benchmark", benchmark), ("variant", variant)):
             if not _NAME.match(name):
                 raise ValueError(f"{what} name {name!r}: use letters, digits and _ . + - (no slashes)")
+        dirty = code_dirty_files() or []
+        self.forced_dirty = bool(dirty) and (force_dirty or _forced_by_env())
+        self.code_dirty_files = dirty
+        if dirty and not self.forced_dirty:
+            shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
+            print(
+                f"error: {benchmark}/{variant}: uncommitted changes to the code it measures ({shown}); commit "
+                f"them first, or pass --force-dirty (or {FORCE_ENV}=1) to write a result marked dirty",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
         self.benchmark = benchmark
         self.variant = variant
         self.dir = Path(results_dir if results_dir is not None else RESULTS) / benchmark
@@ -221,6 +275,11 @@ class ResultWriter:
             "date_utc": _utc(self.started),
             "finished_utc": _utc(finished),
             "wall_s": round(time.perf_counter() - self._t0, 3),
+            **(
+                {"forced_dirty": True, "code_dirty_files": self.code_dirty_files[:100]}
+                if self.forced_dirty
+                else {}
+            ),
         }
 
     def write(self, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
@@ -229,7 +288,15 @@ class ResultWriter:
             raise ValueError("payload must not carry its own 'provenance' key: the writer adds it")
         prov = self.provenance()
         j = atomic_write_json(self.json_path, {**payload, "provenance": prov})
-        m = atomic_write_text(self.md_path, markdown.rstrip() + "\n\n" + provenance_markdown(prov))
+        head = ""
+        if self.forced_dirty:
+            files = ", ".join(f"`{f}`" for f in self.code_dirty_files[:10])
+            more = f" and {len(self.code_dirty_files) - 10} more" if len(self.code_dirty_files) > 10 else ""
+            head = (
+                f"> **Dirty: measured with uncommitted changes** to {files}{more} (written with --force-dirty); "
+                "no commit holds the code that produced these numbers.\n\n"
+            )
+        m = atomic_write_text(self.md_path, head + markdown.rstrip() + "\n\n" + provenance_markdown(prov))
         try:
             self.partial_path.unlink()
         except FileNotFoundError:
@@ -256,7 +323,7 @@ def provenance_markdown(prov: dict[str, Any]) -> str:
     rows = [
         ["result", f"`{prov['benchmark']}/{prov['variant']}`"],
         ["command", f"`{prov['command']}` (in `{prov['cwd']}`)"],
-        ["git commit", git],
+        ["git commit", git + (" — **forced: uncommitted code changes**" if prov.get("forced_dirty") else "")],
         ["date (UTC)", f"{prov['date_utc']} → {prov['finished_utc']}"],
         ["wall time", f"{prov['wall_s']:.1f} s"],
         ["versions", ", ".join(f"{k} {v.get(k) or '?'}" for k in VERSION_KEYS)],

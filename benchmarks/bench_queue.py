@@ -133,7 +133,9 @@ def main() -> None:
     ap.add_argument("--storage", default=None, help="a PostgreSQL URL (default: a throw-away server)")
     add_output_args(ap, "result name (default: postgres)")
     args = ap.parse_args()
-    out = ResultWriter("bench_queue", args.variant or "postgres", results_dir=args.results_dir)
+    out = ResultWriter(
+        "bench_queue", args.variant or "postgres", results_dir=args.results_dir, force_dirty=args.force_dirty
+    )
     load_start = os.getloadavg()
     if args.storage:
         server: Any = contextlib.nullcontext(args.storage)

@@ -561,7 +561,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     variant = args.variant or (f"{args.threads}thread" + ("s" if args.threads != 1 else ""))
-    out = ResultWriter("export_size", variant, results_dir=args.results_dir)
+    out = ResultWriter("export_size", variant, results_dir=args.results_dir, force_dirty=args.force_dirty)
     load_start = os.getloadavg()[0]
     models = [m for m in args.models.split(",") if m]
     sizes: list[dict[str, Any]] = []

@@ -56,7 +56,7 @@ def main() -> None:
     variant = args.variant or (
         "reset" if args.iterations == DEFAULT_ITERATIONS else f"reset_{args.iterations}it"
     )
-    out = ResultWriter("imp_lenet_mnist", variant, results_dir=args.results_dir)
+    out = ResultWriter("imp_lenet_mnist", variant, results_dir=args.results_dir, force_dirty=args.force_dirty)
     seeds = [int(s) for s in args.seeds.split(",")]
     hp = RunHparams(
         model=ModelHparams(model="lenet_300_100"),

@@ -87,7 +87,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     add_output_args(ap, "result name (default: default)")
     args = ap.parse_args()
-    out = ResultWriter("masking_overhead", args.variant or "default", results_dir=args.results_dir)
+    out = ResultWriter(
+        "masking_overhead",
+        args.variant or "default",
+        results_dir=args.results_dir,
+        force_dirty=args.force_dirty,
+    )
     torch.manual_seed(0)
     results = []
     recipes = {

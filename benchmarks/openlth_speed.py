@@ -285,7 +285,9 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=5.0, help="speed-up asked for (open_lth / ticketsearch)")
     add_output_args(ap, "result name (default: default)")
     args = ap.parse_args()
-    out = ResultWriter("openlth_speed", args.variant or "default", results_dir=args.results_dir)
+    out = ResultWriter(
+        "openlth_speed", args.variant or "default", results_dir=args.results_dir, force_dirty=args.force_dirty
+    )
 
     openlth = args.openlth.resolve()
     have_openlth = (openlth / "open_lth.py").is_file() and (openlth / "platforms" / "local.py").is_file()

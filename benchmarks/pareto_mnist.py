@@ -133,7 +133,7 @@ def main() -> None:
     add_output_args(ap, "result name (default: <N>trials_<budget>)")
     args = ap.parse_args()
     variant = args.variant or f"{args.n_trials}trials_{args.budget}"
-    out = ResultWriter("pareto_mnist", variant, results_dir=args.results_dir)
+    out = ResultWriter("pareto_mnist", variant, results_dir=args.results_dir, force_dirty=args.force_dirty)
 
     import torch
 

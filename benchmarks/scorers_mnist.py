@@ -203,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-collapse", action="store_true", help="skip the layer-collapse record")
     args = ap.parse_args(argv)
     out = ResultWriter(
-        "scorers_mnist", args.variant or f"{args.epochs}ep_{args.schedule}", results_dir=args.results_dir
+        "scorers_mnist",
+        args.variant or f"{args.epochs}ep_{args.schedule}",
+        results_dir=args.results_dir,
+        force_dirty=args.force_dirty,
     )
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     from ticketsearch.smallest import smallest
 
     variant = args.variant or f"lenet_{args.budget}_{args.seeds}seeds"
-    out = ResultWriter("smallest_mnist", variant, results_dir=args.results_dir)
+    out = ResultWriter("smallest_mnist", variant, results_dir=args.results_dir, force_dirty=args.force_dirty)
     training = dataclasses.replace(training_recipe("lenet_300_100"), budget=args.budget, eval_every="1000it")
     seeds = list(range(args.seeds))
     opts = RunOptions(root=args.root, data_root=args.data_root, device="cpu", progress=False)

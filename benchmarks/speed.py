@@ -415,7 +415,9 @@ def main() -> None:
     if rounds * repeats < 50:
         raise SystemExit(f"error: --rounds × --repeats = {rounds * repeats}; the median needs ≥ 50 steps")
     population = args.population if args.population is not None else (128 if cuda else 8)
-    out = ResultWriter("speed", args.variant or device.type, results_dir=args.results_dir)
+    out = ResultWriter(
+        "speed", args.variant or device.type, results_dir=args.results_dir, force_dirty=args.force_dirty
+    )
     meta = {
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if cuda else "CPU",

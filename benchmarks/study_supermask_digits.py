@@ -76,7 +76,9 @@ def main() -> None:
     add_output_args(ap, "result name (default: <N>trials)")
     args = ap.parse_args()
     variant = args.variant or f"{args.n_trials}trials"
-    out = ResultWriter("study_supermask_digits", variant, results_dir=args.results_dir)
+    out = ResultWriter(
+        "study_supermask_digits", variant, results_dir=args.results_dir, force_dirty=args.force_dirty
+    )
 
     import torch
 

@@ -112,7 +112,7 @@ def main() -> None:
         + ("" if model_name == default_model else f"_{model_name}")
         + ("" if args.epochs == recipe_epochs else f"_{args.epochs}ep")
     )
-    out = ResultWriter("supermask_mnist", variant, results_dir=args.results_dir)
+    out = ResultWriter("supermask_mnist", variant, results_dir=args.results_dir, force_dirty=args.force_dirty)
     is_mnist = dataset == "mnist"
     dense_hp = dense_training(model_name)
     configs = [("supermask", float(d)) for d in args.densities.split(",") if d]

@@ -74,7 +74,7 @@ def main() -> None:
     add_output_args(ap, "result name (default: from --threads, --models, --batch, --density)")
     args = ap.parse_args()
     variant = args.variant or variant_name(args.models, args.threads, args.batch, args.density)
-    out = ResultWriter("supermask_speed", variant, results_dir=args.results_dir)
+    out = ResultWriter("supermask_speed", variant, results_dir=args.results_dir, force_dirty=args.force_dirty)
     torch.set_num_threads(args.threads)
     variants = [v for v in args.variants.split(",") if v]
     if "compiled" in variants and cpu_extension() is None:

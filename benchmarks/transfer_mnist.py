@@ -320,7 +320,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     variant = args.variant or f"{MODEL_SHORT.get(args.model, args.model)}_{args.budget}"
-    out = ResultWriter(BENCHMARK, variant, results_dir=args.results_dir)
+    out = ResultWriter(BENCHMARK, variant, results_dir=args.results_dir, force_dirty=args.force_dirty)
 
     recipe = training_recipe(args.model)
     training = dataclasses.replace(recipe, budget=args.budget, eval_every=args.eval_every)

@@ -110,7 +110,10 @@ def writer(monkeypatch: pytest.MonkeyPatch):
     """``benchmarks._writer``, importable whether pytest was started as ``python -m pytest`` (the repo root
     on the path) or as ``pytest``."""
     monkeypatch.syspath_prepend(str(REPO))
-    return importlib.import_module("benchmarks._writer")
+    mod = importlib.import_module("benchmarks._writer")
+    # these tests run in whatever state the developer's tree is in: the dirty-code guard has its own tests
+    monkeypatch.setattr(mod, "code_dirty_files", lambda: [])
+    return mod
 
 
 # -- layout -------------------------------------------------------------------------------------------
@@ -348,3 +351,60 @@ def test_writer_refuses_bad_names_and_a_payload_provenance(writer, tmp_path: Pat
     with pytest.raises(ValueError):
         w.write({"provenance": {}}, "# x")
     assert not (tmp_path / "fake_bench").exists()
+
+
+def test_writer_refuses_uncommitted_code_unless_forced(writer, tmp_path: Path, monkeypatch, capsys):
+    """A number measured with uncommitted changes to the code it measures: refused at the start, in one
+    line, nothing written; forced, it says so at the top of its markdown and in its provenance."""
+    monkeypatch.delenv("TICKETSEARCH_FORCE_DIRTY", raising=False)
+    monkeypatch.setattr(writer, "code_dirty_files", lambda: ["ticketsearch/methods/learned.py"])
+    with pytest.raises(SystemExit) as exc:
+        writer.ResultWriter("fake_bench", "dirty", results_dir=tmp_path)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert "ticketsearch/methods/learned.py" in err and "--force-dirty" in err
+    assert not (tmp_path / "fake_bench").exists()
+    for how in ("flag", "env"):
+        if how == "env":
+            monkeypatch.setenv("TICKETSEARCH_FORCE_DIRTY", "1")
+        w = writer.ResultWriter("fake_bench", how, results_dir=tmp_path, force_dirty=how == "flag")
+        j, m = w.write({"x": 1}, "# Fake")
+        prov = json.loads(j.read_text())["provenance"]
+        assert prov["forced_dirty"] is True and prov["code_dirty_files"] == [
+            "ticketsearch/methods/learned.py"
+        ]
+        md = m.read_text()
+        assert md.startswith(
+            "> **Dirty: measured with uncommitted changes** to `ticketsearch/methods/learned.py`"
+        )
+        assert "forced: uncommitted code changes" in md
+    # a clean tree writes no such mark
+    monkeypatch.delenv("TICKETSEARCH_FORCE_DIRTY")
+    monkeypatch.setattr(writer, "code_dirty_files", lambda: [])
+    j, m = writer.ResultWriter("fake_bench", "clean", results_dir=tmp_path).write({"x": 1}, "# Fake")
+    assert "forced_dirty" not in json.loads(j.read_text())["provenance"] and m.read_text().startswith(
+        "# Fake"
+    )
+
+
+def test_code_dirty_files_is_what_git_reports_for_the_measured_code():
+    mod = importlib.import_module("benchmarks._writer")
+    if not _in_git_checkout():
+        assert mod.code_dirty_files() is None
+        return
+    out = _git("status", "--porcelain", "--untracked-files=all", "--", "ticketsearch", "benchmarks")
+    assert out is not None
+    expected = [
+        line[3:]
+        for line in out.splitlines()
+        if line.strip() and not line[3:].startswith(("benchmarks/results/", "benchmarks/runs/"))
+    ]
+    assert mod.code_dirty_files() == expected
+
+
+def test_every_script_accepts_force_dirty():
+    """Every script that writes a result takes --force-dirty (through add_output_args) and passes it on."""
+    for p in sorted(BENCH.glob("*.py")):
+        text = p.read_text()
+        if "ResultWriter(" in text and p.name != "_writer.py":
+            assert "add_output_args(" in text and "force_dirty=args.force_dirty" in text, p.name
