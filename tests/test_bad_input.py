@@ -206,6 +206,18 @@ BENCH_CASES = [
     (["--study-name", "x"], ["--study-name needs --storage"]),
     (["--heartbeat", "5"], ["--heartbeat needs --storage"]),
     (["--storage", "sqlite:///{tmp}/q.db", "--report", "{tmp}/out"], ["no database at", "q.db"]),
+    # --rerun-stale recomputes a local suite's cells; a report or a shared queue has none to recompute
+    (["--rerun-stale", "--report", "{tmp}/out"], ["--rerun-stale", "--report"]),
+    (["--rerun-stale", "--storage", "sqlite:///{tmp}/q.db"], ["--rerun-stale", "--storage"]),
+    # a suite whose data are missing: one line naming the files and how to get them, nothing queued
+    (
+        ["--suite", "cifar", "--data-root", "{tmp}/nodata"],
+        ["suite 'cifar'", "CIFAR-10 python batches", "data_batch_1", "--download"],
+    ),
+    (
+        ["--suite", "cifar", "--data-root", "{tmp}/nodata", "--storage", "sqlite:///{tmp}/q.db"],
+        ["suite 'cifar'", "data_batch_1", "nothing was queued"],
+    ),
 ]
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
-from .runner import DENSE
+from ..core.provenance import stale_section
+from .runner import DENSE, latest_records, stale_records
 from .spec import Suite
 
 __all__ = ["aggregate", "write_report", "SURVIVE_POINTS"]
@@ -74,7 +75,9 @@ def _pct(m: float | None, s: float | None = None) -> str:
 
 
 def write_report(records: list[dict[str, Any]], out_dir: Path, suite: Suite | None = None) -> None:
-    """summary.csv, report.md and the plots, from the records alone."""
+    """summary.csv, report.md and the plots, from the records alone (the newest record of each cell: a
+    failed cell retried, a stale one recomputed); cells whose numbers other code made are listed."""
+    records = latest_records(records)
     rows = aggregate(records)
     atomic_write_csv(out_dir / "summary.csv", rows)
     lines = [f"# Benchmark report: {suite.name if suite else out_dir.name}", ""]
@@ -99,6 +102,16 @@ def write_report(records: list[dict[str, Any]], out_dir: Path, suite: Suite | No
         lines += ["## Failed cells", "", "| cell | error |", "|---|---|"]
         lines += [f"| `{r['key']}` | {str(r.get('error', '')).replace('|', '/')} |" for r in failed]
         lines.append("")
+    stale = stale_records(records)
+    stale += [
+        {
+            "cell": f"smallest {r['key']}",
+            "reason": f"reused {len(r['stale'])} level(s): {r['stale'][0]['reason']}",
+        }
+        for r in small
+        if r.get("stale")
+    ]
+    lines += stale_section(stale, what="report")
     atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
 
 

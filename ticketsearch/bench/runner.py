@@ -5,7 +5,12 @@ Cells run in this process or in ``workers`` processes (threads per worker set so
 cores); only this process appends to ``results.jsonl``, one record per finished cell. A cell that fails
 with a user-level error (a NaN loss, a mask that empties a layer) is recorded as failed with its error and
 the suite goes on; a worker killed mid-cell is replaced and its cell retried (its run resumes from the
-last checkpoint).
+last checkpoint). A cell recorded as failed is not done: the next run of the suite retries it, and the
+newest record of a key is the one that counts (:func:`latest_records`).
+
+The suite's data are checked before anything is queued or recorded (:func:`check_data`). Each record holds
+the provenance of the code that ran the cell and the cached levels it reused that other code made
+(``stale``); ``rerun_stale`` recomputes those.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import TicketsearchError
+from ..core.errors import DataError, TicketsearchError
 from ..core.io import append_jsonl, atomic_write_json
+from ..core.provenance import collect_stale, current, stale_reason
 from ..training import progress_bar
 from .spec import DatasetEntry, Suite, Variant
 
@@ -34,6 +40,9 @@ __all__ = [
     "run_smallest",
     "smallest_keys",
     "smallest_search",
+    "latest_records",
+    "stale_records",
+    "check_data",
     "DENSE",
 ]
 
@@ -91,9 +100,29 @@ def _hparams(entry: DatasetEntry, variant: Variant | None, density: float) -> An
     ), weights
 
 
-def run_cell(suite: Suite, cell: Cell, *, root: Path, data_root: str | None, device: str) -> dict[str, Any]:
+def run_cell(
+    suite: Suite,
+    cell: Cell,
+    *,
+    root: Path,
+    data_root: str | None,
+    device: str,
+    rerun_stale: bool = False,
+) -> dict[str, Any]:
     """Train one cell (or read it from its cached run) and return its record; user errors become a failed
-    record, never an exception."""
+    record, never an exception. ``stale`` lists the cached levels it reused that other code made
+    (``rerun_stale``: recomputed instead)."""
+    with collect_stale() as stale:
+        record = _run_cell(
+            suite, cell, root=root, data_root=data_root, device=device, rerun_stale=rerun_stale
+        )
+    record["stale"] = [{"path": e["path"], "reason": e["reason"]} for e in stale]
+    return record
+
+
+def _run_cell(
+    suite: Suite, cell: Cell, *, root: Path, data_root: str | None, device: str, rerun_stale: bool
+) -> dict[str, Any]:
     from ..experiments.runner import RunOptions, run_find
     from ..methods import get_method, nearest_level
 
@@ -117,6 +146,7 @@ def run_cell(suite: Suite, cell: Cell, *, root: Path, data_root: str | None, dev
             controls=("reinit", "random_mask") if sanity else (),
             then_train=bool(variant and variant.then_train),
             then_train_hp=weights,
+            rerun_stale=rerun_stale,
         )
         summary = run_find(hp, seed=cell.seed, opts=opts)
         if variant is None:
@@ -195,28 +225,68 @@ def read_records(path: Path, *, warn: Callable[[str], None] | None = None) -> li
     return out
 
 
+def latest_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per key, the newest (a failed cell retried, a stale one recomputed), in first-seen order."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        out.pop(r["key"], None)  # the newest record takes the key's place at the end
+        out[r["key"]] = r
+    return list(out.values())
+
+
+def record_stale(rec: dict[str, Any]) -> str | None:
+    """Why a cell's record is not the current code's result (``None`` when it is): the cell ran under other
+    code, or it reused cached levels that other code made."""
+    prov = rec.get("provenance")
+    why = stale_reason(prov if isinstance(prov, dict) else None)
+    if why is not None:
+        return f"cell {why}"
+    reused = rec.get("stale") or []
+    if reused:
+        return f"reused {len(reused)} level(s): {reused[0].get('reason')}"
+    return None
+
+
+def stale_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``{"cell", "reason"}`` for every ok record (newest per key) that other code made."""
+    out = []
+    for r in latest_records(records):
+        why = record_stale(r) if r.get("status") == "ok" else None
+        if why is not None:
+            out.append({"cell": r["key"], "reason": why})
+    return out
+
+
+def check_data(suite: Suite, data_root: str | None) -> None:
+    """Every data set of the suite is readable under ``data_root``, before any cell is queued or recorded:
+    else one DataError naming the files, how to get them, and the suite's ``requires`` sentence."""
+    from ..data import load_dataset
+
+    seen = set()
+    for d in suite.datasets:
+        if d.dataset in seen:
+            continue
+        seen.add(d.dataset)
+        try:
+            load_dataset(d.dataset, root=data_root, seed=0, device="cpu")
+        except DataError as exc:
+            needs = f" (it needs {d.requires})" if d.requires else ""
+            raise DataError(f"suite '{suite.name}' cannot run{needs}: {exc}; nothing was queued") from None
+
+
 def _provenance() -> dict[str, Any]:
+    """The code running the suite (``core.provenance``), the machine and the command line."""
     import platform
-    import subprocess
 
     import torch
 
-    from .. import __version__
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
     return {
-        "ticketsearch": __version__,
-        "torch": torch.__version__,
+        **current(),
         "python": platform.python_version(),
-        "git_commit": commit or None,
         "device": torch.cuda.get_device_name(0)
         if torch.cuda.is_available()
         else f"cpu ({os.cpu_count()} cores)",
+        "command": " ".join(getattr(sys, "orig_argv", None) or sys.argv),
     }
 
 
@@ -226,9 +296,9 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _work(args: tuple[Suite, Cell, str, str | None, str]) -> dict[str, Any]:
-    suite, cell, root, data_root, device = args
-    return run_cell(suite, cell, root=Path(root), data_root=data_root, device=device)
+def _work(args: tuple[Suite, Cell, str, str | None, str, bool]) -> dict[str, Any]:
+    suite, cell, root, data_root, device, rerun_stale = args
+    return run_cell(suite, cell, root=Path(root), data_root=data_root, device=device, rerun_stale=rerun_stale)
 
 
 def run_suite(
@@ -240,8 +310,12 @@ def run_suite(
     device: str = "cpu",
     workers: int = 1,
     progress: bool | str = "auto",
+    rerun_stale: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every cell not yet recorded in ``out_dir/results.jsonl``; returns all records.
+    """Run every cell not yet recorded as done in ``out_dir/results.jsonl``; returns the newest record of
+    every key. Done: recorded ``ok`` (a failed cell runs again) and, with ``rerun_stale``, made by the
+    code running now (a stale cell runs again, recomputing the levels other code made). The suite's data
+    are checked first: a missing file is one DataError and nothing is written.
 
     ``timing.json`` states this invocation's wall time and how much of the workers' time went to training
     steps, so the suite's overhead (start-up, data, evaluation, scoring, writing) is measured, not guessed.
@@ -250,11 +324,16 @@ def run_suite(
 
     t_start = time.perf_counter()
     suite.validate()
+    check_data(suite, data_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "suite.json", dataclasses.asdict(suite))
     results = out_dir / "results.jsonl"
     warn = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    done = {r["key"] for r in read_records(results, warn=warn)}
+    done = {
+        r["key"]
+        for r in latest_records(read_records(results, warn=warn))
+        if r.get("status") == "ok" and not (rerun_stale and record_stale(r) is not None)
+    }
     todo = [c for c in cells_of(suite) if c.key not in done]
     prov = _provenance()
     bar = progress_bar(
@@ -277,16 +356,29 @@ def run_suite(
     try:
         if workers <= 1:
             for cell in todo:
-                record(run_cell(suite, cell, root=root, data_root=data_root, device=device))
+                record(
+                    run_cell(
+                        suite, cell, root=root, data_root=data_root, device=device, rerun_stale=rerun_stale
+                    )
+                )
         else:
-            _run_pool(suite, todo, workers, record, root=root, data_root=data_root, device=device)
+            _run_pool(
+                suite,
+                todo,
+                workers,
+                record,
+                root=root,
+                data_root=data_root,
+                device=device,
+                rerun_stale=rerun_stale,
+            )
     finally:
         if bar is not None:
             bar.close()
     t_cells = time.perf_counter() - t_start
     clock0 = time_split()
     if suite.smallest is not None and suite.smallest.variants:
-        run_smallest(suite, out_dir, root=root, data_root=data_root, device=device)
+        run_smallest(suite, out_dir, root=root, data_root=data_root, device=device, rerun_stale=rerun_stale)
     t_smallest = time.perf_counter() - t_start - t_cells
     clock1 = time_split()
     if todo or t_smallest > 1.0:
@@ -298,7 +390,7 @@ def run_suite(
             smallest_wall=t_smallest,
             smallest_split={k: clock1[k] - clock0[k] for k in clock1},
         )
-    return read_records(results, warn=warn)
+    return latest_records(read_records(results, warn=warn))
 
 
 def write_timing(
@@ -336,20 +428,32 @@ def write_timing(
 
 
 def run_smallest(
-    suite: Suite, out_dir: Path, *, root: Path, data_root: str | None, device: str
+    suite: Suite,
+    out_dir: Path,
+    *,
+    root: Path,
+    data_root: str | None,
+    device: str,
+    rerun_stale: bool = False,
 ) -> list[dict[str, Any]]:
     """The suite's smallest-ticket searches, one per dataset and listed variant, into ``smallest.jsonl``.
 
     Each search reuses the suite's cached runs where it can (an IMP walk extends the suite's IMP run);
-    a search already recorded is not repeated."""
+    a search already recorded is not repeated (unless it failed, or, with ``rerun_stale``, reused levels
+    that other code made)."""
     path = out_dir / "smallest.jsonl"
-    done = {r["key"] for r in read_records(path) if r.get("status") == "ok"}  # a failed search runs again
+    done = {
+        r["key"]
+        for r in latest_records(read_records(path))
+        if r.get("status") == "ok" and not (rerun_stale and record_stale(r) is not None)
+    }
     for key in smallest_keys(suite):
         if key not in done:
-            append_jsonl(
-                path, smallest_search(suite, key, out_dir, root=root, data_root=data_root, device=device)
+            rec = smallest_search(
+                suite, key, out_dir, root=root, data_root=data_root, device=device, rerun_stale=rerun_stale
             )
-    return read_records(path)
+            append_jsonl(path, {**rec, "provenance": _provenance()})
+    return latest_records(read_records(path))
 
 
 def smallest_keys(suite: Suite) -> list[str]:
@@ -360,7 +464,14 @@ def smallest_keys(suite: Suite) -> list[str]:
 
 
 def smallest_search(
-    suite: Suite, key: str, out_dir: Path, *, root: Path, data_root: str | None, device: str
+    suite: Suite,
+    key: str,
+    out_dir: Path,
+    *,
+    root: Path,
+    data_root: str | None,
+    device: str,
+    rerun_stale: bool = False,
 ) -> dict[str, Any]:
     """One smallest-ticket search (``key`` from :func:`smallest_keys`) and its record; a user error is a
     failed record. Its curve and report go to ``out_dir/smallest/<key>/``."""
@@ -372,7 +483,7 @@ def smallest_search(
     ds, name = key.split("|")
     entry = next(e for e in suite.datasets if f"{e.dataset}/{e.model}" == ds)
     variant = next(v for v in suite.variants if v.name == name)
-    opts = RunOptions(root=root, data_root=data_root, device=device, progress=False)
+    opts = RunOptions(root=root, data_root=data_root, device=device, progress=False, rerun_stale=rerun_stale)
     hp, weights = _hparams(entry, variant, min(suite.densities))
     rec: dict[str, Any] = {"key": key, "dataset": entry.dataset, "model": entry.model, "variant": name}
     try:
@@ -387,6 +498,7 @@ def smallest_search(
             dense_training=weights,
         )
         rec.update(status="ok", **r.to_dict())
+        rec["stale"] = rec.pop("stale_reuses", [])
     except TicketsearchError as exc:
         rec.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     return rec
@@ -401,6 +513,7 @@ def _run_pool(
     root: Path,
     data_root: str | None,
     device: str,
+    rerun_stale: bool = False,
 ) -> None:
     """Cells in ``workers`` processes; a worker that dies (kill -9) is replaced and its cells retried."""
     import multiprocessing as mp
@@ -417,7 +530,9 @@ def _run_pool(
             initializer=_init_worker,
             initargs=(threads,),
         ) as pool:
-            futures = {pool.submit(_work, (suite, c, str(root), data_root, device)): c for c in pending}
+            futures = {
+                pool.submit(_work, (suite, c, str(root), data_root, device, rerun_stale)): c for c in pending
+            }
             pending = []
             broken = False
             while futures:

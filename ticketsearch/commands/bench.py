@@ -40,6 +40,9 @@ class Bench(Command):
         parser.add_argument("--out", default=None, help="report folder (default: ROOT/bench_<suite>)")
         parser.add_argument("--report", default=None, metavar="DIR", help="only rebuild the report of DIR")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        from .flags import add_rerun_stale_flag
+
+        add_rerun_stale_flag(parser)
         parser.add_argument(
             "--storage",
             default=None,
@@ -74,6 +77,11 @@ class Bench(Command):
         heartbeat = 60 if ns.heartbeat is None else ns.heartbeat
         if heartbeat < 1:
             raise ConfigError(f"--heartbeat must be a whole number of seconds ≥ 1, got {heartbeat}")
+        if ns.rerun_stale and (ns.report or ns.storage):
+            raise ConfigError(
+                "--rerun-stale recomputes cells of a local run; it does not apply to --report or --storage "
+                "(run the suite locally with --rerun-stale, or start a new queue with --study-name)"
+            )
         if ns.report and ns.storage:
             from ..bench.queue import report_queue
 
@@ -105,6 +113,9 @@ class Bench(Command):
             suite.validate()
             out = Path(ns.out) if ns.out else Path(ns.root) / f"bench_{suite.name}"
             if ns.storage:
+                from ..bench.runner import check_data
+
+                check_data(suite, ns.data_root)  # before anything is queued (run_suite checks its own)
                 from ..bench.queue import run_queue
 
                 records = run_queue(
@@ -128,6 +139,7 @@ class Bench(Command):
                     device=ns.device,
                     workers=ns.workers,
                     progress=False if ns.no_progress else "auto",
+                    rerun_stale=ns.rerun_stale,
                 )
             write_report(records, out, suite)
         print(f"report: {out / 'report.md'}")

@@ -84,7 +84,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
         "--backend",
         default="auto",
         help="how masked layers apply their mask: auto | inplace | reference | triton | triton_bits "
-        "(default auto: triton on CUDA when it passes a self-check against the reference, else inplace; "
+        "(default auto: inplace; triton stays opt-in on CUDA until the GPU tests have passed on a GPU; "
         "the chosen one is recorded in each result, not in the run's hash)",
     )
     g.add_argument(
@@ -106,6 +106,18 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--json", action="store_true", help="print the result rows as JSON instead of a table")
+    add_rerun_stale_flag(g)
+
+
+RERUN_STALE_HELP = (
+    "recompute finished levels made by other code (another commit, uncommitted changes, or before results "
+    "recorded their code); without it they are reused, and reports list them"
+)
+
+
+def add_rerun_stale_flag(g: Any) -> None:
+    """``--rerun-stale``, one name for every command that reuses cached runs."""
+    g.add_argument("--rerun-stale", action="store_true", help=RERUN_STALE_HELP)
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -251,5 +263,6 @@ def run_options(ns: argparse.Namespace, **extra: Any) -> Any:
         backend=getattr(ns, "backend", "auto"),
         graph=bool(getattr(ns, "graph", False)),
         progress=False if ns.no_progress else "auto",
+        rerun_stale=bool(getattr(ns, "rerun_stale", False)),
         **extra,
     )

@@ -11,6 +11,11 @@ the lock, :meth:`RunDir.clean_stale_temps` removes the temporary files a killed 
 In a torchrun world only rank 0 touches the directory: every read and write of :class:`RunDir` and
 :class:`LevelDir` runs on rank 0 (``World.on_main``) and the other ranks receive its answer, so they never
 read a half-written file and the nodes need not share a file system. Only rank 0 takes the lock.
+
+Every ``result.json`` carries the ``provenance`` of the code that wrote it (``core.provenance``: package
+version, git commit and dirty state, torch version, device). Reading a finished level back notes it with
+:func:`~ticketsearch.core.provenance.note_reuse`, so a report can list the results made by other code, and
+:meth:`RunDir.drop_stale` removes them (and every later level) under the lock for ``--rerun-stale``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from ..core.io import (
     storage_error,
 )
 from ..core.mask import Mask
+from ..core.provenance import for_device, note_reuse, stale_reason
 from ..training.distributed import SINGLE, World
 
 __all__ = ["RunDir", "LevelDir", "save_state", "load_state", "check_writable", "lock_name"]
@@ -93,9 +99,11 @@ def load_state(path: Path, device: torch.device | str = "cpu") -> dict[str, torc
 
 
 class LevelDir:
-    def __init__(self, path: Path, world: World = SINGLE) -> None:
+    def __init__(self, path: Path, world: World = SINGLE, device: Any = None) -> None:
+        """``device``: where this level's results are computed, recorded in their provenance."""
         self.path = path
         self.world = world
+        self.device = device
 
     def _main(self, what: str, fn: Any) -> Any:
         """``fn()`` on rank 0 only, its answer on every rank (in one process: just ``fn()``)."""
@@ -129,7 +137,10 @@ class LevelDir:
         return bool(self._main("has_mask", self.mask_path.is_file))
 
     def result(self) -> dict[str, Any]:
-        return self._main("result", self._result)  # type: ignore[no-any-return]
+        """The finished level's result, read back instead of recomputed (noted for stale-reuse reports)."""
+        res: dict[str, Any] = self._main("result", self._result)
+        note_reuse(self.path, res)
+        return res
 
     def _result(self) -> dict[str, Any]:
         """The finished level's result; a damaged file is named, with the way out (delete → recompute)."""
@@ -146,6 +157,9 @@ class LevelDir:
         return res
 
     def write_result(self, result: dict[str, Any]) -> None:
+        """Write ``result.json`` (last: it marks the level finished) with the code's ``provenance``."""
+        result.setdefault("provenance", for_device(self.device))
+
         def write() -> None:
             atomic_write_json(self.result_path, result)
             if self.checkpoint_path.exists():
@@ -195,7 +209,7 @@ class LevelDir:
         """A folder inside this level (a control run), created so a file in its place fails in one line."""
         path = self.path / name
         self._main(f"mkdir {name}", lambda: _make_dir(path))
-        return LevelDir(path, self.world)
+        return LevelDir(path, self.world, self.device)
 
     def clean_stale_temps(self) -> list[Path]:
         """Remove the ``.<name>.*.tmp`` files a killed :func:`atomic_write` left here and in sub-levels.
@@ -216,11 +230,14 @@ class RunDir:
         *,
         identity: str | None = None,
         world: World = SINGLE,
+        device: Any = None,
     ) -> None:
         """``identity``: the hash naming the run (default: of all of ``hparams``); a method whose levels do
         not depend on how far it goes (IMP) names its run without the target density. ``world``: a
-        torchrun world, whose rank 0 alone touches the directory."""
+        torchrun world, whose rank 0 alone touches the directory. ``device``: recorded in each result's
+        provenance."""
         self.world = world
+        self.device = device
         self.root = expand_path(root, what="results root")
         self.hparams = hparams
         self.identity = identity or hparams.hash()
@@ -249,7 +266,54 @@ class RunDir:
     def level(self, seed: int, k: int) -> LevelDir:
         path = self.replicate_path(seed) / f"level_{k}"
         self.world.on_main(f"mkdir level_{k}", lambda: _make_dir(path))
-        return LevelDir(path, self.world)
+        return LevelDir(path, self.world, self.device)
+
+    def stale_levels(self, seed: int) -> list[tuple[int, str]]:
+        """``(k, reason)`` for every finished level of replicate ``seed`` made by other code (its own
+        result or a control's or sub-level's inside it), lowest first."""
+
+        def scan() -> list[tuple[int, str]]:
+            out = []
+            for k, level in _levels(self.replicate_path(seed)):
+                for res_path in sorted(level.rglob("result.json")):
+                    try:
+                        res = json.loads(res_path.read_text(encoding="utf-8"))
+                    except (OSError, ValueError):
+                        continue  # a damaged result is reported when it is read
+                    prov = res.get("provenance") if isinstance(res, dict) else None
+                    why = stale_reason(prov if isinstance(prov, dict) else None)
+                    if why is not None:
+                        out.append((k, why))
+                        break
+            return out
+
+        return self.world.on_main("scan stale", scan)  # type: ignore[no-any-return]
+
+    def drop_stale(self, seed: int) -> list[int]:
+        """Remove the first stale level of replicate ``seed`` and every level after it, so the method
+        recomputes them (a later level was built from an earlier one's weights or mask); when every
+        finished level is stale, the stored init and rewind point go too (other code may draw another
+        init). Only under :meth:`lock`. Returns the removed level numbers."""
+        stale = self.stale_levels(seed)
+        if not stale:
+            return []
+        first = stale[0][0]
+        rep = self.replicate_path(seed)
+
+        def drop() -> list[int]:
+            import shutil
+
+            levels = _levels(rep)
+            gone = [k for k, _ in levels if k >= first]
+            if all(k >= first for k, p in levels if (p / "result.json").is_file()):
+                for name in ("init.safetensors", "rewind.safetensors"):
+                    (rep / name).unlink(missing_ok=True)
+            for k, path in levels:
+                if k >= first:
+                    shutil.rmtree(path)
+            return gone
+
+        return self.world.on_main("drop stale", drop)  # type: ignore[no-any-return]
 
     def clean_stale_temps(self, seed: int) -> list[Path]:
         """Remove the temporary files killed writers left anywhere under ``replicate_<seed>/``.
@@ -331,6 +395,16 @@ class RunDir:
                     os.ftruncate(fd, 0)  # a later reader must not name a process that let go
         finally:
             os.close(fd)  # releases the flock
+
+
+def _levels(replicate: Path) -> list[tuple[int, Path]]:
+    """``(k, path)`` of every ``level_<k>`` folder of a replicate, by ``k``."""
+    out = []
+    for p in replicate.glob("level_*"):
+        tail = p.name[len("level_") :]
+        if p.is_dir() and tail.isdigit():
+            out.append((int(tail), p))
+    return sorted(out)
 
 
 _HELD: dict[str, int] = {}  # lock files this process holds → nesting depth

@@ -77,6 +77,8 @@ class RunOptions:
     # or then-train), so a study can report intermediate accuracy and stop a trial (optuna.TrialPruned)
     on_eval: Callable[[Path, dict[str, Any]], None] | None = None
     world: World = SINGLE  # torchrun: this process's rank; SINGLE for one process
+    # recompute finished levels made by other code (core.provenance); otherwise they are reused as they are
+    rerun_stale: bool = False
 
 
 @dataclass
@@ -163,6 +165,7 @@ class Run:
             hp,
             identity=method.identity(hp) if method is not None else None,
             world=self.world,
+            device=self.device,
         )
         self.init_state: dict[str, torch.Tensor] = {}
 
@@ -187,7 +190,9 @@ class Run:
     def level(self, k: int) -> LevelDir:
         level = self.run.level(self.seed, k)
         return (
-            level if self.opts.on_eval is None else _ReportingLevel(level.path, self.opts.on_eval, self.world)
+            level
+            if self.opts.on_eval is None
+            else _ReportingLevel(level.path, self.opts.on_eval, self.world, self.device)
         )
 
     def save_state(self, path: Path, state: Mapping[str, torch.Tensor], *, keep: bool = False) -> Path:
@@ -326,8 +331,10 @@ class _ReportingLevel(LevelDir):
     """A level whose evaluation records also go to ``RunOptions.on_eval``, after they are logged; an
     exception it raises ends the run like a kill at that evaluation (the last checkpoint resumes)."""
 
-    def __init__(self, path: Path, on_eval: Callable[[Path, dict[str, Any]], None], world: World) -> None:
-        super().__init__(path, world)
+    def __init__(
+        self, path: Path, on_eval: Callable[[Path, dict[str, Any]], None], world: World, device: Any = None
+    ) -> None:
+        super().__init__(path, world, device)
         self._on_eval = on_eval
 
     def log(self, record: dict[str, Any]) -> None:
@@ -337,6 +344,20 @@ class _ReportingLevel(LevelDir):
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _drop_stale(run: Run) -> None:
+    """``--rerun-stale``: the levels made by other code (and every later one) are removed under the lock,
+    so the method recomputes them; said on stderr, since a finished level is otherwise never recomputed."""
+    stale = run.run.stale_levels(run.seed)
+    if not stale:
+        return
+    dropped = run.run.drop_stale(run.seed)
+    if run.world.is_main and dropped:
+        _say(
+            f"recomputing level(s) {', '.join(map(str, dropped))} of {run.run.path.name}/replicate_{run.seed}: "
+            f"level {stale[0][0]} was {stale[0][1]}"
+        )
 
 
 @contextlib.contextmanager
@@ -352,6 +373,8 @@ def opened(run: Run) -> Iterator[Run]:
         run.run.create()
         with run.run.lock(run.seed, on_wait=_say):
             run.run.clean_stale_temps(run.seed)
+            if run.opts.rerun_stale:
+                _drop_stale(run)
             try:
                 run.open()
                 yield run

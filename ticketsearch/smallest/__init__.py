@@ -23,6 +23,7 @@ from ..core.errors import ConfigError, EmptyLayerError
 from ..core.hparams import PruningHparams, RunHparams, TrainingHparams, check_seed, finite
 from ..core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..core.mask import Mask
+from ..core.provenance import collect_stale, stale_section
 from ..experiments.runner import RunOptions, run_find, train_mask
 
 __all__ = ["Probe", "SmallestResult", "bisect_log_density", "smallest", "check_tolerance", "within_tolerance"]
@@ -61,6 +62,8 @@ class SmallestResult:
     answer: Probe | None  # None: not even the first probe is within tolerance
     probes: list[Probe]
     note: str = ""
+    # finished levels this search reused that other code made (core.provenance.collect_stale entries)
+    stale: list[dict[str, Any]] = field(default_factory=list)
 
     def cost(self) -> dict[str, Any]:
         ps = [self.dense, *self.probes]
@@ -90,6 +93,7 @@ class SmallestResult:
             "probes": [pd(p) for p in self.probes],
             "cost": self.cost(),
             "note": self.note,
+            "stale_reuses": self.stale,
         }
 
 
@@ -167,6 +171,39 @@ def smallest(
     out_dir: Path | None = None,
     dense_training: TrainingHparams | None = None,
 ) -> SmallestResult:
+    """The smallest ticket of ``hp.pruning.method`` within ``tolerance`` points of the dense network (see
+    :func:`_search`); the result lists the cached levels it reused that other code made (``stale``), and
+    ``opts.rerun_stale`` recomputes them instead. ``out_dir``: where the report goes."""
+    with collect_stale() as stale:
+        result = _search(
+            hp,
+            seeds=seeds,
+            tolerance=tolerance,
+            opts=opts,
+            min_density=min_density,
+            precision=precision,
+            max_probes=max_probes,
+            out_dir=out_dir,
+            dense_training=dense_training,
+        )
+    result.stale = list(stale)
+    if out_dir is not None:
+        write_report(result, out_dir)
+    return result
+
+
+def _search(
+    hp: RunHparams,
+    *,
+    seeds: list[int],
+    tolerance: float,
+    opts: RunOptions,
+    min_density: float = 1e-3,
+    precision: float = 0.1,
+    max_probes: int = 12,
+    out_dir: Path | None = None,
+    dense_training: TrainingHparams | None = None,
+) -> SmallestResult:
     """The smallest ticket of ``hp.pruning.method`` within ``tolerance`` points of the dense network.
 
     ``dense_training``: how the dense reference trains its weights when ``hp.training`` trains something
@@ -220,10 +257,7 @@ def smallest(
             probes = [first, *more]
             answer = tried.get(good)
             note = "" if answer is not None else "no density below 1 is within tolerance"
-    result = SmallestResult(method.name, tolerance, dense, answer, probes, note)
-    if out_dir is not None:
-        write_report(result, out_dir)
-    return result
+    return SmallestResult(method.name, tolerance, dense, answer, probes, note)
 
 
 def _at(hp: RunHparams, density: float) -> RunHparams:
@@ -391,6 +425,7 @@ def write_report(result: SmallestResult, out_dir: Path) -> None:
             f"| {100 * p.kept:.3f}% | {p.source} | {100 * p.val_mean:.2f} ± {100 * p.spread(p.val):.2f} | "
             f"{100 * p.test_mean:.2f} ± {100 * p.spread(p.test):.2f} | {ok} |"
         )
+    lines += stale_section(result.stale, what="search")
     atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
     _plot(result, out_dir / "curve.png")
 

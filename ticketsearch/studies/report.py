@@ -18,6 +18,7 @@ from typing import Any
 
 from ..core.errors import ConfigError
 from ..core.io import atomic_write_bytes, atomic_write_text
+from ..core.provenance import stale_section
 
 __all__ = [
     "best_trials",
@@ -138,7 +139,29 @@ def format_best(study: Any) -> str:
         "  ".join("-" * w for w in widths),
     ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    stale = stale_trials(study)
+    if stale:
+        lines.append(
+            f"{len(stale)} trial(s) reused cached results made by other code (rerun with --rerun-stale): "
+            + "; ".join(f"trial {e['cell'].split()[-1]}: {e['reason']}" for e in stale[:5])
+            + (" ..." if len(stale) > 5 else "")
+        )
     return "\n".join(lines)
+
+
+def stale_trials(study: Any) -> list[dict[str, Any]]:
+    """``{"cell": "trial N", "reason"}`` for every trial whose run reused levels other code made."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        reused = t.user_attrs.get("stale") or []
+        if reused:
+            out.append(
+                {
+                    "cell": f"trial {t.number}",
+                    "reason": f"reused {len(reused)} level(s): {reused[0]['reason']}",
+                }
+            )
+    return out
 
 
 def report_dir_name(study_name: str) -> str:
@@ -290,5 +313,6 @@ def write_report(study: Any, out: Path) -> dict[str, Any]:
     if attrs.get("identity"):
         lines += ["", "Settings (shared by every trial before the search):", "", "```json"]
         lines += [json.dumps(attrs["identity"], indent=2, sort_keys=True), "```"]
+    lines += stale_section(stale_trials(study), what="study")
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return {"out": str(out), "files": ["trials.csv", "report.md", *written], "skipped": skipped}

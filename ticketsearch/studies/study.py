@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ..core.errors import ConfigError, DivergenceError, TicketsearchError
 from ..core.hparams import RunHparams, stable_hash, to_iterations
+from ..core.provenance import collect_stale
 
 if TYPE_CHECKING:
     from ..experiments.runner import RunOptions
@@ -200,9 +201,12 @@ class _Objective:
             trial.set_user_attr("hparams", hp.to_dict())
             on_eval = None if self.spec.pareto else _Reporter(trial, canonical)
             try:
-                summary = run_find(
-                    hp, seed=self.spec.seed, opts=dataclasses.replace(self.opts, on_eval=on_eval)
-                )
+                with collect_stale() as reused:  # cached levels other code made: named on the trial
+                    summary = run_find(
+                        hp, seed=self.spec.seed, opts=dataclasses.replace(self.opts, on_eval=on_eval)
+                    )
+                if reused:
+                    trial.set_user_attr("stale", [{"path": e["path"], "reason": e["reason"]} for e in reused])
             except DivergenceError as exc:  # a result of the values tried: the worst accuracy, so the
                 trial.set_user_attr("diverged", str(exc))  # sampler learns to avoid them
                 return (0.0, float(hp.pruning.density)) if self.spec.pareto else 0.0

@@ -36,6 +36,7 @@ from ..core.hparams import (
 )
 from ..core.io import append_jsonl, atomic_write_csv, atomic_write_text, read_jsonl
 from ..core.mask import Mask
+from ..core.provenance import collect_stale, current, stale_reason, stale_section
 from ..core.select import check_density
 from ..experiments.runner import RunOptions, run_find
 from ..methods import nearest_level
@@ -241,7 +242,11 @@ def _run_matrix(
     if not spec_path.is_file():
         atomic_write_text(spec_path, json.dumps(asdict(spec), indent=2, sort_keys=True, default=str) + "\n")
     results = out_dir / "results.jsonl"
-    done = {cell_key(r) for r in read_jsonl(results)}
+    done = {
+        cell_key(r)
+        for r in latest(read_jsonl(results))
+        if not (opts.rerun_stale and record_stale(r) is not None)
+    }
     cells = list(iter_cells(spec))
     tickets = _Tickets(spec, opts)
     bar = progress_bar(
@@ -257,16 +262,25 @@ def _run_matrix(
             if cell_key(cell) in done:
                 continue
             t0 = time.perf_counter()
-            src = tickets.ticket(cell["source"], cell["method"], cell["seed"], cell["density"])
-            own = tickets.ticket(cell["target"], cell["method"], cell["seed"], cell["density"])
-            dense = tickets.dense(cell["target"], cell["seed"])
-            hp = _target_hparams(spec, cell["target"])
-            mask_path = Path(src["mask"])
-            topts = RunOptions(**{**opts.__dict__, "controls": (), "baseline": False, "then_train": False})
-            by_source = transfer(mask_path, hp, seed=cell["seed"], init="source", opts=topts).rows[0]
-            by_fresh = transfer(mask_path, hp, seed=cell["seed"], init="fresh", opts=topts).rows[0]
-            shuffled = _shuffled_ticket(mask_path, cell["seed"], out_dir)
-            rnd = transfer(shuffled, hp, seed=cell["seed"], init="source", opts=topts).rows[0]
+            with collect_stale() as reused:
+                src = tickets.ticket(cell["source"], cell["method"], cell["seed"], cell["density"])
+                own = tickets.ticket(cell["target"], cell["method"], cell["seed"], cell["density"])
+                dense = tickets.dense(cell["target"], cell["seed"])
+                hp = _target_hparams(spec, cell["target"])
+                mask_path = Path(src["mask"])
+                topts = RunOptions(
+                    **{**opts.__dict__, "controls": (), "baseline": False, "then_train": False}
+                )
+                by_source = transfer(mask_path, hp, seed=cell["seed"], init="source", opts=topts).rows[0]
+                by_fresh = transfer(mask_path, hp, seed=cell["seed"], init="fresh", opts=topts).rows[0]
+                shuffled = _shuffled_ticket(mask_path, cell["seed"], out_dir)
+                rnd = transfer(shuffled, hp, seed=cell["seed"], init="source", opts=topts).rows[0]
+            stale = [{"path": e["path"], "reason": e["reason"]} for e in reused]
+            for row in (src, own, dense):  # tickets found for an earlier cell of this call count too
+                why = stale_reason(row.get("provenance"))
+                path = str(Path(row["mask"]).parent)
+                if why is not None and all(e["path"] != path for e in stale):
+                    stale.append({"path": path, "reason": why})
             record = {
                 **cell,
                 "source_density": src["density"],
@@ -286,6 +300,8 @@ def _run_matrix(
                     "random_mask": str(Path(rnd["mask"]).parent),
                 },
                 "wall_time": time.perf_counter() - t0,
+                "provenance": current(),
+                "stale": stale,
             }
             append_jsonl(results, record)
             done.add(cell_key(cell))
@@ -296,9 +312,29 @@ def _run_matrix(
     finally:
         if bar is not None:
             bar.close()
-    records = read_jsonl(results)
+    records = latest(read_jsonl(results))
     write_reports(records, out_dir)
     return records
+
+
+def latest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest record of each cell (a stale cell recomputed by ``--rerun-stale`` is appended again)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        out.pop(cell_key(r), None)
+        out[cell_key(r)] = r
+    return list(out.values())
+
+
+def record_stale(rec: dict[str, Any]) -> str | None:
+    """Why a cell's numbers are not the running code's (``None`` when they are): the cell ran under other
+    code, or it reused runs that other code made."""
+    prov = rec.get("provenance")
+    why = stale_reason(prov if isinstance(prov, dict) else None)
+    if why is not None:
+        return f"cell {why}"
+    reused = rec.get("stale") or []
+    return f"reused {len(reused)} run(s): {reused[0].get('reason')}" if reused else None
 
 
 # -- reports ------------------------------------------------------------------------------------------------
@@ -337,7 +373,9 @@ def _pct(m: float | None, s: float | None) -> str:
 
 
 def write_reports(records: list[dict[str, Any]], out_dir: Path) -> None:
-    """summary.csv, summary.md and heatmaps_<method>.png from the records (no training)."""
+    """summary.csv, summary.md and heatmaps_<method>.png from the records (no training); the cells whose
+    numbers other code made are listed."""
+    records = latest(records)
     rows = summarise(records)
     atomic_write_csv(out_dir / "summary.csv", rows)
     lines = [
@@ -361,6 +399,8 @@ def write_reports(records: list[dict[str, Any]], out_dir: Path) -> None:
             + " | ".join(cells)
             + f" | {diff} |"
         )
+    stale = [{"cell": cell_key(r), "reason": record_stale(r)} for r in records if record_stale(r) is not None]
+    lines += stale_section(stale, what="matrix")
     atomic_write_text(out_dir / "summary.md", "\n".join(lines) + "\n")
     for method in sorted({r["method"] for r in rows}):
         _heatmap([r for r in rows if r["method"] == method], method, out_dir / f"heatmap_{method}.png")
