@@ -126,6 +126,7 @@ class GMP(Method):
     knobs: dict[str, Any] = {"start": 0.1, "end": 0.75, "every": 0}
     default_scope = "layerwise"  # the paper prunes each layer to the target sparsity
     citation = "Zhu & Gupta, arXiv:1710.01878 (2017)"
+    distributed = True  # all storage through the run context; the loop applies rank 0's masks on every rank
 
     def validate(self, hp: RunHparams) -> None:
         super().validate(hp)
