@@ -119,14 +119,20 @@ class GMP(Method):
     (density 1) and reaches ``--density``; ``every``, steps between pruning events (Δt; the paper uses
     100-1000 on its larger runs). Defaults: prune from 10% to 75% of the budget, leaving the last quarter
     to recover at the final density, every 100 steps or 1/20 of the pruning span if that is shorter.
+    ``retrain`` (default true): also retrain the final mask from init (level 2, the ticket); false stops
+    after level 1. Both name the same run, so one level 1 serves both.
     """
 
     kind = "gradual"
     fields = ("scope", "distribution")
-    knobs: dict[str, Any] = {"start": 0.1, "end": 0.75, "every": 0}
+    knobs: dict[str, Any] = {"start": 0.1, "end": 0.75, "every": 0, "retrain": True}
     default_scope = "layerwise"  # the paper prunes each layer to the target sparsity
     citation = "Zhu & Gupta, arXiv:1710.01878 (2017)"
     distributed = True  # all storage through the run context; the loop applies rank 0's masks on every rank
+
+    def identity(self, hp: RunHparams) -> str:
+        """Without ``retrain``: it only says whether level 2 follows, never what level 1 is."""
+        return hp.replace(method_args=tuple((k, v) for k, v in hp.method_args if k != "retrain")).hash()
 
     def validate(self, hp: RunHparams) -> None:
         super().validate(hp)
@@ -194,6 +200,8 @@ class GMP(Method):
                 gmp={"t0": sched.t0, "t_end": sched.t_end, "every": sched.every},
             )
         rows.append(LevelRow(1, mask.density, str(pruned.mask_path), res1))
+        if not self.parse_knobs(dict(run.hp.method_args)).get("retrain", True):
+            return rows
         mask = Mask({n: t.to(run.device) for n, t in mask.items()}, {})
         if ticket.done():
             res2 = ticket.result()
