@@ -3,18 +3,12 @@ weights train, written only against the public mask-schedule hook (:class:`ticke
 
 Sparsity follows the cubic schedule s_t = s_f + (s_i − s_f)(1 − (t − t0)/(nΔt))³ from s_i = 0 (dense) at
 t0 to the target s_f at t0 + nΔt, pruning the smallest-magnitude weights every Δt steps. Pruned weights are
-never revived: each pruning step ranks only the weights still kept. The run has two levels:
-
-- level 1, the network GMP trained while pruning (the paper's result: a trained sparse net, found for the
-  cost of one training);
-- level 2, GMP's final mask retrained from the original init: the lottery-ticket reading of the same mask,
-  comparable with IMP's tickets (this row is the run's ticket at the target density).
+never revived: each pruning step ranks only the weights still kept. Levels as every moving-mask method's
+(:mod:`.moving`): 1, the network GMP trained while pruning; 2, its final mask retrained from init.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,22 +17,12 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import ConfigError
-from ..core.hparams import RunHparams, to_iterations
-from ..core.mask import Mask
-from ..core.select import check_empty_layers, select
+from ..core.hparams import RunHparams
+from ..core.select import select
 from ..sparse import get_mask, prunable_parameters
-from ..training.imp import reset_to
-from ..training.loop import TrainResult
 from ..training.schedule import MaskSchedule, MaskUpdate
-from .base import (
-    LevelRow,
-    Method,
-    RunContext,
-    register_strategy,
-    steps_per_epoch,
-    suggest_density,
-    suggest_lr,
-)
+from .base import RunContext, register_strategy, suggest_density, suggest_lr
+from .moving import MovingMask, budget_iterations
 
 if TYPE_CHECKING:  # optuna is imported only by `ticketsearch study`
     from optuna.trial import Trial
@@ -99,40 +83,24 @@ class GMPSchedule(MaskSchedule):
         return {n: t for n, t in new.items() if not torch.equal(t.cpu(), current[n])}
 
 
-def _best_after(result: TrainResult, t_end: int) -> TrainResult:
-    """The early-stopping point among evaluations at the final density (from ``t_end`` on): an earlier
-    minimum of the validation loss belongs to a denser network than the one GMP returns."""
-    final = [r for r in result.history if r["iteration"] >= t_end] or result.history[-1:]
-    key = "val_loss" if "val_loss" in final[0] else "test_loss"
-    best = min(final, key=lambda r: r[key] if math.isfinite(r[key]) else math.inf)
-    return dataclasses.replace(result, best=dict(best))
-
-
 @register_strategy(
     "gmp",
     description="gradual magnitude pruning: prune the smallest weights on a cubic schedule while training",
 )
-class GMP(Method):
+class GMP(MovingMask):
     """Gradual magnitude pruning (Zhu & Gupta, "To prune, or not to prune", ICLR-W 2018; arXiv 1710.01878).
 
     Knobs (``--arg``): ``start`` and ``end``, the fractions of the training budget where pruning starts
     (density 1) and reaches ``--density``; ``every``, steps between pruning events (Δt; the paper uses
     100-1000 on its larger runs). Defaults: prune from 10% to 75% of the budget, leaving the last quarter
     to recover at the final density, every 100 steps or 1/20 of the pruning span if that is shorter.
-    ``retrain`` (default true): also retrain the final mask from init (level 2, the ticket); false stops
-    after level 1. Both name the same run, so one level 1 serves both.
+    ``retrain`` (default true): also retrain the final mask from init (level 2, the ticket).
     """
 
     kind = "gradual"
-    fields = ("scope", "distribution")
-    knobs: dict[str, Any] = {"start": 0.1, "end": 0.75, "every": 0, "retrain": True}
+    knobs: dict[str, Any] = {**MovingMask.knobs, "start": 0.1, "end": 0.75, "every": 0}  # type: ignore[dict-item]
     default_scope = "layerwise"  # the paper prunes each layer to the target sparsity
     citation = "Zhu & Gupta, arXiv:1710.01878 (2017)"
-    distributed = True  # all storage through the run context; the loop applies rank 0's masks on every rank
-
-    def identity(self, hp: RunHparams) -> str:
-        """Without ``retrain``: it only says whether level 2 follows, never what level 1 is."""
-        return hp.replace(method_args=tuple((k, v) for k, v in hp.method_args if k != "retrain")).hash()
 
     def validate(self, hp: RunHparams) -> None:
         super().validate(hp)
@@ -150,7 +118,7 @@ class GMP(Method):
     def schedule(self, run: RunContext) -> GMPSchedule:
         hp = run.hp
         k = self.parse_knobs(dict(hp.method_args))
-        budget = to_iterations(hp.training.budget, steps_per_epoch(run), name="budget")
+        budget = budget_iterations(run)
         t0 = int(round(float(k.get("start", 0.1)) * budget))
         t_end = max(t0 + 1, int(round(float(k.get("end", 0.75)) * budget)))
         every = int(k.get("every", 0)) or max(1, min(100, (t_end - t0) // 20))
@@ -164,6 +132,14 @@ class GMP(Method):
             min_layer_density=hp.pruning.min_layer_density,
         )
 
+    def settled_at(self, schedule: MaskSchedule) -> int:
+        assert isinstance(schedule, GMPSchedule)
+        return schedule.t_end
+
+    def describe(self, schedule: MaskSchedule) -> dict[str, Any]:
+        assert isinstance(schedule, GMPSchedule)
+        return {"t0": schedule.t0, "t_end": schedule.t_end, "every": schedule.every}
+
     def search_space(
         self, trial: Trial, hp: RunHparams, *, density: tuple[float, float] | None = None
     ) -> RunHparams:
@@ -172,47 +148,3 @@ class GMP(Method):
         end = float(trial.suggest_float("end", start + 0.1, 0.95))
         args = {**dict(hp.method_args), "start": start, "end": end}
         return hp.replace(method_args=tuple(sorted(args.items())))
-
-    def run_levels(self, run: RunContext) -> list[LevelRow]:
-        from .oneshot import dense_baseline
-
-        p = run.hp.pruning
-        sched = self.schedule(run)
-        rows = [dense_baseline(run)] if run.baseline else []
-        pruned, ticket = run.level(1), run.level(2)
-        if pruned.done():
-            res1 = pruned.result()
-            mask = pruned.load_mask()
-        else:
-            model = run.model
-            reset_to(model, run.init_state, Mask.ones(run.shapes))
-            result = _best_after(
-                run.train_level(pruned, model, desc=f"gmp (to {p.density:.1%})", schedule=sched), sched.t_end
-            )
-            mask = get_mask(model)
-            check_empty_layers(mask, allow=p.allow_empty_layers, scope=p.scope or self.default_scope)
-            pruned.save_mask(mask, **run.mask_metadata(level=1))
-            res1 = run.finish_level(
-                pruned,
-                model,
-                result,
-                density=mask.density,
-                gmp={"t0": sched.t0, "t_end": sched.t_end, "every": sched.every},
-            )
-        rows.append(LevelRow(1, mask.density, str(pruned.mask_path), res1))
-        if not self.parse_knobs(dict(run.hp.method_args)).get("retrain", True):
-            return rows
-        mask = Mask({n: t.to(run.device) for n, t in mask.items()}, {})
-        if ticket.done():
-            res2 = ticket.result()
-        else:
-            model = copy.deepcopy(run.model)
-            reset_to(model, run.init_state, mask)
-            ticket.save_mask(mask, **run.mask_metadata(level=2, retrained_from="init"))
-            result = run.train_level(ticket, model, desc=f"gmp ticket ({mask.density:.1%})")
-            cost = {"forward": res1["passes"]["forward"], "backward": res1["passes"]["backward"]}
-            res2 = run.finish_level(ticket, model, result, density=mask.density, cost_to_find=cost)
-        row = LevelRow(2, mask.density, str(ticket.mask_path), res2)
-        row.controls = run.run_controls(2, ticket, mask, run.init_state)
-        rows.append(row)
-        return rows
