@@ -24,6 +24,7 @@ from ..core.errors import ConfigError, UnknownNameError
 from ..core.hparams import PruningHparams, RunHparams, TrainingHparams, coerce_knob, parse_duration
 from ..core.mask import Mask
 from ..core.registry import Registry
+from ..training.schedule import MaskSchedule
 
 if TYPE_CHECKING:  # optuna is imported only by `ticketsearch study`, never by the library
     from optuna.trial import Trial
@@ -142,7 +143,8 @@ class RunContext(Protocol):
 
     ``model`` is built from the replicate seed and holds the stored init (bit for bit on resume);
     ``init_state`` is that init. ``train_level`` trains whatever requires gradients and checkpoints into
-    the level; ``finish_level`` writes the final weights and ``result.json`` (last, so a level with a
+    the level (a ``schedule``, :class:`~ticketsearch.training.MaskSchedule`, moves the masks while it
+    trains: the loop applies each change and checkpoints the schedule's state with the masks); ``finish_level`` writes the final weights and ``result.json`` (last, so a level with a
     result is finished); ``run_controls`` trains the requested controls beside a level. Under torchrun the
     storage calls run on rank 0 and answer every rank, and ``shared_mask`` hands every rank rank 0's mask:
     a method that reads and writes only through these, and shares each mask it computes, may declare
@@ -183,6 +185,7 @@ class RunContext(Protocol):
         *,
         desc: str,
         on_step: Any = None,
+        schedule: MaskSchedule | None = None,
     ) -> Any: ...
 
     def finish_level(self, level: LevelStore, model: nn.Module, res: Any, **extra: Any) -> dict[str, Any]: ...
