@@ -81,7 +81,9 @@ def main() -> None:
     ap.add_argument("--code", type=Path, default=None, help="import ticketsearch from this checkout instead")
     add_output_args(ap, "result name (default: cpu)")
     args = ap.parse_args()
-    out = ResultWriter("loop_overhead", args.variant or "cpu", results_dir=args.results_dir)
+    out = ResultWriter(
+        "loop_overhead", args.variant or "cpu", results_dir=args.results_dir, force_dirty=args.force_dirty
+    )
     torch.set_num_threads(1)
     data = _Data(60_000)
     hp = TrainingHparams(
