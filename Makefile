@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test test-all bench bench-speed lint venv clean
+.PHONY: demo test test-all bench bench-speed lint docs venv clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,11 +37,17 @@ bench: $(STAMP)
 bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-## ruff (lint + format check) on everything, mypy on core/sparse/training (config: pyproject.toml)
+## ruff (lint + format check) on everything, mypy on core/sparse/training (config: pyproject.toml), and the
+## documentation site in strict mode (a dead link, a broken page or a generated page that fails is an error)
 lint: $(STAMP)
-	$(BIN)/ruff check ticketsearch tests benchmarks examples
-	$(BIN)/ruff format --check ticketsearch tests benchmarks examples
+	$(BIN)/ruff check ticketsearch tests benchmarks examples docs
+	$(BIN)/ruff format --check ticketsearch tests benchmarks examples docs
 	$(BIN)/mypy
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+## the documentation site (MkDocs, Material theme) into build/site; the command pages come from the parsers
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf runs/demo .pytest_cache

@@ -144,7 +144,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group(
-        "training (every default comes from the model's recipe: see README, 'Training recipes')"
+        "training (every default comes from the model's recipe: see the docs' 'Training recipes')"
     )
     add_dataclass_arguments(t, TrainingHparams, help_overrides=TRAIN_HELP)
 
