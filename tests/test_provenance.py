@@ -24,6 +24,7 @@ def _git(*args: str) -> str:
 
 
 def test_current_names_this_checkout_and_torch():
+    P.current.cache_clear()  # computed once per process: an edit to the tree since then is not its business
     now = P.current()
     assert now["git_commit"] == _git("rev-parse", "HEAD").strip()
     dirty = bool(_git("status", "--porcelain", "--untracked-files=all", "--", "ticketsearch").strip())
