@@ -241,3 +241,56 @@ def test_find_rerun_stale_flag(tmp_path, capsys):
     r = run_cli(capsys, *args, "--rerun-stale")
     assert r.returncode == 0 and "recomputing level(s) 1" in r.stderr, r.stderr
     assert json.loads(result.read_text())["provenance"]["git_commit"] == P.current()["git_commit"]
+
+
+def _matrix_record(seed: int, acc: float, prov: dict | None, stale: list | None = None) -> dict:
+    rec = {"method": "snip", "source": "digits", "target": "mnist", "density": 0.2, "seed": seed}
+    rec |= {
+        k: acc for k in ("transfer_source_init", "transfer_fresh_init", "random_mask", "own_ticket", "dense")
+    }
+    rec |= {"source_density": 0.2, "own_density": 0.2, "source_acc": acc, "weights_trained": True}
+    if prov is not None:
+        rec["provenance"] = prov
+    if stale is not None:
+        rec["stale"] = stale
+    return rec
+
+
+def test_transfer_matrix_summary_names_stale_cells_and_reads_the_newest_record(tmp_path):
+    from ticketsearch.transfer.matrix import cell_key, record_stale, write_reports
+
+    old = _matrix_record(0, 0.5, None)  # made before records held their code
+    fresh = _matrix_record(1, 0.9, P.current(), stale=[])
+    reused = _matrix_record(
+        2, 0.9, P.current(), stale=[{"path": "runs/snip_x/replicate_2/level_1", "reason": "made by X"}]
+    )
+    assert (
+        "no provenance" in record_stale(old)
+        and record_stale(fresh) is None
+        and "made by X" in record_stale(reused)
+    )
+    write_reports([old, fresh, reused], tmp_path)
+    md = (tmp_path / "summary.md").read_text()
+    assert "## Reused results made by other code" in md
+    assert f"`{cell_key(old)}`" in md and f"`{cell_key(reused)}`" in md and f"`{cell_key(fresh)}`" not in md
+    # the cell recomputed by --rerun-stale is appended; the newest record is the one summarised
+    write_reports([old, fresh, reused, _matrix_record(0, 0.9, P.current(), stale=[])], tmp_path)
+    md = (tmp_path / "summary.md").read_text()
+    assert f"`{cell_key(old)}`" not in md and "| 90.00 ± 0.00 |" in md
+
+
+def test_study_report_names_trials_that_reused_stale_levels():
+    from types import SimpleNamespace
+
+    from ticketsearch.studies.report import stale_trials
+
+    trials = [
+        SimpleNamespace(number=0, user_attrs={}),
+        SimpleNamespace(
+            number=1, user_attrs={"stale": [{"path": "p", "reason": "made by ticketsearch 0.0.9"}]}
+        ),
+    ]
+    study = SimpleNamespace(get_trials=lambda deepcopy=False: trials)
+    assert stale_trials(study) == [
+        {"cell": "trial 1", "reason": "reused 1 level(s): made by ticketsearch 0.0.9"}
+    ]
