@@ -261,7 +261,9 @@ def test_clean_stale_temps_after_kill_9(tmp_path: Path) -> None:
     assert [t.name for t in removed] == [".init.safetensors." + removed[0].name.split(".")[-2] + ".tmp"]
     assert _temps(run.path) == []
     assert all(k.exists() for k in keep) and (run.path / lock_name(0)).exists()
-    assert level.result() == {"acc": 0.5}
+    res = level.result()
+    assert {"ticketsearch", "git_commit", "git_dirty", "torch", "device"} <= set(res.pop("provenance"))
+    assert res == {"acc": 0.5}
     assert run.clean_stale_temps(5) == [] and remove_stale_temps(tmp_path / "nowhere") == []
 
 
