@@ -138,9 +138,6 @@ class _DropGrowMethod(MovingMask):
         t_end = max(1, int(round(float(k.get("end", 0.75)) * budget_iterations(run))))
         return DropGrow(int(k.get("every", 100)), float(k.get("alpha", 0.3)), t_end, self.grow, seed=run.seed)
 
-    def settled_at(self, schedule: MaskSchedule) -> int:
-        return 0  # the density never changes; the mask's last move is at T_end
-
     def describe(self, schedule: MaskSchedule) -> dict[str, Any]:
         assert isinstance(schedule, DropGrow)
         return {"every": schedule.every, "alpha": schedule.alpha, "t_end": schedule.t_end}
