@@ -15,13 +15,15 @@ ratio is to the dense model's call:
 * ``gmp``             — gradual magnitude pruning from dense to 0.2 over the call, pruning 20 times (every steps/20)
   (a moving mask: selection, optimizer-state and gradient-mask rebuilds on every change).
 
-The last two need the mask-schedule hook; run on code from before it (``--code DIR``: a checkout whose
-``ticketsearch`` package is imported instead of this one's), they are skipped, so the same script measures
-the loop before and after a change. From the repository root:
+The last two need the mask-schedule hook; on code from before it they are skipped, so the same script
+measures the loop before and after a change: copy it (with ``_common.py`` and ``_writer.py``) into a checkout
+of the older commit and run it there (``--force-dirty``: that checkout then holds files its commit lacks,
+and the record says so). From the repository root:
 
-    python -m benchmarks.loop_overhead --variant cpu                        # this checkout
-    git worktree add /tmp/before <commit> && \\
-      python -m benchmarks.loop_overhead --code /tmp/before --variant cpu_before
+    python -m benchmarks.loop_overhead --variant cpu                       # this checkout
+    git worktree add /tmp/before <commit> && cp benchmarks/{loop_overhead,_common,_writer}.py \\
+      /tmp/before/benchmarks/ && (cd /tmp/before && python -m benchmarks.loop_overhead --force-dirty \\
+      --variant cpu_before --results-dir $OLDPWD/benchmarks/results)
 """
 
 from __future__ import annotations
@@ -29,23 +31,19 @@ from __future__ import annotations
 import argparse
 import inspect
 import subprocess
-import sys
 from pathlib import Path
 
-if "--code" in sys.argv:  # before anything imports ticketsearch: the package of another checkout
-    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--code") + 1]).resolve()))
+import torch
 
-import torch  # noqa: E402
+import ticketsearch
+from ticketsearch.core import select
+from ticketsearch.core.hparams import TrainingHparams
+from ticketsearch.models import create_model
+from ticketsearch.sparse import apply_mask, masked_layers, prunable_parameters
+from ticketsearch.training import train
 
-import ticketsearch  # noqa: E402
-from ticketsearch.core import select  # noqa: E402
-from ticketsearch.core.hparams import TrainingHparams  # noqa: E402
-from ticketsearch.models import create_model  # noqa: E402
-from ticketsearch.sparse import apply_mask, masked_layers, prunable_parameters  # noqa: E402
-from ticketsearch.training import train  # noqa: E402
-
-from ._common import interleaved_medians  # noqa: E402
-from ._writer import ResultWriter, add_output_args, md_table  # noqa: E402
+from ._common import interleaved_medians
+from ._writer import ResultWriter, add_output_args, md_table
 
 
 class _Data:
@@ -78,7 +76,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500, help="steps per train() call (default 500)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3, help="calls per mode per round (default 3)")
-    ap.add_argument("--code", type=Path, default=None, help="import ticketsearch from this checkout instead")
     add_output_args(ap, "result name (default: cpu)")
     args = ap.parse_args()
     out = ResultWriter(
@@ -143,7 +140,7 @@ def main() -> None:
     md += (
         f"Whole `train()` calls of {args.steps} steps, median of {args.rounds}×{args.repeats} calls per mode "
         f"sampled round-robin in one run, one torch thread; ticketsearch imported from commit `{code}`"
-        f"{' (`--code`)' if args.code else ''}.\n\n"
+        ".\n\n"
     )
     md += md_table(
         ["mode", "ms per step (median)", "× dense"],
