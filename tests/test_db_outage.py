@@ -64,17 +64,35 @@ def _start(cmds: list[list[str]]) -> list[subprocess.Popen]:
     ]
 
 
-def _running(server: pgserver.PgServer) -> int:
-    """RUNNING trials in the server's Optuna tables (0 before they exist)."""
+def _sql(server: pgserver.PgServer, query: str, *params: object) -> int:
+    """A count from the server (0 while it or Optuna's tables are not there)."""
     import psycopg
 
     try:
         with psycopg.connect(
             host=str(server.sock), port=server.port, user="postgres", dbname="postgres"
         ) as c:
-            return int(c.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0])
+            return int(c.execute(query, params).fetchone()[0])
     except psycopg.Error:
         return 0
+
+
+def _running(server: pgserver.PgServer, study: str) -> int:
+    """RUNNING trials of ``study``."""
+    return _sql(
+        server,
+        "SELECT count(*) FROM trials t JOIN studies s ON t.study_id = s.study_id "
+        "WHERE s.study_name = %s AND t.state = 'RUNNING'",
+        study,
+    )
+
+
+def _clients(server: pgserver.PgServer) -> int:
+    """Client sessions on the server besides the one asking (the commands' connections)."""
+    return _sql(
+        server,
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )
 
 
 def _wait_for(predicate, timeout: float, what: str, procs: list[subprocess.Popen]) -> None:
@@ -113,12 +131,12 @@ def _clean(err: str) -> None:
 def test_two_commands_ride_out_a_postgres_restart(postgres_server, tmp_path):
     """The operator's report: ``pg_ctl restart -m fast`` while two commands run a suite. Both finish,
     every cell once, nobody is declared dead, no traceback."""
-    spec, suite = _suite(tmp_path, ["snip", "random", "magnitude"], "40ep", "restart")
+    spec, suite = _suite(tmp_path, ["snip"], "30ep", "restart")  # a cell for each command
     url = postgres_server.url
     args = ("--suite", str(spec), "--heartbeat", "1", "--db-wait", "30")
     procs = _start([_bench(tmp_path / m, url, *args) for m in ("a", "b")])
     try:
-        _wait_for(lambda: _running(postgres_server) >= 1, 120, "a running cell", procs)
+        _wait_for(lambda: _running(postgres_server, default_name(suite)) >= 1, 120, "a running cell", procs)
         postgres_server.restart("fast")
         results = finish(procs, 240)
     finally:
@@ -136,14 +154,17 @@ def test_a_queue_rides_out_a_crash_a_restart_and_ended_sessions(postgres_server,
     url = postgres_server.url
     args = ("--suite", str(spec), "--heartbeat", "1", "--db-wait", "30")
     procs = _start([_bench(tmp_path / m, url, *args) for m in ("a", "b")])
+    both = lambda: _running(postgres_server, default_name(suite)) >= 2  # noqa: E731  (a cell on each)
     try:
-        _wait_for(lambda: _running(postgres_server) >= 1, 120, "a running cell", procs)
+        _wait_for(both, 120, "a running cell", procs)
         postgres_server.stop("immediate")  # a crash: every session gone, recovery at the next start
         time.sleep(4)  # longer than the grace period (2 s): every heartbeat lapses
         postgres_server.start()
-        _wait_for(lambda: _running(postgres_server) >= 1, 60, "a running cell", procs)
+        time.sleep(1.5)  # a heartbeat (1 s) later both are connected again
+        _wait_for(both, 60, "a cell on each command", procs)
         postgres_server.restart("fast")
-        _wait_for(lambda: _running(postgres_server) >= 1, 60, "a running cell", procs)
+        time.sleep(1.5)
+        _wait_for(lambda: both() and _clients(postgres_server) >= 2, 60, "a cell on each, connected", procs)
         ended = postgres_server.terminate_backends()
         assert ended >= 2  # both commands' connections (pooled ones included)
         results = finish(procs, 300)
@@ -171,16 +192,17 @@ def _lost_line(err: str, url_shown: str) -> str:
     return line
 
 
-@pytest.mark.parametrize("workers", ["1", pytest.param("2", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a cell, a wait past the bound and a rerun: ~15 s quiet (the SQLite case below is default)
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_past_the_bound_one_line_exit_2_and_the_rerun_finishes(postgres_server, tmp_path, workers):
-    spec, suite = _suite(tmp_path, ["snip"], "40ep", f"bound{workers}")
+    spec, suite = _suite(tmp_path, ["snip"], "20ep", f"bound{workers}")
     url = postgres_server.url
     cmd = _bench(
         tmp_path, url, "--suite", str(spec), "--heartbeat", "1", "--db-wait", "3", "--workers", workers
     )
     (p,) = _start([cmd])
     try:
-        _wait_for(lambda: _running(postgres_server) >= 1, 120, "a running cell", [p])
+        _wait_for(lambda: _running(postgres_server, default_name(suite)) >= 1, 120, "a running cell", [p])
         postgres_server.stop("fast")
         t0 = time.monotonic()
         ((code, _, err),) = finish([p], 120)
@@ -214,14 +236,17 @@ def test_two_study_commands_ride_out_restarts(postgres_server, tmp_path):
     url = postgres_server.url
     cmd = _study_cmd(tmp_path / "runs", url, "--n-trials", "6", "--budget", "40ep", "--study-name", "outage")
     procs = _start([cmd, cmd])
+    both = lambda: _running(postgres_server, "outage") >= 2  # noqa: E731  (a trial on each)
     try:
-        _wait_for(lambda: _running(postgres_server) >= 1, 120, "a running trial", procs)
+        _wait_for(both, 120, "a running trial", procs)
         postgres_server.restart("fast")
-        _wait_for(lambda: _running(postgres_server) >= 1, 60, "a running trial", procs)
+        time.sleep(1.5)  # a heartbeat (1 s) later both are connected again
+        _wait_for(both, 60, "a trial on each command", procs)
         postgres_server.stop("immediate")
         time.sleep(4)
         postgres_server.start()
-        _wait_for(lambda: _running(postgres_server) >= 1, 60, "a running trial", procs)
+        time.sleep(1.5)
+        _wait_for(lambda: both() and _clients(postgres_server) >= 2, 60, "a trial on each, connected", procs)
         assert postgres_server.terminate_backends() >= 2
         results = finish(procs, 300)
     finally:

@@ -30,6 +30,13 @@ command returns once the whole queue is finished, then writes ``results.jsonl``,
 ``suite.json`` into its ``--out`` from the shared records (its cells' run directories stay on its own
 ``--root``); ``bench --storage URL --report OUT`` does the same on any machine without training.
 
+A database that goes away (a restart, a crash, a session the server ended, an SQLite file locked past its
+busy timeout) is waited for: every call goes through the storage's one retry (``--db-wait`` seconds, see
+:mod:`ticketsearch.studies.storage`), the cell in flight keeps training, its record is stored when the
+database is back, and nobody's trial is declared dead for the outage. Past the bound the command stops
+with one line (a worker process hands it to its command, which says it once) and the trials it held
+are retried by whoever comes next, as a dead worker's are.
+
 optuna and SQLAlchemy are imported inside the functions that use them.
 """
 
@@ -49,7 +56,7 @@ from typing import Any
 from ..core.errors import ConfigError
 from ..core.hparams import stable_hash
 from ..core.io import atomic_write_json, atomic_write_text
-from ..studies.storage import DatabaseLost
+from ..studies.storage import DatabaseLost, _say
 from .runner import Cell, cells_of, run_cell, smallest_keys, smallest_search, write_timing
 from .spec import Suite, suite_from_saved
 
@@ -240,15 +247,6 @@ def _top_up(q: Queue, items: list[str]) -> None:
     now on (the flag is set first: a taker that sees a topped-up trial also sees the flag)."""
     q.study.set_user_attr(_TOPUP_ATTR, True)
     _enqueue(q.study, items)
-
-
-def _say(message: str) -> None:
-    try:
-        from tqdm.auto import tqdm
-
-        tqdm.write(message, file=sys.stderr)
-    except ImportError:  # pragma: no cover
-        print(message, file=sys.stderr, flush=True)
 
 
 def _attach(suite: Suite, url: str, name: str, heartbeat: int, db_wait: float) -> Queue:
@@ -596,18 +594,27 @@ def _worker_main(
     lost: Any = None,
 ) -> None:
     """A worker process of ``run_queue``: one line and exit code 2 on a user-level error, like the CLI;
-    a lost database is handed to the command (``lost``, a queue) to say once for all its workers."""
+    a lost database is handed to the command (``lost``, a pipe's sending end) to say once for all its
+    workers."""
     import torch
 
     from ..core.errors import TicketsearchError
 
     torch.set_num_threads(threads)
+    try:  # a worker shows no bar: its lines need no process-shared lock (one left when it is terminated)
+        import threading
+
+        from tqdm.auto import tqdm
+
+        tqdm.set_lock(threading.RLock())
+    except ImportError:  # pragma: no cover
+        pass
     try:
         work(_attach(suite, url, name, heartbeat, db_wait), **kw)
     except DatabaseLost as exc:
         if lost is None:
             raise
-        lost.put(str(exc))
+        lost.send(str(exc))
         sys.exit(_LOST_EXIT)
     except TicketsearchError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -639,10 +646,10 @@ def _run_workers(q: Queue, workers: int, refresh: Callable[[], None], **kw: Any)
 
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
-    lost = ctx.SimpleQueue()
+    lost, lost_w = ctx.Pipe(duplex=False)  # a pipe, not a queue: no semaphore to leak when workers are killed
 
     def start() -> Any:
-        args = (q.suite, q.url, q.name, q.heartbeat, threads, kw, q.db_wait, lost)
+        args = (q.suite, q.url, q.name, q.heartbeat, threads, kw, q.db_wait, lost_w)
         p = ctx.Process(target=_worker_main, args=args)
         p.start()
         return p
@@ -660,8 +667,8 @@ def _run_workers(q: Queue, workers: int, refresh: Callable[[], None], **kw: Any)
                 procs.remove(p)
                 if p.exitcode == 0:
                     continue
-                if p.exitcode == _LOST_EXIT and not lost.empty():  # the others would meet it too
-                    error = DatabaseLost(lost.get())
+                if p.exitcode == _LOST_EXIT and lost.poll():  # the others would meet it too
+                    error = DatabaseLost(lost.recv())
                     q.storage.give_up(error)
                     raise error
                 retried = _requeue_dead(q, p.pid)

@@ -33,7 +33,7 @@ from sqlalchemy import exc as sa_exc
 
 from .storage import DatabaseLost, _say, _scrub, safe_url
 
-__all__ = ["PatientStorage", "lost_reason"]
+__all__ = ["PatientStorage", "lost_reason", "server_went_away"]
 
 _FIRST_PAUSE, _MAX_PAUSE = 0.1, 2.0  # seconds between tries: 0.1, 0.15, 0.225, ... up to 2 s
 
@@ -60,6 +60,33 @@ def lost_reason(exc: BaseException) -> str | None:
             return str(e).strip().splitlines()[0]
         e = e.__cause__ or e.__context__
     return None
+
+
+_WENT_AWAY = (
+    "server closed the connection unexpectedly",
+    "terminating connection",
+    "the database system is",  # starting up, shutting down, in recovery mode
+)
+
+
+def server_went_away(exc: BaseException) -> bool:
+    """True when the server was there and went away (SQLSTATE class 57, operator intervention: shut
+    down, crashed, starting; or a session it closed), as opposed to one that was never reached (refused,
+    unknown host, bad credentials), which at a command's start is a typo more often than an outage."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        orig = getattr(e, "orig", None)
+        for x in (e, orig):
+            if x is None:
+                continue
+            if str(getattr(x, "sqlstate", None) or "").startswith("57"):
+                return True
+            if any(w in str(x) for w in _WENT_AWAY):
+                return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class PatientStorage(BaseStorage):

@@ -266,12 +266,13 @@ def open_storage(
 
     The first connection is not waited for (a server that is not there when a command starts is a typo
     more often than an outage): ``cannot reach storage`` at once, unless ``wait_first`` (a worker process
-    joining a queue its command has already reached) or the database is an SQLite file another process
+    joining a queue its command has already reached), the server answered and then went away (it is
+    shutting down, restarting or ended the session), or the database is an SQLite file another process
     holds locked."""
     import optuna
     from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
-    from ._patient import PatientStorage, lost_reason
+    from ._patient import PatientStorage, lost_reason, server_went_away
 
     quiet()
     parsed = check_url(url)
@@ -300,7 +301,16 @@ def open_storage(
 
     for attempt in range(6):
         try:
-            patient.attach(patient.call(build) if wait_first or local else build())
+            if wait_first or local:
+                patient.attach(patient.call(build))
+                return patient
+            try:
+                rdb = build()
+            except Exception as exc:
+                if not (lost_reason(exc) and server_went_away(exc)):
+                    raise
+                rdb = patient.call(build)  # it answered, then went away: an outage, not a typo
+            patient.attach(rdb)
             return patient
         except (IntegrityError, ProgrammingError) as exc:
             # workers starting together on a fresh database race to create Optuna's tables; the loser
