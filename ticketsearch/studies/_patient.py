@@ -211,6 +211,8 @@ class PatientStorage(BaseStorage):
     def stale_trial_ids(self, study_id: int) -> list[int]:
         """Ids of RUNNING trials without a heartbeat for the grace period — none while the database has
         been back for less than that (its outage stopped every worker's heartbeat, not its work)."""
+        if self._rdb.get_heartbeat_interval() is None:  # opened without heartbeats (a report)
+            return []
         stale = self.call(self._rdb._get_stale_trial_ids, study_id)
         if not stale:
             return []

@@ -16,6 +16,7 @@ back as a retry (heartbeat; on SQLite also at once when its process is gone from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -582,11 +583,13 @@ def _one_trial(study: Any, storage: Any, objective: _Objective, heartbeat: int) 
         except TicketsearchError:
             state = TrialState.FAIL
         except KeyboardInterrupt:
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            _requeue(study, storage, trial.number)
+            with contextlib.suppress(DatabaseLost), storage.no_wait():  # on the way out: no wait
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                _requeue(study, storage, trial.number)
             raise
         except Exception:  # a bug: the trial fails with it, the traceback is kept
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            with contextlib.suppress(DatabaseLost), storage.no_wait():
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
     study.tell(trial, values, state=state, skip_if_finished=True)
 
