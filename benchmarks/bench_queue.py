@@ -160,7 +160,7 @@ def _pg_count(server: Any, query: str, *params: object) -> int:
 
 
 def _restart_round(server: Any, tmp: Path, event: str, down: float, r: int) -> dict[str, Any]:
-    """Two commands on a fresh queue; ``event`` once a cell trains and both are connected; returns what
+    """Two commands on a fresh queue; ``event`` once both train a cell; returns what
     was measured (times in s)."""
     import json
 
@@ -189,7 +189,7 @@ def _restart_round(server: Any, tmp: Path, event: str, down: float, r: int) -> d
         "WHERE s.study_name = %s AND t.state = 'RUNNING'"
     )
     clients = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-    while not (_pg_count(server, clients) >= 2 and _pg_count(server, running, name) >= 1):
+    while not (_pg_count(server, clients) >= 2 and _pg_count(server, running, name) >= 2):
         if any(p.poll() is not None for p in procs) or time.time() - t0 > 300:
             raise SystemExit(f"{event}: a command ended before a cell ran: {procs[0].stderr.read()[-2000:]}")
         time.sleep(0.05)
@@ -282,7 +282,7 @@ def restart_main(args: argparse.Namespace) -> None:
 `python -m benchmarks.bench_queue --restart`: two commands (two machines: own `--root` and `--out`, one
 thread each) run a 4-cell digits suite (dense, SNIP, random, magnitude at density 0.3, 10 epochs) as a
 queue on a throw-away PostgreSQL server (unix socket, fsync off), `--heartbeat 1`, `--db-wait` 300 (the
-default). Once a cell trains and both commands are connected, the server is shut down (`fast`: `pg_ctl stop
+default). Once both commands train a cell, the server is shut down (`fast`: `pg_ctl stop
 -m fast`) or crashed (`crash`: `-m immediate`) for {args.down:g} s — longer than a cell, so the cell in flight
 ends while the database is away and its record waits — and started again; `terminate` ends every session
 (`pg_terminate_backend`) instead. Load average at the start {load_start[0]:.2f}, at the end {load_end[0]:.2f}.
@@ -299,9 +299,10 @@ waiting records: cells that ended while the database was away (their records wai
 record of any cell after the return also counts cells still training at the return (then the time is
 their training's, not the queue's).
 'back after': what each command that saw the outage printed (`the database at URL is back after N s`,
-from its first failed call). A worker's retry pause grows from 0.1 s by 1.5× to 2 s, so after an outage of
-a few seconds the first record lands within about 2 s of the return; `terminate` costs nothing (the
-pooled connections are checked before use and replaced).
+from its first failed call). A worker's retry pause grows from 0.1 s by 1.5× to 1 s (±20%), so after an
+outage of seconds a waiting record is stored about a second after the return, plus the time to reconnect
+and write on a loaded machine; `terminate` costs a retry of the calls that were in flight (idle pooled
+connections are checked before use and replaced without an error).
 """
     payload = {
         "rounds": rounds,
@@ -325,7 +326,7 @@ def main() -> None:
         action="store_true",
         help="measure the queue through database outages instead (variant restart; a throw-away server)",
     )
-    ap.add_argument("--down", type=float, default=8.0, help="with --restart: seconds the server stays down")
+    ap.add_argument("--down", type=float, default=15.0, help="with --restart: seconds the server stays down")
     add_output_args(ap, "result name (default: postgres, or restart)")
     args = ap.parse_args()
     if args.restart:

@@ -35,7 +35,7 @@ from .storage import DatabaseLost, _say, _scrub, safe_url
 
 __all__ = ["PatientStorage", "lost_reason", "server_went_away"]
 
-_FIRST_PAUSE, _MAX_PAUSE = 0.1, 2.0  # seconds between tries: 0.1, 0.15, 0.225, ... up to 2 s
+_FIRST_PAUSE, _MAX_PAUSE = 0.1, 1.0  # seconds between tries: 0.1, 0.15, 0.225, ... up to 1 s (±20%)
 
 
 def lost_reason(exc: BaseException) -> str | None:
