@@ -196,7 +196,7 @@ def _lost_line(err: str, url_shown: str) -> str:
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_past_the_bound_one_line_exit_2_and_the_rerun_finishes(postgres_server, tmp_path, workers):
     spec, suite = _suite(tmp_path, ["snip"], "20ep", f"bound{workers}")
-    url = postgres_server.url
+    url = postgres_server.url.replace("postgres@", "postgres:hunter2@")  # trust auth: the password is unused
     cmd = _bench(
         tmp_path, url, "--suite", str(spec), "--heartbeat", "1", "--db-wait", "3", "--workers", workers
     )
@@ -211,7 +211,8 @@ def test_past_the_bound_one_line_exit_2_and_the_rerun_finishes(postgres_server, 
         p.kill()
         postgres_server.start()
     assert code == 2, err
-    _lost_line(err, url)
+    _lost_line(err, postgres_server.url.replace("postgres@", "postgres:***@"))
+    assert "hunter2" not in err
     assert waited < 60, waited  # bounded: the cell's end plus --db-wait, not a hang
     r = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
