@@ -2,7 +2,8 @@
 ``benchmarks.bench_queue``): a fresh cluster in a temp dir, listening only on a unix socket there,
 started as the ``postgres`` user when we run as root (PostgreSQL refuses to run as root), removed after.
 
-Test modules import the fixture: ``from pgserver import postgres_url  # noqa: F401``.
+Test modules import the fixture: ``from pgserver import postgres_url  # noqa: F401``; tests that take the
+server away (restart, stop, end its sessions) use ``postgres_server``, a :class:`PgServer`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,9 +36,46 @@ def pg_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
+class PgServer:
+    """A running throw-away server that a test can take away and bring back, as an operator or a managed
+    service would: ``restart``/``stop`` with a ``pg_ctl`` shutdown mode, ``start``, and
+    ``terminate_backends`` (``pg_terminate_backend`` on every client connection but its own)."""
+
+    def __init__(self, ctl: list[str], opts: str, log: Path, url: str, sock: Path, port: int) -> None:
+        self.ctl, self.opts, self.log, self.url, self.sock, self.port = ctl, opts, log, url, sock, port
+
+    def _pg_ctl(self, *args: str) -> None:
+        r = subprocess.run([*self.ctl, *args], capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {(r.stderr or r.stdout).strip()}")
+
+    def start(self) -> None:
+        """Start it and return once it accepts connections."""
+        self._pg_ctl("-o", self.opts, "-l", str(self.log), "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m MODE``: fast ends every session; immediate is a crash (recovery at start)."""
+        self._pg_ctl("-m", mode, "-w", "-t", "60", "stop")
+
+    def restart(self, mode: str = "fast") -> None:
+        self._pg_ctl("-m", mode, "-o", self.opts, "-l", str(self.log), "-w", "-t", "60", "restart")
+
+    def terminate_backends(self) -> int:
+        """End every other client session (what an admin or a proxy's idle timeout does); how many."""
+        import psycopg
+
+        with psycopg.connect(host=str(self.sock), port=self.port, user="postgres", dbname="postgres") as c:
+            rows = c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            ).fetchall()
+        return len(rows)
+
+
 @contextlib.contextmanager
-def throwaway_postgres() -> Iterator[str]:
-    """Yields the server's SQLAlchemy URL (``postgresql://postgres@/postgres?host=<socket dir>&port=N``)."""
+def controllable_postgres() -> Iterator[PgServer]:
+    """A fresh cluster, started; yields its :class:`PgServer` (``.url`` is the SQLAlchemy URL,
+    ``postgresql://postgres@/postgres?host=<socket dir>&port=N``)."""
     bin_dir = pg_bin()
     if bin_dir is None:
         raise PostgresUnavailable(
@@ -78,26 +117,49 @@ def throwaway_postgres() -> Iterator[str]:
         if r.returncode != 0:
             raise PostgresUnavailable(f"initdb failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
         opts = f"-k {sock} -p {port} -c listen_addresses='' -c fsync=off -c max_connections=50"
-        r = subprocess.run([*ctl, "-o", opts, "-l", str(log), "-w", "-t", "60", "start"], capture_output=True, text=True, timeout=120)  # fmt: skip
-        if r.returncode != 0:
-            tail = log.read_text().strip().splitlines()[-1:] if log.exists() else r.stderr
-            raise PostgresUnavailable(f"PostgreSQL did not start: {tail}")
-        yield f"postgresql://postgres@/postgres?host={sock}&port={port}"
+        url = f"postgresql://postgres@/postgres?host={sock}&port={port}"
+        server = PgServer(ctl, opts, log, url, sock, port)
+        try:
+            server.start()
+        except RuntimeError:
+            tail = log.read_text().strip().splitlines()[-1:] if log.exists() else "no log"
+            raise PostgresUnavailable(f"PostgreSQL did not start: {tail}") from None
+        yield server
     finally:
         subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """Yields the server's SQLAlchemy URL (``postgresql://postgres@/postgres?host=<socket dir>&port=N``)."""
+    with controllable_postgres() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A throw-away PostgreSQL server per test module; the module's tests skip, saying why, where
     PostgreSQL truly cannot start."""
-    server = throwaway_postgres()
+    with _server_or_skip(throwaway_postgres()) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def postgres_server() -> Iterator[PgServer]:
+    """A throw-away server per test module that its tests may restart, stop and start (keep such tests
+    apart from ``postgres_url``'s: a test that fails while the server is down leaves it down)."""
+    with _server_or_skip(controllable_postgres()) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _server_or_skip(cm: Any) -> Iterator[Any]:
     try:
-        url = server.__enter__()
+        value = cm.__enter__()
     except PostgresUnavailable as exc:
         pytest.skip(str(exc))
     try:
-        yield url
+        yield value
     finally:
-        server.__exit__(None, None, None)
+        cm.__exit__(None, None, None)

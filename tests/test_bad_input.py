@@ -212,6 +212,11 @@ BENCH_CASES = [
     (["--storage", "sqlite:///{tmp}/q.db", "--heartbeat", "0"], ["--heartbeat", "got 0"]),
     (["--study-name", "x"], ["--study-name needs --storage"]),
     (["--heartbeat", "5"], ["--heartbeat needs --storage"]),
+    (["--storage", "sqlite:///{tmp}/q.db", "--db-wait", "-1"], ["--db-wait", "≥ 0", "'-1'"]),
+    (["--storage", "sqlite:///{tmp}/q.db", "--db-wait", "soon"], ["--db-wait", "seconds", "'soon'"]),
+    (["--storage", "sqlite:///{tmp}/q.db", "--db-wait", "nan"], ["--db-wait", "'nan'"]),
+    (["--storage", "sqlite:///{tmp}/q.db", "--db-wait", "inf"], ["--db-wait", "'inf'"]),
+    (["--db-wait", "30"], ["--db-wait needs --storage"]),
     (["--storage", "sqlite:///{tmp}/q.db", "--report", "{tmp}/out"], ["no database at", "q.db"]),
     # --rerun-stale recomputes a local suite's cells; a report or a shared queue has none to recompute
     (["--rerun-stale", "--report", "{tmp}/out"], ["--rerun-stale", "--report"]),
@@ -236,6 +241,24 @@ def test_bad_bench_queue_input(tmp_path, capsys, args, needles):
     line = assert_one_line_error(r, *needles)
     assert "hunter2" not in line
     assert nothing_left(root) == [] and nothing_left(out) == [] and not (tmp_path / "q.db").exists()
+
+
+# `study`: the same --db-wait rule, checked before the database or the root is touched
+STUDY = ["study", "--method", "snip", "--n-trials", "2", "--budget", "1ep", "--no-progress"]
+STUDY_CASES = [
+    (["--db-wait", "-5"], ["--db-wait", "≥ 0", "'-5'"]),
+    (["--db-wait", "5m"], ["--db-wait", "'5m'"]),
+    (["--db-wait", "nan", "--storage", "sqlite:///{tmp}/s.db"], ["--db-wait", "'nan'"]),
+    (["--db-wait", "-1", "--report"], ["--db-wait", "'-1'"]),
+]
+
+
+@pytest.mark.parametrize("args,needles", STUDY_CASES, ids=[" ".join(a) for a, _ in STUDY_CASES])
+def test_bad_study_db_wait(tmp_path, capsys, args, needles):
+    root = tmp_path / "runs"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert_one_line_error(run_cli(capsys, *STUDY, "--root", str(root), *args), *needles)
+    assert nothing_left(root) == [] and not (tmp_path / "s.db").exists()
 
 
 @pytest.mark.parametrize(

@@ -30,16 +30,23 @@ command returns once the whole queue is finished, then writes ``results.jsonl``,
 ``suite.json`` into its ``--out`` from the shared records (its cells' run directories stay on its own
 ``--root``); ``bench --storage URL --report OUT`` does the same on any machine without training.
 
+A database that goes away (a restart, a crash, a session the server ended, an SQLite file locked past its
+busy timeout) is waited for: every call goes through the storage's one retry (``--db-wait`` seconds, see
+:mod:`ticketsearch.studies.storage`), the cell in flight keeps training, its record is stored when the
+database is back, and nobody's trial is declared dead for the outage. Past the bound the command stops
+with one line (a worker process hands it to its command, which says it once) and the trials it held
+are retried by whoever comes next, as a dead worker's are.
+
 optuna and SQLAlchemy are imported inside the functions that use them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +56,7 @@ from typing import Any
 from ..core.errors import ConfigError
 from ..core.hparams import stable_hash
 from ..core.io import atomic_write_json, atomic_write_text
+from ..studies.storage import DatabaseLost, _say
 from .runner import Cell, cells_of, run_cell, smallest_keys, smallest_search, write_timing
 from .spec import Suite, suite_from_saved
 
@@ -99,6 +107,7 @@ class Queue:
     heartbeat: int
     local: bool  # SQLite: every worker is on this machine
     items: list[str] = field(default_factory=list)
+    db_wait: float = 300.0  # seconds a storage call waits for a lost database
     _sid: int | None = None
     _waiting: list[Any] = field(default_factory=list)  # this worker's snapshot of the WAITING trials
 
@@ -171,15 +180,23 @@ def _live(trials: list[Any]) -> set[str]:
     }
 
 
-def _connect(url: str, heartbeat: int | None) -> tuple[Any, str, bool]:
+def _connect(
+    url: str, heartbeat: int | None, db_wait: float, *, wait_first: bool = False
+) -> tuple[Any, str, bool]:
     from ..studies.storage import open_storage, safe_url
 
-    rdb = open_storage(url, heartbeat=heartbeat)
+    rdb = open_storage(url, heartbeat=heartbeat, db_wait=db_wait, wait_first=wait_first)
     return rdb, safe_url(url), rdb.engine.url.get_backend_name() == "sqlite"
 
 
 def open_queue(
-    suite: Suite, url: str, *, study_name: str | None, heartbeat: int, patience: float = 30.0
+    suite: Suite,
+    url: str,
+    *,
+    study_name: str | None,
+    heartbeat: int,
+    patience: float = 30.0,
+    db_wait: float = 300.0,
 ) -> Queue:
     """Create the suite's queue, or join it after checking it holds the same spec and top it up with
     every item that has no live trial (the items of a filler that died, or whose retries were used up).
@@ -188,7 +205,7 @@ def open_queue(
 
     from .. import __version__
 
-    rdb, shown, local = _connect(url, heartbeat)
+    rdb, shown, local = _connect(url, heartbeat, db_wait)
     name = study_name or default_name(suite)
     items = items_of(suite)
     try:
@@ -205,7 +222,7 @@ def open_queue(
         study.set_user_attr(QUEUE_ATTR, ident)
         _enqueue(study, items)
         study.set_user_attr(_FULL_ATTR, True)
-        return Queue(url, shown, name, suite, rdb, study, heartbeat, local, items)
+        return Queue(url, shown, name, suite, rdb, study, heartbeat, local, items, db_wait)
     sid = rdb.get_study_id_from_name(name)
     _wait_for_attr(rdb, sid, QUEUE_ATTR, patience=min(patience, 10.0))
     attrs = rdb.get_study_user_attrs(sid)
@@ -216,7 +233,7 @@ def open_queue(
         attrs = rdb.get_study_user_attrs(sid)
     _check_identity(attrs, suite, name, shown)
     study = optuna.load_study(study_name=name, storage=rdb)
-    q = Queue(url, shown, name, suite, rdb, study, heartbeat, local, items)
+    q = Queue(url, shown, name, suite, rdb, study, heartbeat, local, items, db_wait)
     _wait_for_attr(rdb, sid, _FULL_ATTR, patience=patience, progress=lambda: len(q.trials()))
     missing = [i for i in items if i not in _live(q.trials())]
     if missing:
@@ -232,51 +249,17 @@ def _top_up(q: Queue, items: list[str]) -> None:
     _enqueue(q.study, items)
 
 
-def _say(message: str) -> None:
-    try:
-        from tqdm.auto import tqdm
-
-        tqdm.write(message, file=sys.stderr)
-    except ImportError:  # pragma: no cover
-        print(message, file=sys.stderr, flush=True)
-
-
-def _attach(suite: Suite, url: str, name: str, heartbeat: int) -> Queue:
-    """A queue another process of this command opened (a worker process joining it)."""
+def _attach(suite: Suite, url: str, name: str, heartbeat: int, db_wait: float) -> Queue:
+    """A queue another process of this command opened (a worker process joining it: the database was
+    there a moment ago, so a first connection that fails is waited for like a lost one)."""
     import optuna
 
-    rdb, shown, local = _connect(url, heartbeat)
+    rdb, shown, local = _connect(url, heartbeat, db_wait, wait_first=True)
     study = optuna.load_study(study_name=name, storage=rdb)
-    return Queue(url, shown, name, suite, rdb, study, heartbeat, local, items_of(suite))
+    return Queue(url, shown, name, suite, rdb, study, heartbeat, local, items_of(suite), db_wait)
 
 
 # -- working ------------------------------------------------------------------------------------------------------
-class _Heartbeat:
-    """Optuna's heartbeat for a trial taken outside ``Study.optimize`` (which would start this thread
-    itself): ``record_heartbeat`` every ``interval`` seconds until the item is done. A failed beat is
-    skipped, not fatal: if the database stays away, the trial goes stale and is retried elsewhere."""
-
-    def __init__(self, storage: Any, trial_id: int, interval: int) -> None:
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
-
-    def _beat(self) -> None:
-        while not self.stop.wait(self.interval):
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception:  # noqa: BLE001 - a missed beat only makes the trial stale
-                pass
-
-    def __enter__(self) -> _Heartbeat:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
 def _take(q: Queue) -> tuple[Any, int] | None:
     """The lowest-numbered WAITING trial this process could switch to RUNNING (the database lets one
     process do that), or None when none is left. The worker walks its snapshot of the waiting trials
@@ -358,6 +341,7 @@ def work(
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
+    from ..studies.storage import Heartbeat
     from ..studies.study import _recover
     from ..training.loop import time_split
     from .runner import _provenance
@@ -379,7 +363,7 @@ def work(
         # the queue's own cost: taking the item (here) and storing its result (datetime_complete minus
         # the item's time, the trial's value), measured from this wall-clock start
         q.storage.set_trial_user_attr(tid, "take", {"start": wall0, "take_s": time.perf_counter() - t0})
-        with _Heartbeat(q.storage, tid, q.heartbeat):
+        with Heartbeat(q.storage, tid, q.heartbeat, now=False):  # _take beat it a moment ago
             t1, clock0 = time.perf_counter(), time_split()
             try:
                 if item in cells:
@@ -417,12 +401,13 @@ def _abandon(q: Queue, tid: int, number: int, exc: BaseException) -> None:
     from ..studies.storage import retry_callback
 
     try:
-        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            q.storage.set_trial_user_attr(tid, "error", f"{type(exc).__name__}: {exc}")
-        q.storage.set_trial_state_values(tid, state=TrialState.FAIL)
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            retry_callback()(q.study, q.storage.get_trial(tid))
-    except Exception:  # noqa: BLE001 - the database may be what failed; the heartbeat then retries it
+        with q.storage.no_wait():  # on its way out: a database that is away is not waited for
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                q.storage.set_trial_user_attr(tid, "error", f"{type(exc).__name__}: {exc}")
+            q.storage.set_trial_state_values(tid, state=TrialState.FAIL)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                retry_callback()(q.study, q.storage.get_trial(tid))
+    except Exception:  # noqa: BLE001 - the database may be what failed; the stale heartbeat then retries it
         pass
 
 
@@ -512,26 +497,30 @@ def run_queue(
     workers: int = 1,
     heartbeat: int = 60,
     progress: bool | str = "auto",
+    db_wait: float = 300.0,
 ) -> list[dict[str, Any]]:
     """Join (or create) the suite's queue on ``url``, work on it with ``workers`` processes until every
     item is finished, and write ``out_dir``'s records from the database; returns the cell records.
+    A database that goes away is waited for ``db_wait`` seconds per storage call (cells keep training
+    meanwhile), then :class:`~ticketsearch.studies.storage.DatabaseLost` (one line: rerun to resume).
 
     ``timing.json`` covers the items this command's processes ran (the smallest-ticket searches among
     them: their training steps count, their wall time is inside the workers')."""
     from ..training import progress_bar
 
     t_start, since = time.perf_counter(), time.time()
-    q = open_queue(suite, url, study_name=study_name, heartbeat=heartbeat)
+    q = open_queue(suite, url, study_name=study_name, heartbeat=heartbeat, db_wait=db_wait)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "suite.json", dataclasses.asdict(suite))
     bar = progress_bar(
         len(q.items), initial=_finished(q), enabled=progress, desc=f"queue {q.name}", unit="item", leave=True
     )
 
-    def refresh() -> None:  # reads every finished record: only when a bar shows it
+    def refresh() -> None:  # reads every finished record: only when a bar shows it, and never waits
         if bar is not None:
-            bar.n = _finished(q)
-            bar.refresh()
+            with contextlib.suppress(DatabaseLost), q.storage.no_wait():
+                bar.n = _finished(q)
+                bar.refresh()
 
     kw: dict[str, Any] = {"root": root, "out_dir": out_dir, "data_root": data_root, "device": device}
     try:
@@ -591,16 +580,42 @@ def _write_timing(
     )
 
 
-def _worker_main(suite: Suite, url: str, name: str, heartbeat: int, threads: int, kw: dict[str, Any]) -> None:
-    """A worker process of ``run_queue``: one line and exit code 2 on a user-level error (the storage
-    went away), like the CLI."""
+_LOST_EXIT = 75  # a worker process that lost the database (EX_TEMPFAIL): its command says it, once
+
+
+def _worker_main(
+    suite: Suite,
+    url: str,
+    name: str,
+    heartbeat: int,
+    threads: int,
+    kw: dict[str, Any],
+    db_wait: float = 300.0,
+    lost: Any = None,
+) -> None:
+    """A worker process of ``run_queue``: one line and exit code 2 on a user-level error, like the CLI;
+    a lost database is handed to the command (``lost``, a pipe's sending end) to say once for all its
+    workers."""
     import torch
 
     from ..core.errors import TicketsearchError
 
     torch.set_num_threads(threads)
+    try:  # a worker shows no bar: its lines need no process-shared lock (one left when it is terminated)
+        import threading
+
+        from tqdm.auto import tqdm
+
+        tqdm.set_lock(threading.RLock())
+    except ImportError:  # pragma: no cover
+        pass
     try:
-        work(_attach(suite, url, name, heartbeat), **kw)
+        work(_attach(suite, url, name, heartbeat, db_wait), **kw)
+    except DatabaseLost as exc:
+        if lost is None:
+            raise
+        lost.send(str(exc))
+        sys.exit(_LOST_EXIT)
     except TicketsearchError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -631,9 +646,11 @@ def _run_workers(q: Queue, workers: int, refresh: Callable[[], None], **kw: Any)
 
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
+    lost, lost_w = ctx.Pipe(duplex=False)  # a pipe, not a queue: no semaphore to leak when workers are killed
 
     def start() -> Any:
-        p = ctx.Process(target=_worker_main, args=(q.suite, q.url, q.name, q.heartbeat, threads, kw))
+        args = (q.suite, q.url, q.name, q.heartbeat, threads, kw, q.db_wait, lost_w)
+        p = ctx.Process(target=_worker_main, args=args)
         p.start()
         return p
 
@@ -650,6 +667,10 @@ def _run_workers(q: Queue, workers: int, refresh: Callable[[], None], **kw: Any)
                 procs.remove(p)
                 if p.exitcode == 0:
                     continue
+                if p.exitcode == _LOST_EXIT and lost.poll():  # the others would meet it too
+                    error = DatabaseLost(lost.recv())
+                    q.storage.give_up(error)
+                    raise error
                 retried = _requeue_dead(q, p.pid)
                 if p.exitcode < 0 and replaced < _MAX_DEATHS * workers:
                     replaced += 1
@@ -666,7 +687,8 @@ def _run_workers(q: Queue, workers: int, refresh: Callable[[], None], **kw: Any)
             p.terminate()
         for p in procs:
             p.join()
-            _requeue_dead(q, p.pid)
+            with contextlib.suppress(DatabaseLost), q.storage.no_wait():
+                _requeue_dead(q, p.pid)
     if errors and collect(q)[2]:
         raise ConfigError(
             f"{errors} worker process(es) stopped with an error (see above) and the queue is not finished; "
@@ -676,7 +698,7 @@ def _run_workers(q: Queue, workers: int, refresh: Callable[[], None], **kw: Any)
 
 
 def report_queue(
-    url: str, *, study_name: str | None, suite_hint: Suite | None, out_dir: Path
+    url: str, *, study_name: str | None, suite_hint: Suite | None, out_dir: Path, db_wait: float = 300.0
 ) -> tuple[Suite, list[dict[str, Any]]]:
     """The report's inputs from the database alone (any machine, no training): the queue named
     ``study_name``, else the one of ``suite_hint``'s spec, else the storage's only queue. Writes
@@ -689,7 +711,7 @@ def report_queue(
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         if not Path(parsed.database).expanduser().is_file():  # opening it would create an empty one
             raise ConfigError(f"no database at '{parsed.database}' (storage '{safe_url(url)}')")
-    rdb, shown, local = _connect(url, None)
+    rdb, shown, local = _connect(url, None, db_wait)
     studies = {s.study_name: s.user_attrs for s in rdb.get_all_studies()}
     queues = {n: a[QUEUE_ATTR] for n, a in studies.items() if isinstance(a.get(QUEUE_ATTR), dict)}
     listed = ", ".join(sorted(queues)[:10]) or "none"
@@ -709,7 +731,7 @@ def report_queue(
         )
     suite = suite_from_saved(queues[name]["suite"], source=f"study '{name}'")
     study = optuna.load_study(study_name=name, storage=rdb)
-    q = Queue(url, shown, name, suite, rdb, study, 0, local, items_of(suite))
+    q = Queue(url, shown, name, suite, rdb, study, 0, local, items_of(suite), db_wait)
     cells, small, pending = collect(q)
     write_records(out_dir, suite, cells, small)
     if pending:

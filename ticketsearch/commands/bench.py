@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from .base import Command, register_command
+from .flags import add_db_wait_flag, db_wait_of
 
 if TYPE_CHECKING:
     from ..bench.spec import Suite
@@ -62,6 +63,7 @@ class Bench(Command):
             help="with --storage: seconds between a worker's heartbeats; a cell without one for twice "
             "that is retried by another worker (default 60)",
         )
+        add_db_wait_flag(parser, needs="with --storage: ")
 
     def run(self, ns: argparse.Namespace) -> int:
         import sys
@@ -71,7 +73,8 @@ class Bench(Command):
         from ..bench.spec import suite_from_saved
         from ..core.errors import ConfigError
 
-        for flag, value in (("--study-name", ns.study_name), ("--heartbeat", ns.heartbeat)):
+        given = (("--study-name", ns.study_name), ("--heartbeat", ns.heartbeat), ("--db-wait", ns.db_wait))
+        for flag, value in given:
             if value is not None and ns.storage is None:
                 raise ConfigError(f"{flag} needs --storage URL (it names or tunes a shared queue)")
         heartbeat = 60 if ns.heartbeat is None else ns.heartbeat
@@ -82,12 +85,13 @@ class Bench(Command):
                 "--rerun-stale recomputes cells of a local run; it does not apply to --report or --storage "
                 "(run the suite locally with --rerun-stale, or start a new queue with --study-name)"
             )
+        db_wait = db_wait_of(ns)
         if ns.report and ns.storage:
             from ..bench.queue import report_queue
 
             out = Path(ns.report)
             suite, records = report_queue(
-                ns.storage, study_name=ns.study_name, suite_hint=_suite_hint(ns), out_dir=out
+                ns.storage, study_name=ns.study_name, suite_hint=_suite_hint(ns), out_dir=out, db_wait=db_wait
             )
             write_report(records, out, suite)
         elif ns.report:
@@ -129,6 +133,7 @@ class Bench(Command):
                     workers=ns.workers,
                     heartbeat=heartbeat,
                     progress=False if ns.no_progress else "auto",
+                    db_wait=db_wait,
                 )
             else:
                 records = run_suite(

@@ -28,6 +28,8 @@ __all__ = [
     "resolve_hparams",
     "run_options",
     "parse_kv",
+    "add_db_wait_flag",
+    "db_wait_of",
 ]
 
 TRAIN_HELP = {
@@ -165,6 +167,26 @@ def add_pruning_flags(p: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--arg", action="append", default=[], metavar="KEY=VALUE", help="a method's own knob (repeatable)"
     )
+
+
+def add_db_wait_flag(g: Any, *, needs: str = "") -> None:
+    """``--db-wait SECONDS``: how long a command waits for a shared database that went away."""
+    g.add_argument(
+        "--db-wait",
+        default=None,
+        metavar="SECONDS",
+        help=f"{needs}how long every storage call waits for a database that went away (a restart, a "
+        "dropped connection, a locked SQLite file) before the command stops with one line, to be rerun; "
+        "training carries on meanwhile (default 300; 0: do not wait)",
+    )
+
+
+def db_wait_of(ns: argparse.Namespace) -> float:
+    """The ``--db-wait`` flag as seconds (default 300), or a one-line error naming the bad value."""
+    from ..studies.storage import DB_WAIT, check_db_wait
+
+    value = getattr(ns, "db_wait", None)
+    return DB_WAIT if value is None else check_db_wait(value)
 
 
 def parse_kv(items: Sequence[str]) -> dict[str, Any]:

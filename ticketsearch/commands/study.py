@@ -9,10 +9,12 @@ from typing import Any
 
 from .base import Command, register_command
 from .flags import (
+    add_db_wait_flag,
     add_model_flags,
     add_pruning_flags,
     add_run_flags,
     add_training_flags,
+    db_wait_of,
     resolve_hparams,
     run_options,
 )
@@ -93,6 +95,7 @@ class Study(Command):
             default=60,
             help="seconds between a worker's heartbeats; a trial silent for twice this is retried (default 60)",
         )
+        add_db_wait_flag(g)
         g.add_argument(
             "--report", action="store_true", help="print the best trials; write trials.csv, report.md, plots"
         )
@@ -105,6 +108,7 @@ class Study(Command):
     def run(self, ns: argparse.Namespace) -> int:
         from ..core.errors import ConfigError
 
+        db_wait_of(ns)  # a bad --db-wait is refused before anything else
         if ns.n_trials is None and not ns.report:
             raise ConfigError("give --n-trials N to run trials, or --report to report on a study")
         if ns.n_trials is not None and ns.method is None:
@@ -131,6 +135,7 @@ class Study(Command):
             pinned=_pinned(ns, hp),
             pruner=pruner,
             heartbeat=ns.heartbeat,
+            db_wait=db_wait_of(ns),
         )
 
     def _run(self, ns: argparse.Namespace, spec: Any) -> int:
@@ -159,7 +164,7 @@ class Study(Command):
                 )
             url = default_url(ns.root)
         name = ns.study_name or (spec.default_name() if spec is not None else None)
-        study = load_study(url, name)
+        study = load_study(url, name, db_wait=db_wait_of(ns))
         self._emit(ns, study, {"study": study.study_name})
         return 0
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .best import choose_trial, fill_from_study
 from .report import best_trials, format_best, trial_record, write_report
-from .storage import default_url, open_storage, safe_url
+from .storage import DatabaseLost, default_url, open_storage, safe_url
 from .study import PRUNERS, StudyOutcome, StudySpec, load_study, pick_row, run_study, validate_spec
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "write_report",
     "choose_trial",
     "fill_from_study",
+    "DatabaseLost",
     "default_url",
     "open_storage",
     "safe_url",

@@ -9,24 +9,47 @@ Workers that die are handled by Optuna's heartbeat: a worker records a heartbeat
 every ``heartbeat`` seconds; a trial without one for twice that long is marked failed by the next worker
 that starts a trial, and :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` (``RetryFailedTrialCallback``
 before Optuna 4.9) enqueues it again with the same parameters, so it resumes in the same run directory.
+
+A database that goes away — a restart, a failover, a maintenance window, a connection the server ended,
+an SQLite file locked past its busy timeout — does not stop a command: every storage call goes through
+one retry (:class:`~ticketsearch.studies._patient.PatientStorage`) that waits up to ``db_wait`` seconds
+(``--db-wait``, 300 by default) for it, connections are checked before use (``pool_pre_ping``), and
+training carries on meanwhile. Past the bound the command stops with one line
+(:class:`DatabaseLost`), and its trial is retried by the next worker like a dead worker's. A worker whose
+heartbeat lapsed during the outage is not declared dead for it (see :class:`Heartbeat`).
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, TicketsearchError
 
 if TYPE_CHECKING:
-    from optuna.storages import RDBStorage
+    from ._patient import PatientStorage
 
-__all__ = ["DEFAULT_DB", "default_url", "safe_url", "check_url", "open_storage", "retry_callback", "quiet"]
+__all__ = [
+    "DEFAULT_DB",
+    "DB_WAIT",
+    "DatabaseLost",
+    "Heartbeat",
+    "default_url",
+    "safe_url",
+    "check_url",
+    "check_db_wait",
+    "open_storage",
+    "retry_callback",
+    "quiet",
+]
 
 DEFAULT_DB = "studies.db"
+DB_WAIT = 300.0  # seconds a storage call waits for a database that went away (--db-wait)
 _EXAMPLES = "e.g. sqlite:///runs/studies.db or postgresql://user:password@host:5432/db"
 
 
@@ -152,27 +175,110 @@ def retry_callback() -> Any:
     return cls(max_retry=3)
 
 
-def _engine_kwargs(parsed: Any) -> dict[str, Any]:
-    """Bounded waits, so an unreachable server or a busy SQLite file is an error, never a hang."""
+class DatabaseLost(TicketsearchError):
+    """The database stayed unreachable for longer than ``--db-wait`` seconds (or a call failed with the
+    wait off). The message is one line naming the URL (no password) and says to rerun the command: what
+    the database holds is intact, and the trial this process held is retried by the next worker."""
+
+
+def check_db_wait(value: object, flag: str = "--db-wait") -> float:
+    """``value`` as seconds to wait for a lost database: a finite number ≥ 0 (0: do not wait)."""
+    import math
+
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(
+            f"{flag} must be a number of seconds ≥ 0 (0: do not wait for a lost database), got {value!r}"
+        )
+    return seconds
+
+
+def _say(message: str) -> None:
+    """A line on stderr that does not break a progress bar."""
+    try:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+    except ImportError:  # pragma: no cover
+        print(message, file=sys.stderr, flush=True)
+
+
+class Heartbeat:
+    """A trial's heartbeat while its worker runs it: a beat at once (``now``) and every ``interval``
+    seconds, until the ``with`` block ends.
+
+    It never dies and never blocks the work beside it: a beat that cannot reach the database is tried
+    again every second (one try each, no waiting inside), so the first beat after an outage lands within
+    a second of the database's return, and any other failure is said once and tried again. Optuna's own
+    heartbeat thread would stop at the first error; studies and bench queues both use this one."""
+
+    def __init__(self, storage: PatientStorage, trial_id: int, interval: float, *, now: bool = True) -> None:
+        self.storage, self.trial_id, self.interval, self.now = storage, trial_id, float(interval), now
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def _run(self) -> None:
+        delay, told = (0.0 if self.now else self.interval), False
+        while not self.stop.wait(delay):
+            try:
+                ok = self.storage.beat(self.trial_id)
+            except Exception as exc:  # noqa: BLE001 - not a lost connection: say it once, keep beating
+                ok = False
+                if not told:
+                    _say(
+                        f"warning: heartbeat of trial id {self.trial_id} failed: {type(exc).__name__}: {exc}"
+                    )
+                    told = True
+            delay = self.interval if ok else min(1.0, self.interval)
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _engine_kwargs(parsed: Any, db_wait: float) -> dict[str, Any]:
+    """Bounded waits, so an unreachable server or a busy SQLite file is an error, never a hang; every
+    pooled connection is checked before use, so one the server closed (a restart) never reaches Optuna.
+    SQLite's busy timeout is 60 s, or ``db_wait`` when that is shorter (a URL's own ``?timeout=`` wins)."""
     backend = parsed.get_backend_name()
     query = dict(parsed.query)
-    if backend == "sqlite":
-        return {"connect_args": {"timeout": 60}}
+    out: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "sqlite" and "timeout" not in query:
+        out["connect_args"] = {"timeout": min(60.0, db_wait) if db_wait > 0 else 60.0}
     if backend in ("postgresql", "mysql", "mariadb") and "connect_timeout" not in query:
-        return {"connect_args": {"connect_timeout": 10}}
-    return {}
+        out["connect_args"] = {"connect_timeout": 10}
+    return out
 
 
-def open_storage(url: str, *, heartbeat: int | None = 60) -> RDBStorage:
-    """Optuna's RDB storage on ``url`` (tables created on first use) with the heartbeat and the retry of
-    stale trials. Every failure to reach or use the database is one line naming the URL (no password)."""
+def open_storage(
+    url: str, *, heartbeat: int | None = 60, db_wait: float = DB_WAIT, wait_first: bool = False
+) -> PatientStorage:
+    """Optuna's RDB storage on ``url`` (tables created on first use) with the heartbeat settings, behind
+    the one retry that waits ``db_wait`` seconds for a lost database. Every failure to reach or use the
+    database is one line naming the URL (no password).
+
+    The first connection is not waited for (a server that is not there when a command starts is a typo
+    more often than an outage): ``cannot reach storage`` at once, unless ``wait_first`` (a worker process
+    joining a queue its command has already reached), the server answered and then went away (it is
+    shutting down, restarting or ended the session), or the database is an SQLite file another process
+    holds locked."""
     import optuna
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
+
+    from ._patient import PatientStorage, lost_reason, server_went_away
 
     quiet()
     parsed = check_url(url)
     shown = safe_url(url)
-    kwargs: dict[str, Any] = {"engine_kwargs": _engine_kwargs(parsed)}
+    db_wait = check_db_wait(db_wait, "db_wait")
+    kwargs: dict[str, Any] = {"engine_kwargs": _engine_kwargs(parsed, db_wait)}
     if heartbeat is not None:
         params = inspect.signature(optuna.storages.RDBStorage).parameters
         cb = (
@@ -183,15 +289,29 @@ def open_storage(url: str, *, heartbeat: int | None = 60) -> RDBStorage:
         kwargs.update(
             heartbeat_interval=int(heartbeat), grace_period=2 * int(heartbeat), **{cb: retry_callback()}
         )
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    patient = PatientStorage(url, db_wait=db_wait, grace=2 * int(heartbeat or 0))
+    local = parsed.get_backend_name() == "sqlite"  # a lock is the only failure waited for there
+
+    def build() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rdb = optuna.storages.RDBStorage(parsed.render_as_string(hide_password=False), **kwargs)
+            rdb.get_all_studies()  # a real query: credentials, database and permissions all checked
+        return rdb
 
     for attempt in range(6):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                storage = optuna.storages.RDBStorage(parsed.render_as_string(hide_password=False), **kwargs)
-                storage.get_all_studies()  # a real query: credentials, database and permissions all checked
-            return storage
+            if wait_first or local:
+                patient.attach(patient.call(build))
+                return patient
+            try:
+                rdb = build()
+            except Exception as exc:
+                if not (lost_reason(exc) and server_went_away(exc)):
+                    raise
+                rdb = patient.call(build)  # it answered, then went away: an outage, not a typo
+            patient.attach(rdb)
+            return patient
         except (IntegrityError, ProgrammingError) as exc:
             # workers starting together on a fresh database race to create Optuna's tables; the loser
             # finds them made on the next try
@@ -204,6 +324,10 @@ def open_storage(url: str, *, heartbeat: int | None = 60) -> RDBStorage:
         except SQLAlchemyError as exc:
             reason = _scrub(str(getattr(exc, "orig", None) or exc).splitlines()[0], url)
             raise ConfigError(f"cannot reach storage '{shown}': {reason}") from None
+        except optuna.exceptions.StorageInternalError as exc:  # Optuna's wrapping of SQLAlchemy's errors
+            reason = lost_reason(exc)
+            what = "reach" if reason is not None else "use"
+            raise ConfigError(f"cannot {what} storage '{shown}': {_scrub(str(reason or exc), url)}") from None
         except (ImportError, RuntimeError, ValueError) as exc:  # driver, schema version, bad argument
             raise ConfigError(f"cannot use storage '{shown}': {_scrub(str(exc), url)}") from None
     raise AssertionError("unreachable")  # pragma: no cover

@@ -16,12 +16,12 @@ back as a retry (heartbeat; on SQLite also at once when its process is gone from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import re
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from ..core.errors import ConfigError, DivergenceError, TicketsearchError
 from ..core.hparams import RunHparams, stable_hash, to_iterations
 from ..core.provenance import collect_stale
+from .storage import DatabaseLost, _say
 
 if TYPE_CHECKING:
     from ..experiments.runner import RunOptions
@@ -64,6 +65,7 @@ class StudySpec:
     pinned: dict[str, Any] = field(default_factory=dict)  # parameter → the value a flag fixed it to
     pruner: str = "median"
     heartbeat: int = 60
+    db_wait: float = 300.0  # seconds a storage call waits for a lost database (0: not at all)
 
     @property
     def method(self) -> str:
@@ -78,8 +80,8 @@ class StudySpec:
         return ["val_acc", "density"] if self.pareto else ["val_acc"]
 
     def identity(self) -> dict[str, Any]:
-        """What makes two commands the same study (not n_trials, pruner or heartbeat: those may differ
-        between workers and reruns)."""
+        """What makes two commands the same study (not n_trials, pruner, heartbeat or db_wait: those may
+        differ between workers and reruns)."""
         return {
             "method": self.method,
             "hparams": self.hp.to_dict(),
@@ -224,6 +226,8 @@ class _Objective:
                 ("mask", row.mask),
             ):
                 trial.set_user_attr(key, value)
+        except DatabaseLost:
+            raise
         except TicketsearchError as exc:
             trial.set_user_attr("error", str(exc))
             raise
@@ -304,12 +308,14 @@ def _fail_and_retry(study: Any, storage: Any, numbers: list[int]) -> list[int]:
 
 
 def _recover(study: Any, storage: Any, local: bool) -> None:
-    """Trials of dead workers become failed and are enqueued again: stale heartbeats (any machine),
-    and on a local database also trials whose process is gone from this machine (no wait)."""
-    import optuna
+    """Trials of dead workers become failed and are enqueued again: stale heartbeats (any machine; none
+    while the database has just come back, see ``PatientStorage.stale_trial_ids``), and on a local
+    database also trials whose process is gone from this machine (no wait)."""
     from optuna.trial import TrialState
 
-    optuna.storages.fail_stale_trials(study)
+    sid = storage.get_study_id_from_name(study.study_name)
+    stale = [storage.get_trial(tid).number for tid in storage.stale_trial_ids(sid)]
+    _fail_and_retry(study, storage, stale)
     if not local:
         return
     dead = []
@@ -325,15 +331,6 @@ def _recover(study: Any, storage: Any, local: bool) -> None:
                 dead.append(t.number)
     for number in _fail_and_retry(study, storage, dead):
         _say(f"trial {number} of a dead worker on this machine: failed, enqueued again")
-
-
-def _say(message: str) -> None:
-    try:
-        from tqdm.auto import tqdm
-
-        tqdm.write(message, file=sys.stderr)
-    except ImportError:  # pragma: no cover
-        print(message, file=sys.stderr, flush=True)
 
 
 def _counts(study: Any) -> dict[str, int]:
@@ -422,7 +419,7 @@ def validate_spec(spec: StudySpec, opts: RunOptions) -> Method:
 
     from ..experiments.runner import Run, prepare
     from ..methods import get_method
-    from .storage import quiet
+    from .storage import check_db_wait, quiet
 
     if isinstance(spec.n_trials, bool) or not isinstance(spec.n_trials, int) or spec.n_trials < 1:
         raise ConfigError(f"--n-trials must be a whole number ≥ 1, got {spec.n_trials!r}")
@@ -435,6 +432,7 @@ def validate_spec(spec: StudySpec, opts: RunOptions) -> Method:
         )
     if isinstance(spec.heartbeat, bool) or not isinstance(spec.heartbeat, int) or spec.heartbeat < 1:
         raise ConfigError(f"--heartbeat must be a whole number of seconds ≥ 1, got {spec.heartbeat!r}")
+    check_db_wait(spec.db_wait)
     lo, hi = spec.density_range
     if not (0 < lo < hi <= 1):
         raise ConfigError(f"--density-range must be LOW,HIGH with 0 < LOW < HIGH ≤ 1, got {lo},{hi}")
@@ -462,7 +460,7 @@ def _prepare_storage(url: str | None, root: Path) -> str:
     return default_url(root)
 
 
-def load_study(url: str, name: str | None, *, what: str = "--study-name") -> Any:
+def load_study(url: str, name: str | None, *, what: str = "--study-name", db_wait: float = 300.0) -> Any:
     """An existing study (``name`` may be omitted when the storage holds exactly one)."""
     import optuna
 
@@ -472,7 +470,7 @@ def load_study(url: str, name: str | None, *, what: str = "--study-name") -> Any
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         if not Path(parsed.database).expanduser().is_file():  # opening it would create an empty one
             raise ConfigError(f"no study database at '{parsed.database}' (storage '{safe_url(url)}')")
-    storage = open_storage(url, heartbeat=None)
+    storage = open_storage(url, heartbeat=None, db_wait=db_wait)
     names = sorted(s.study_name for s in storage.get_all_studies())
     shown = safe_url(url)
     if name is None:
@@ -512,7 +510,7 @@ def run_study(
     method = validate_spec(spec, opts)
     url = _prepare_storage(storage, opts.root)
     shown = safe_url(url)
-    rdb = open_storage(url, heartbeat=spec.heartbeat)
+    rdb = open_storage(url, heartbeat=spec.heartbeat, db_wait=spec.db_wait)
     name = study_name or spec.default_name()
     study = _open_study(rdb, name, spec, shown)
     local = rdb.engine.url.get_backend_name() == "sqlite"
@@ -542,12 +540,7 @@ def run_study(
                 continue
             waiting = False
             objective.current = None
-            try:
-                study.optimize(objective, n_trials=1, catch=(TicketsearchError,), gc_after_trial=False)
-            except KeyboardInterrupt:
-                if objective.current is not None:  # optuna marked it failed: enqueue it for the rerun
-                    _requeue(study, rdb, objective.current)
-                raise
+            _one_trial(study, rdb, objective, spec.heartbeat)
             if objective.current is None:
                 continue
             t = _trial(study, objective.current)
@@ -567,6 +560,42 @@ def run_study(
         if bar is not None:
             bar.close()
     return outcome
+
+
+def _one_trial(study: Any, storage: Any, objective: _Objective, heartbeat: int) -> None:
+    """Ask for a trial, run the objective under this worker's :class:`~.storage.Heartbeat`, tell the
+    result — what ``Study.optimize`` does for one trial, with a heartbeat that survives a database outage
+    and without a second wait for a database this process already gave up on. A :class:`TicketsearchError`
+    fails the trial (its message is the trial's ``error``); a pruned trial is PRUNED; Ctrl-C fails it and
+    enqueues it again for the rerun; a lost database stops the command and leaves the trial RUNNING, for
+    the next worker to retry once its heartbeat is stale."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from .storage import Heartbeat
+
+    trial = study.ask()
+    values: Any = None
+    state = None
+    with Heartbeat(storage, trial._trial_id, heartbeat):
+        try:
+            values = objective(trial)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except DatabaseLost:
+            raise
+        except TicketsearchError:
+            state = TrialState.FAIL
+        except KeyboardInterrupt:
+            with contextlib.suppress(DatabaseLost), storage.no_wait():  # on the way out: no wait
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                _requeue(study, storage, trial.number)
+            raise
+        except Exception:  # a bug: the trial fails with it, the traceback is kept
+            with contextlib.suppress(DatabaseLost), storage.no_wait():
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+    study.tell(trial, values, state=state, skip_if_finished=True)
 
 
 def _requeue(study: Any, storage: Any, number: int) -> None:
