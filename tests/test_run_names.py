@@ -1,0 +1,105 @@
+"""Run directories are named by a hash of the canonical hparams: a refactoring of where a method keeps its
+hyperparameters must not rename a single existing run. The names below were computed on main before the
+methods declared their own hyperparameters (commit a04875b); they are the pin, not the oracle of anything
+else."""
+
+from __future__ import annotations
+
+import pytest
+
+from ticketsearch.core.hparams import (
+    DatasetHparams,
+    ModelHparams,
+    PruningHparams,
+    RunHparams,
+    TrainingHparams,
+    stable_hash,
+)
+from ticketsearch.methods import get_method
+
+
+def _cases() -> dict[str, RunHparams]:
+    return {
+        "imp_rewind": RunHparams(
+            dataset=DatasetHparams(dataset="mnist"),
+            model=ModelHparams(model="lenet300_100"),
+            pruning=PruningHparams(method="imp", density=0.05, rewind="100it"),
+        ),
+        "imp_default": RunHparams(pruning=PruningHparams(method="imp")),
+        "imp_finetune_rate": RunHparams(
+            pruning=PruningHparams(
+                method="imp", rate=0.3, output_rate=-1.0, retrain="finetune", scope="global"
+            )
+        ),
+        "early_bird": RunHparams(
+            pruning=PruningHparams(
+                method="early-bird", density=0.1, eb_every="10it", eb_eps=0.05, rewind="5it"
+            ),
+            method_args=(("window", 3),),
+        ),
+        "early_bird_default": RunHparams(pruning=PruningHparams(method="early-bird")),
+        "snip": RunHparams(
+            training=TrainingHparams(lr=0.01),
+            pruning=PruningHparams(method="snip", density=0.05, score_batches=3),
+        ),
+        "synflow": RunHparams(pruning=PruningHparams(method="synflow", density=0.01, rounds=10)),
+        "supermask": RunHparams(
+            pruning=PruningHparams(method="supermask", density=0.5),
+            method_args=(("weight_init", "kaiming_normal"),),
+        ),
+        "bernoulli": RunHparams(
+            pruning=PruningHparams(method="supermask-bernoulli", density=0.3),
+            method_args=(("select", "topk"),),
+        ),
+    }
+
+
+# case -> (run identity of the canonical hparams, hash of the hparams as given: a study's identity)
+PINNED = {
+    "imp_rewind": ("691e18986cdb", "8332842aed0e"),
+    "imp_default": ("71bd217e4fbb", "f6e8ab50187c"),
+    "imp_finetune_rate": ("09f872835387", "09f872835387"),
+    "early_bird": ("a0a898cb8985", "aee278f50e35"),
+    "early_bird_default": ("f46956f12c37", "b2d4be5bdbad"),
+    "snip": ("a93573a8c93c", "ab64d74e1418"),
+    "synflow": ("ccd6101b7b7a", "47c632c86eec"),
+    "supermask": ("8add12e44d3f", "92e07ccda147"),
+    "bernoulli": ("d0c8a2aae63f", "9edd271c28b9"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_run_names_are_unchanged(case):
+    hp = _cases()[case]
+    method = get_method(hp.pruning.method)
+    assert (method.identity(method.canonical(hp)), stable_hash(hp.to_dict())) == PINNED[case]
+
+
+# suite -> (number of cells, hash of every cell's run directory name and hparams hash)
+SUITES = {
+    "cifar": (615, "b515f452d1e7"),
+    "paper": (426, "e643f24e7b05"),
+    "quick": (369, "e4602cc11dfd"),
+    "smoke": (5, "b5693baafb8e"),
+    "snip-paper": (48, "2b3d5d44a670"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SUITES))
+def test_bench_suites_keep_their_run_names(name):
+    """Every cell of every shipped suite (their variants set IMP's and early-bird's fields by name) names
+    the run it named before, so a rerun suite reuses its cached cells."""
+    from ticketsearch.bench.runner import DENSE, _entry, _hparams, cells_of
+    from ticketsearch.bench.spec import load_suite
+
+    suite = load_suite(name)
+    names = []
+    for cell in cells_of(suite):
+        variant = None if cell.variant == DENSE else next(v for v in suite.variants if v.name == cell.variant)
+        hp, _ = _hparams(_entry(suite, cell), variant, 1.0 if variant is None else cell.density)
+        method = get_method(hp.pruning.method)
+        canon = method.canonical(hp)
+        names.append(
+            f"{cell.key} {canon.pruning.method}_{method.identity(canon)} {stable_hash(hp.to_dict())}"
+        )
+    assert (len(names), stable_hash(sorted(names))) == SUITES[name]
