@@ -1,7 +1,7 @@
 """Run directories are named by a hash of the canonical hparams: a refactoring of where a method keeps its
 hyperparameters must not rename a single existing run. The names below were computed on main before the
-methods declared their own hyperparameters (commit a04875b); they are the pin, not the oracle of anything
-else."""
+methods declared their own hyperparameters (commit a04875b, where IMP's and early-bird's values were
+PruningHparams fields); they are the pin, not the oracle of anything else."""
 
 from __future__ import annotations
 
@@ -18,24 +18,35 @@ from ticketsearch.core.hparams import (
 from ticketsearch.methods import get_method
 
 
+def _with(hp: RunHparams, **own: object) -> RunHparams:
+    """``hp`` with the method's own hyperparameters set by name (as flags and bench suites set them)."""
+    return get_method(hp.pruning.method).with_hparams(hp, **own)
+
+
 def _cases() -> dict[str, RunHparams]:
     return {
-        "imp_rewind": RunHparams(
-            dataset=DatasetHparams(dataset="mnist"),
-            model=ModelHparams(model="lenet300_100"),
-            pruning=PruningHparams(method="imp", density=0.05, rewind="100it"),
+        "imp_rewind": _with(
+            RunHparams(
+                dataset=DatasetHparams(dataset="mnist"),
+                model=ModelHparams(model="lenet300_100"),
+                pruning=PruningHparams(method="imp", density=0.05),
+            ),
+            rewind="100it",
         ),
         "imp_default": RunHparams(pruning=PruningHparams(method="imp")),
-        "imp_finetune_rate": RunHparams(
-            pruning=PruningHparams(
-                method="imp", rate=0.3, output_rate=-1.0, retrain="finetune", scope="global"
-            )
+        "imp_finetune_rate": _with(
+            RunHparams(pruning=PruningHparams(method="imp", scope="global")),
+            rate=0.3,
+            output_rate=-1.0,
+            retrain="finetune",
         ),
-        "early_bird": RunHparams(
-            pruning=PruningHparams(
-                method="early-bird", density=0.1, eb_every="10it", eb_eps=0.05, rewind="5it"
+        "early_bird": _with(
+            RunHparams(
+                pruning=PruningHparams(method="early-bird", density=0.1), method_args=(("window", 3),)
             ),
-            method_args=(("window", 3),),
+            eb_every="10it",
+            eb_eps=0.05,
+            rewind="5it",
         ),
         "early_bird_default": RunHparams(pruning=PruningHparams(method="early-bird")),
         "snip": RunHparams(
@@ -103,3 +114,25 @@ def test_bench_suites_keep_their_run_names(name):
             f"{cell.key} {canon.pruning.method}_{method.identity(canon)} {stable_hash(hp.to_dict())}"
         )
     assert (len(names), stable_hash(sorted(names))) == SUITES[name]
+
+
+def test_old_hparams_json_reads_back_to_the_same_name():
+    """An hparams.json written before the move (IMP's fields in "pruning") reads back into the method's own
+    hyperparameters and names the same run."""
+    old = {
+        "model": {"model": "auto", "init": "kaiming_normal"},
+        "dataset": {"dataset": "digits", "val_size": -1.0, "resize": 0},
+        "training": RunHparams().to_dict()["training"],
+        "pruning": {
+            **{k: v for k, v in RunHparams().to_dict()["pruning"].items()},
+            "method": "imp",
+            "rewind": "100it",
+            "retrain": "rewind",
+        },
+        "method_args": {},
+    }
+    hp = RunHparams.from_dict(old)
+    assert hp.own == {"rewind": "100it", "retrain": "rewind"}
+    assert hp.to_dict() == old
+    imp = get_method("imp")
+    assert imp.own(hp).rewind == "100it" and imp.own(hp).rate == 0.2

@@ -20,16 +20,21 @@ from .base import (
     LevelStore,
     Method,
     MethodInfo,
+    OwnHparam,
     RunContext,
+    SmallestSearch,
+    dense_hparams,
     get_method,
     list_methods,
     method_names,
     nearest_level,
+    nearest_ticket,
+    own_hparams,
     register_strategy,
     steps_per_epoch,
 )
-from .early_bird import EarlyBird, EarlyBirdDetector
-from .imp import IMP
+from .early_bird import EarlyBird, EarlyBirdDetector, EarlyBirdHparams
+from .imp import IMP, IMPHparams
 from .learned import BernoulliSupermask, EdgePopup, Learned, learned_recipe, run_learned
 from .oneshot import OneShot
 
@@ -46,10 +51,17 @@ __all__ = [
     "method_names",
     "register_strategy",
     "nearest_level",
+    "nearest_ticket",
+    "dense_hparams",
+    "SmallestSearch",
+    "OwnHparam",
+    "own_hparams",
     "steps_per_epoch",
     "IMP",
     "EarlyBird",
     "EarlyBirdDetector",
+    "EarlyBirdHparams",
+    "IMPHparams",
     "Learned",
     "EdgePopup",
     "BernoulliSupermask",
