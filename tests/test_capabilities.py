@@ -28,12 +28,15 @@ def test_the_ticket_at_a_density_is_the_nearest_level_on_a_log_scale():
     assert nearest_ticket(rows, 0.6).level == 2
     assert nearest_ticket(rows, 0.01).level == 3  # below the last level: the last level
     assert nearest_ticket(rows, 1.0).level == 1  # the dense level 0 is never the ticket
-    # a tie on the log scale (0.8 and 0.2 are both a factor 2 from 0.4): the denser
-    assert nearest_ticket(_rows(1.0, 0.8, 0.2), 0.4).level == 1
+    # a tie on the log scale (0.8 and 0.2 are both a factor 2 from 0.4): the later level
+    assert nearest_ticket(_rows(1.0, 0.8, 0.2), 0.4).level == 2
+    # a moving-mask run: level 1 trained while the mask moved, level 2 the same mask retrained from init
+    assert nearest_ticket(_rows(1.0, 0.05, 0.05), 0.05).level == 2
+    assert nearest_ticket(_rows(0.05), 0.05).level == 0  # only a level 0: it answers
     # a one-ticket method (a dense baseline, then its ticket) answers with its ticket whatever is asked
     assert nearest_ticket(_rows(1.0, 0.3), 0.9).level == 1
     assert nearest_ticket([dict(r) for r in rows], 0.6)["level"] == 2  # the dict records of --json too
-    for name in ("imp", "snip", "supermask", "early-bird"):
+    for name in ("imp", "snip", "supermask", "early-bird", "gmp"):
         assert get_method(name).ticket_for(rows, 0.6).level == 2
 
 
@@ -47,6 +50,7 @@ CAPABILITIES = {
     "early-bird": (True, True, False, ("reinit", "shuffle"), False),
     "supermask": (False, False, True, (), False),
     "supermask-bernoulli": (False, False, True, (), False),
+    "gmp": (True, True, False, (), False),
 }
 
 

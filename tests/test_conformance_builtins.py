@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ticketsearch.methods import METHOD_STRATEGIES
 from ticketsearch.scorers import SCORERS
 from ticketsearch.testing import MethodConformance, ScorerConformance
 
@@ -22,16 +23,26 @@ class TestBuiltinConformance(ScorerConformance):
         return SCORERS.get(request.param)()
 
 
-class TestLearnedConformance(MethodConformance):
-    """The learned methods pass the method suite (end to end on digits)."""
-
+# every built-in strategy runs the method suite (end to end on digits); a new one must add its row here
+STRATEGIES: dict[str, dict] = {
+    "supermask": {},
     # Bernoulli's default Mask keeps what it learned (s > 0); select=topk is its fixed-budget rule
-    @pytest.fixture(autouse=True, params=[("supermask", {}), ("supermask-bernoulli", {"select": "topk"})])
+    "supermask-bernoulli": {"method_args": {"select": "topk"}},
+    # two levels of 20% (counts per level are tested against the paper's rule in test_imp)
+    "imp": {"density": 0.64, "exact_density": False},
+    "early-bird": {"density": 0.5},
+    "gmp": {"density": 0.2},
+}
+
+
+def test_every_builtin_strategy_runs_the_suite():
+    builtins = {e.name for e in METHOD_STRATEGIES.entries() if e.source == "built-in"}
+    assert builtins == set(STRATEGIES)
+
+
+class TestStrategyConformance(MethodConformance):
+    @pytest.fixture(autouse=True, params=sorted(STRATEGIES))
     def _method(self, request):
-        self.method_name, self.method_args = request.param
-
-
-class TestIMPConformance(MethodConformance):
-    method_name = "imp"
-    density = 0.64  # two levels of 20% (counts per level are tested against the paper's rule in test_imp)
-    exact_density = False
+        self.method_name = request.param
+        for key, value in STRATEGIES[request.param].items():
+            setattr(self, key, value)

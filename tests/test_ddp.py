@@ -41,6 +41,9 @@ IMP = ["find", "--method", "imp", "--rounds", "2", "--budget", "30it", "--eval-e
 SNIP = ["find", "--method", "snip", "--density", "0.2", "--score-batches", "2", "--budget", "30it",
         "--eval-every", "15it", *BASE]  # fmt: skip
 
+GMP = ["find", "--method", "gmp", "--density", "0.2", "--budget", "30it", "--eval-every", "10it",
+       "--arg", "every=3", *BASE]  # fmt: skip
+
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
@@ -123,6 +126,19 @@ def test_imp_two_gloo_processes_match_one(tmp_path):
     many = json.loads(r.stdout)  # rank 0 alone prints: the output parses as one JSON document
     _assert_same_run(one, many)
     assert [row["density"] for row in many["rows"]][-1] < 0.7  # two levels really pruned
+    rel = [p.replace("two", "one", 1) for p in _files(tmp_path / "two")]
+    assert rel == _files(tmp_path / "one")
+
+
+def test_gmp_two_gloo_processes_match_one(tmp_path):
+    """A mask that moves during training: every pruning step ranks weights trained on both ranks' slices,
+    and every rank applies rank 0's masks; masks, losses and files as in one process."""
+    one = _one_process(GMP, tmp_path / "one")
+    r = _torchrun(GMP, tmp_path / "two")
+    assert r.returncode == 0, r.stderr[-3000:]
+    many = json.loads(r.stdout)
+    _assert_same_run(one, many)
+    assert [row["density"] for row in many["rows"]] == [pytest.approx(0.2, abs=1e-3)] * 2
     rel = [p.replace("two", "one", 1) for p in _files(tmp_path / "two")]
     assert rel == _files(tmp_path / "one")
 

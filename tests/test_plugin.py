@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,9 +11,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+
+from ticketsearch.core.mask import Mask
+from ticketsearch.core.select import select
+from ticketsearch.models import create_model
+from ticketsearch.sparse import prunable_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "plugin_scorer"
+METHOD_EXAMPLE = REPO / "examples" / "plugin_method"
 
 
 def _env(*paths: Path) -> dict[str, str]:
@@ -29,7 +37,16 @@ def _run(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subpr
 
 @pytest.fixture(scope="module")
 def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """pip-install the example into a private target directory.
+    return _install(EXAMPLE, "ticketsearch_plugin_example", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def installed_method_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _install(METHOD_EXAMPLE, "ticketsearch_method_example", tmp_path_factory)
+
+
+def _install(example: Path, dist: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """pip-install an example into a private target directory.
 
     A --target install instead of the shared venv: entry points are found the same way (a dist-info on
     sys.path), nothing needs uninstalling, and tests running in parallel never see the plugin appear.
@@ -37,7 +54,7 @@ def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     tmp = tmp_path_factory.mktemp("plugin")
     src = tmp / "src"
-    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    shutil.copytree(example, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = tmp / "site"
     cmd = [
         sys.executable,
@@ -54,7 +71,7 @@ def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     proc = _run(cmd, dict(os.environ))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert list(target.glob("ticketsearch_plugin_example-*.dist-info"))
+    assert list(target.glob(f"{dist}-*.dist-info"))
     return target
 
 
@@ -91,6 +108,44 @@ def test_example_plugin_passes_the_conformance_suite(installed_plugin: Path, tmp
     proc = _run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
         _env(installed_plugin),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout
+
+
+def test_example_method_plugin_moves_its_mask_and_passes_the_conformance_suite(
+    installed_method_plugin: Path, tmp_path: Path
+) -> None:
+    """The moving-mask example (examples/plugin_method): found through the entry point, its mask moves
+    during training at constant density, and the method suite (kill mid-level + bit-identical resume,
+    pruned weights zero in every saved state) passes as its authors would run it."""
+    env = _env(installed_method_plugin)
+    listing = _run([sys.executable, "-m", "ticketsearch", "list", "methods"], env)
+    assert listing.returncode == 0, listing.stderr
+    assert any(ln.split()[:1] == ["prune-regrow"] for ln in listing.stdout.splitlines()), listing.stdout
+    run = _run(
+        [sys.executable, "-m", "ticketsearch", "find", "--method", "prune-regrow", "--dataset", "digits",
+         "--density", "0.2", "--budget", "60it", "--arg", "every=10", "--root", str(tmp_path / "runs"),
+         "--no-progress", "--json"],
+        env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    row = json.loads(run.stdout)["rows"][-1]
+    final = Mask.load(row["mask"])
+    assert row["density"] == pytest.approx(0.2, abs=1e-3)
+    # the start mask, made as the plugin documents it (a random selection at the density, from the seed),
+    # has the final mask's per-layer counts but not its bits: the mask moved while it trained
+    shapes = prunable_shapes(create_model("mlp_digits", (1, 8, 8), 10))
+    g = torch.Generator().manual_seed(0)
+    start = select({n: torch.rand(sh, generator=g) for n, sh in shapes.items()}, 0.2, scope="layerwise")
+    assert start.layer_counts() == final.layer_counts()
+    assert not start.equals(final)
+    tests = tmp_path / "tests"
+    shutil.copytree(METHOD_EXAMPLE / "tests", tests)
+    proc = _run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+        env,
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

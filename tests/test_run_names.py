@@ -62,6 +62,8 @@ def _cases() -> dict[str, RunHparams]:
             pruning=PruningHparams(method="supermask-bernoulli", density=0.3),
             method_args=(("select", "topk"),),
         ),
+        "gmp": RunHparams(pruning=PruningHparams(method="gmp", density=0.05), method_args=(("end", 0.5),)),
+        "gmp_default": RunHparams(pruning=PruningHparams(method="gmp")),
     }
 
 
@@ -76,6 +78,9 @@ PINNED = {
     "synflow": ("ccd6101b7b7a", "47c632c86eec"),
     "supermask": ("8add12e44d3f", "92e07ccda147"),
     "bernoulli": ("d0c8a2aae63f", "9edd271c28b9"),
+    # computed on main at 22b561a (gmp, before this branch's changes reached it)
+    "gmp": ("e853accd7915", "25fea157a9ed"),
+    "gmp_default": ("6a7cfcb3cbf2", "5df1633ea208"),
 }
 
 
@@ -89,6 +94,7 @@ def test_run_names_are_unchanged(case):
 # suite -> (number of cells, hash of every cell's run directory name and hparams hash)
 SUITES = {
     "cifar": (615, "b515f452d1e7"),
+    "moving-masks": (20, "f6c563ae5116"),  # main at 22b561a
     "paper": (426, "e643f24e7b05"),
     "quick": (369, "e4602cc11dfd"),
     "smoke": (5, "b5693baafb8e"),

@@ -38,6 +38,7 @@ from ..sparse import get_mask, prunable_shapes, resolve_backend, set_backend
 from ..training.distributed import SINGLE, DistributedError, World
 from ..training.imp import reset_to
 from ..training.loop import TrainResult, TrainState, train
+from ..training.schedule import MaskSchedule
 from .controls import CONTROLS
 from .rundir import LevelDir, RunDir, load_state, save_state
 
@@ -250,7 +251,10 @@ class Run:
         *,
         desc: str,
         on_step: Any = None,
+        schedule: MaskSchedule | None = None,
     ) -> TrainResult:
+        """Train ``model`` in ``level`` (resuming its checkpoint); a ``schedule`` moves its masks while it
+        trains, and its state and the masks go into every checkpoint (see ``training.schedule``)."""
         ck = level.load_checkpoint()
         start = TrainState.from_dict(ck) if ck is not None else None
         level.reset_metrics(start.history if start is not None else [])
@@ -263,6 +267,7 @@ class Run:
             save_checkpoint=lambda st: level.save_checkpoint(st.to_dict()),
             log=level.log,
             on_step=on_step,
+            schedule=schedule,
             progress=self.progress,
             desc=desc,
             world=self.world,

@@ -12,7 +12,7 @@ third-party strategies register through the entry-point group ``ticketsearch.met
 
 from __future__ import annotations
 
-from . import early_bird, imp, learned  # noqa: F401  (registers the built-in strategies)
+from . import early_bird, gmp, imp, learned  # noqa: F401  (registers the built-in strategies)
 from .base import (
     METHOD_STRATEGIES,
     SHARED_FIELDS,
@@ -34,6 +34,7 @@ from .base import (
     steps_per_epoch,
 )
 from .early_bird import EarlyBird, EarlyBirdDetector, EarlyBirdHparams
+from .gmp import GMP, GMPSchedule
 from .imp import IMP, IMPHparams
 from .learned import BernoulliSupermask, EdgePopup, Learned, learned_recipe, run_learned
 from .oneshot import OneShot
@@ -62,6 +63,8 @@ __all__ = [
     "EarlyBirdDetector",
     "EarlyBirdHparams",
     "IMPHparams",
+    "GMP",
+    "GMPSchedule",
     "Learned",
     "EdgePopup",
     "BernoulliSupermask",

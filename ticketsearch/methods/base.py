@@ -31,6 +31,7 @@ from ..core.hparams import (
 )
 from ..core.mask import Mask
 from ..core.registry import Registry
+from ..training.schedule import MaskSchedule
 
 if TYPE_CHECKING:  # optuna is imported only by `ticketsearch study`, never by the library
     from optuna.trial import Trial
@@ -154,7 +155,8 @@ class RunContext(Protocol):
 
     ``model`` is built from the replicate seed and holds the stored init (bit for bit on resume);
     ``init_state`` is that init. ``train_level`` trains whatever requires gradients and checkpoints into
-    the level; ``finish_level`` writes the final weights and ``result.json`` (last, so a level with a
+    the level (a ``schedule``, :class:`~ticketsearch.training.MaskSchedule`, moves the masks while it
+    trains: the loop applies each change and checkpoints the schedule's state with the masks); ``finish_level`` writes the final weights and ``result.json`` (last, so a level with a
     result is finished); ``run_controls`` trains the requested controls beside a level. Under torchrun the
     storage calls run on rank 0 and answer every rank, and ``shared_mask`` hands every rank rank 0's mask:
     a method that reads and writes only through these, and shares each mask it computes, may declare
@@ -195,6 +197,7 @@ class RunContext(Protocol):
         *,
         desc: str,
         on_step: Any = None,
+        schedule: MaskSchedule | None = None,
     ) -> Any: ...
 
     def finish_level(self, level: LevelStore, model: nn.Module, res: Any, **extra: Any) -> dict[str, Any]: ...
@@ -216,9 +219,10 @@ def steps_per_epoch(run: RunContext) -> int:
 
 def nearest_ticket(rows: Sequence[Any], density: float) -> Any:
     """The one rule for "the ticket at density d": among the ticket levels (level > 0; a run with only a
-    level 0 answers with it), the one whose density is nearest ``density`` on a log scale, the denser on a
-    tie. A method with one ticket level answers with it whatever ``density`` is; IMP's levels are geometric,
-    so one run serves every density asked of it. ``rows`` are :class:`LevelRow` s or their dict records."""
+    level 0 answers with it), the one whose density is nearest ``density`` on a log scale, the later level
+    on a tie (a moving-mask method's level 2, its mask retrained from init, over level 1 at the same
+    density). A method with one ticket level answers with it whatever ``density`` is; IMP's levels are
+    geometric, so one run serves every density asked of it. ``rows``: :class:`LevelRow` s or their dicts."""
     import math
 
     def level(r: Any) -> int:
@@ -227,7 +231,9 @@ def nearest_ticket(rows: Sequence[Any], density: float) -> Any:
     cands = [r for r in rows if level(r) > 0] or list(rows)
     if not cands:
         raise ValueError("no level to choose a ticket from")
-    return min(cands, key=lambda r: abs(math.log(max(float(r["density"]), 1e-300)) - math.log(density)))
+    return min(
+        reversed(cands), key=lambda r: abs(math.log(max(float(r["density"]), 1e-300)) - math.log(density))
+    )
 
 
 def nearest_level(rows: Sequence[Any], density: float) -> Any:

@@ -10,6 +10,7 @@ kernel name) into the kernel a run uses.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
@@ -41,6 +42,7 @@ __all__ = [
     "mask_gradients",
     "grad_masker",
     "mask_pairs",
+    "dense_gradients",
     "enforce_mask",
     "masked_layers",
     "param_name",
@@ -404,6 +406,27 @@ def grad_masker(model: nn.Module) -> Callable[[], None]:
                     g.mul_(m)
 
     return apply
+
+
+@contextlib.contextmanager
+def dense_gradients(model: nn.Module) -> Iterator[None]:
+    """Inside: every masked layer's backward yields the dense gradient ``∂L/∂(W ⊙ M)``, pruned entries too
+    (what RigL grows by). Layers that mask in their forward run the ``inplace`` path meanwhile: the same
+    outputs, since their pruned weights are exactly zero, but a weight gradient that is not masked. Call
+    :func:`mask_gradients` inside, after reading them, so no pruned weight moves."""
+    switched = [
+        layer
+        for _, layer in masked_layers(model)
+        if layer.weight_mask is not None and not _grad_masked(layer)
+    ]
+    saved = [layer.backend for layer in switched]
+    for layer in switched:
+        layer.backend = DEFAULT_BACKEND
+    try:
+        yield
+    finally:
+        for layer, backend in zip(switched, saved):
+            layer.backend = backend
 
 
 @torch.no_grad()

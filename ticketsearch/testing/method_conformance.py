@@ -3,8 +3,11 @@
 Where :class:`~ticketsearch.testing.ScorerConformance` checks a scorer's ``score``, this runs the method end
 to end through the runner on scikit-learn's digits (seconds on a CPU) and checks what every method owes
 the rest of ticketsearch: a Mask with exactly the requested density under the method's selection rule,
-determinism under a seed, resume that never recomputes a finished level, a mask file another command can
-train, and an identity (hash) that its declared fields and knobs alone decide::
+determinism under a seed, resume that never recomputes a finished level, a run killed in the middle of a
+level that resumes to the bit-identical masks, weights and metrics, pruned weights that are exactly zero in
+every state it saves (final weights and checkpoints, including a mask schedule's), a mask file another
+command can train, and an identity (hash) that its declared fields and knobs alone decide. It trains with
+the model's own recipe (the method's, if it declares one), shortened to ``budget``::
 
     from ticketsearch.testing import MethodConformance
 
@@ -15,10 +18,12 @@ train, and an identity (hash) that its declared fields and knobs alone decide::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import torch
 
 from ..core.errors import ConfigError
 from ..core.hparams import DatasetHparams, ModelHparams, PruningHparams, RunHparams, TrainingHparams
@@ -36,6 +41,8 @@ class MethodConformance:
     budget: ClassVar[str] = "2ep"
     # False for methods whose own schedule sets per-level counts (IMP prunes a rate of the survivors)
     exact_density: ClassVar[bool] = True
+    # how many evaluations, spread over the whole run, the kill-and-resume test kills the run at
+    kill_points: ClassVar[int] = 3
 
     # -- hooks ----------------------------------------------------------------------------------------
     def name(self) -> str:
@@ -45,9 +52,10 @@ class MethodConformance:
 
     def hparams(self, **pruning: Any) -> RunHparams:
         from ..methods import get_method
+        from ..models import training_recipe
 
         method = get_method(self.name())
-        training = method.recipe("mlp_digits", "digits") or TrainingHparams()
+        training = method.recipe("mlp_digits", "digits") or training_recipe("mlp_digits")
         return RunHparams(
             model=ModelHparams(model="mlp_digits"),
             dataset=DatasetHparams(dataset="digits"),
@@ -58,12 +66,17 @@ class MethodConformance:
             method_args=tuple(sorted(self.method_args.items())),
         )
 
-    def find(self, root: Path, seed: int = 0, **pruning: Any) -> Any:
+    def find(
+        self,
+        root: Path,
+        seed: int = 0,
+        on_eval: Callable[[Path, dict[str, Any]], None] | None = None,
+        **pruning: Any,
+    ) -> Any:
         from ..experiments.runner import RunOptions, run_find
 
-        return run_find(
-            self.hparams(**pruning), seed=seed, opts=RunOptions(root=root, device="cpu", progress=False)
-        )
+        opts = RunOptions(root=root, device="cpu", progress=False, on_eval=on_eval)
+        return run_find(self.hparams(**pruning), seed=seed, opts=opts)
 
     # -- the contract -----------------------------------------------------------------------------------
     @pytest.mark.parametrize("scope", ["layerwise", "global"])
@@ -101,6 +114,42 @@ class MethodConformance:
             p: p.stat().st_mtime_ns for p in (s.run_dir / "replicate_0").rglob("*") if p.is_file()
         }
 
+    def test_killed_mid_level_resumes_bit_identical(self, tmp_path: Path) -> None:
+        evals: list[Path] = []
+        ref = self.find(tmp_path / "ref", on_eval=lambda path, rec: evals.append(path))
+        _assert_pruned_are_zero(ref.run_dir)
+        n = len(evals)
+        assert n > 1, "the method's levels report no evaluation (does it log through its level?)"
+        points = sorted(
+            {max(1, min(n, round(n * (i + 1) / (self.kill_points + 1)))) for i in range(self.kill_points)}
+        )
+        for k in points:
+            root = tmp_path / f"kill_{k}"
+            seen = []
+
+            def kill(path: Path, rec: dict[str, Any], seen: list[int] = seen, k: int = k) -> None:
+                seen.append(1)
+                if len(seen) == k:
+                    raise _Killed(f"killed at evaluation {k} ({path.name}, iteration {rec['iteration']})")
+
+            with pytest.raises(_Killed):
+                self.find(root, on_eval=kill)
+            _assert_pruned_are_zero(root)  # the checkpoint it left, and every level it finished
+            again = self.find(root)
+            assert len(again.rows) == len(ref.rows), f"killed at evaluation {k} of {n}"
+            for a, b in zip(ref.rows, again.rows):
+                where = f"level {a['level']} after a kill at evaluation {k} of {n}"
+                assert Mask.load(a["mask"]).equals(Mask.load(b["mask"])), f"{where}: masks differ"
+                for key in ("density", "test_acc", "test_loss", "es_iteration", "iterations"):
+                    assert a.get(key) == b.get(key), f"{where}: {key} {a.get(key)} != {b.get(key)}"
+                fa, fb = (
+                    Path(a["mask"]).parent / "model_final.safetensors",
+                    Path(b["mask"]).parent / "model_final.safetensors",
+                )
+                if fa.is_file():
+                    sa, sb = _load(fa), _load(fb)
+                    assert all(torch.equal(sa[x], sb[x]) for x in sa), f"{where}: final weights differ"
+
     def test_mask_file_trains_elsewhere(self, tmp_path: Path) -> None:
         from ..experiments.runner import RunOptions, train_mask
 
@@ -129,3 +178,35 @@ class MethodConformance:
             bad = self.hparams().replace(method_args=(("no_such_knob", 1),))
             with pytest.raises(ConfigError, match="no_such_knob"):
                 method.canonical(bad)
+
+
+class _Killed(Exception):
+    """A kill in the middle of a level (not a user error: the runner must leave its files for the resume)."""
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _assert_pruned_are_zero(root: Path) -> None:
+    """Every saved state under ``root`` keeps its pruned weights at exactly zero: a level's final weights
+    and its checkpoint against the level's mask, a mask schedule's checkpoint against the masks it holds."""
+    for mask_path in root.rglob("mask.safetensors"):
+        mask = Mask.load(mask_path)
+        final = mask_path.parent / "model_final.safetensors"
+        states = [("model_final", _load(final))] if final.is_file() else []
+        ck = mask_path.parent / "checkpoint.pt"
+        if ck.is_file():
+            states.append(("checkpoint", torch.load(ck, map_location="cpu", weights_only=True)["model"]))
+        for what, state in states:
+            for name, m in mask.items():
+                if name in state:
+                    assert bool((state[name][~m] == 0).all()), (
+                        f"{mask_path.parent}: {what} {name} has pruned weights != 0"
+                    )
+    for ck in root.rglob("checkpoint.pt"):
+        st = torch.load(ck, map_location="cpu", weights_only=True)
+        for name, m in (st.get("masks") or {}).items():
+            assert bool((st["model"][name][~m] == 0).all()), f"{ck}: {name} has pruned weights != 0"

@@ -76,6 +76,7 @@ def eager_reason(
     enabled: bool,
     world: World,
     hooks: bool,
+    schedule: bool = False,
 ) -> str | None:
     """Why this ``train()`` call steps eagerly, or ``None`` when it may capture its step in a CUDA graph."""
     if not enabled:
@@ -84,6 +85,8 @@ def eager_reason(
         return f"device {device.type}: CUDA graphs are CUDA-only"
     if world.active:
         return "torchrun: DistributedDataParallel steps are host-driven"
+    if schedule:
+        return "a mask schedule changes masks between steps (eager steps follow every change)"
     if hooks:
         return "a per-step hook (on_step/after_step) runs host code between steps"
     if any(p.device.type != "cuda" for p in model.parameters()):

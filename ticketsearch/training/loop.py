@@ -8,6 +8,7 @@ there, next to the final accuracy.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -21,10 +22,20 @@ import torch.nn.functional as F
 
 from ..core.errors import ConfigError, DivergenceError
 from ..core.hparams import PRECISIONS, TrainingHparams, to_iterations
-from ..sparse import grad_masker, mask_pairs
+from ..sparse import (
+    apply_mask,
+    dense_gradients,
+    get_mask,
+    grad_masker,
+    mask_gradients,
+    mask_pairs,
+    masked_layers,
+    param_name,
+)
 from .distributed import SINGLE, World
 from .graphs import GraphStep, eager_reason, precision_context
-from .optim import LRSchedule, make_optimizer
+from .optim import LRSchedule, Optimizer, make_optimizer
+from .schedule import MaskSchedule, MaskUpdate
 
 __all__ = [
     "train",
@@ -54,7 +65,11 @@ class StopTraining(Exception):  # noqa: N818  (a signal, not an error)
 
 @dataclass
 class TrainState:
-    """What a checkpoint holds; only tensors, numbers, strings, lists and dicts (loads with weights_only)."""
+    """What a checkpoint holds; only tensors, numbers, strings, lists and dicts (loads with weights_only).
+
+    With a mask schedule it also holds the current masks (a model's state_dict does not: masks are
+    non-persistent buffers) and the schedule's own state, so a resumed run continues from the masks it had.
+    """
 
     iteration: int
     model: dict[str, torch.Tensor]
@@ -63,9 +78,11 @@ class TrainState:
     best: dict[str, Any]
     passes: dict[str, int]
     elapsed: float
+    masks: dict[str, torch.Tensor] | None = None
+    method: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(
+        out = dict(
             iteration=self.iteration,
             model=self.model,
             optimizer=self.optimizer,
@@ -74,6 +91,9 @@ class TrainState:
             passes=self.passes,
             elapsed=self.elapsed,
         )
+        if self.masks is not None or self.method is not None:  # fixed-mask checkpoints stay as they were
+            out.update(masks=self.masks, method=self.method)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainState:
@@ -90,10 +110,66 @@ class TrainResult:
     passes: dict[str, int] = field(default_factory=dict)  # forward/backward passes over batches
     graph: bool = False  # the steps replayed a captured CUDA graph (see training.graphs)
     eager_reason: str | None = None  # why not, when they did not
+    mask_changes: int = 0  # boundaries at which a mask schedule changed the masks (this call only)
 
 
 def _noop() -> None:
     return None
+
+
+class _MaskMover:
+    """Applies a :class:`MaskSchedule`'s decisions to the model, the optimizer and the gradient masking."""
+
+    def __init__(self, model: nn.Module, opt: Optimizer, world: World, clip: bool) -> None:
+        self.model, self.opt, self.world, self.clip = model, opt, world, clip
+        self.layers = {param_name(n): layer for n, layer in masked_layers(model)}
+        self.changes = 0
+        self.mask_grads: Callable[[], None] = _noop
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Gradient masks from the current masks: before the clip's norm, or folded into the update."""
+        if self.clip:
+            self.mask_grads = grad_masker(self.model)
+            self.opt.set_grad_masks({})
+        else:
+            self.opt.set_grad_masks({id(p): m for p, m in mask_pairs(self.model)})
+            self.mask_grads = _noop
+
+    def dense_grads(self) -> dict[str, torch.Tensor]:
+        return {
+            n: (
+                layer.weight.grad.detach().clone()
+                if layer.weight.grad is not None
+                else torch.zeros_like(layer.weight)
+            )
+            for n, layer in self.layers.items()
+        }
+
+    def apply(self, new: MaskUpdate | None) -> None:
+        if self.world.active:  # rank 0's decision on every rank (each rank called the schedule too)
+            mine = None if not new else {n: t.detach().to("cpu", torch.bool) for n, t in new.items()}
+            new = self.world._broadcast(mine)
+        if not new:
+            return
+        unknown = sorted(set(new) - set(self.layers))
+        if unknown:
+            raise ValueError(
+                f"mask schedule returned masks for {', '.join(unknown)}, which are not prunable weights of "
+                f"this model (prunable: {', '.join(self.layers)})"
+            )
+        for name, mask in new.items():
+            self.layers[name].set_mask(mask)  # zeroes the weights it prunes
+        # state of pruned weights to zero: every masked layer (a regrown weight's state is zero already)
+        self.opt.mask_state(
+            {
+                id(layer.weight): layer.mask_float()
+                for layer in self.layers.values()
+                if layer.weight_mask is not None
+            }
+        )
+        self.refresh()
+        self.changes += 1
 
 
 @torch.no_grad()
@@ -174,6 +250,7 @@ def train(
     stop_at: int | None = None,
     world: World | None = None,
     graph: bool = False,
+    schedule: MaskSchedule | None = None,
 ) -> TrainResult:
     """Train ``model`` (already on the data's device) on ``data`` (a :class:`ticketsearch.data.Dataset`).
 
@@ -193,6 +270,10 @@ def train(
     gradients and optimizer state stay fp32, so the masks stay exact. ``graph`` (CUDA): replay each step
     as a captured CUDA graph where :func:`ticketsearch.training.graphs.eager_reason` allows it (not under
     torchrun, not with ``on_step``/``after_step`` hooks); the result says which ran.
+
+    ``schedule`` (see :mod:`ticketsearch.training.schedule`): a method that moves masks during training;
+    the loop applies its changes at step boundaries (weights, optimizer state, gradient masks), checkpoints
+    its state and the masks, and restores both on resume. ``None`` (fixed masks) costs nothing.
     """
     from ..data import Batcher
 
@@ -208,7 +289,7 @@ def train(
     if total <= 0:
         raise ConfigError(f"budget must be at least one iteration, got {hp.budget!r}")
     eval_every = to_iterations(hp.eval_every, spe, name="eval_every") or total
-    schedule = LRSchedule(hp, spe, total)
+    lr_at = LRSchedule(hp, spe, total)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, hp)
     history: list[dict[str, Any]] = []
@@ -217,6 +298,10 @@ def train(
     it = 0
     elapsed = 0.0
     if start is not None:
+        if start.masks is not None:  # a schedule's masks as they were at the checkpoint
+            apply_mask(model, {n: t.to(data.x_train.device) for n, t in start.masks.items()})
+        if schedule is not None and start.method is not None:
+            schedule.load_state_dict(start.method)
         model.load_state_dict(start.model)
         opt.load_state_dict(start.optimizer)
         it, history, best, passes, elapsed = (
@@ -236,7 +321,7 @@ def train(
             v = evaluate(model, data.x_val, data.y_val, world=world, precision=hp.precision)
             rec.update(val_loss=v["loss"], val_acc=v["acc"])
         t = evaluate(model, data.x_test, data.y_test, world=world, precision=hp.precision)
-        rec.update(test_loss=t["loss"], test_acc=t["acc"], lr=schedule(max(at - 1, 0)))
+        rec.update(test_loss=t["loss"], test_acc=t["acc"], lr=lr_at(max(at - 1, 0)))
         history.append(rec)
         key = rec["val_loss"] if has_val else rec["test_loss"]
         if not best or (math.isfinite(key) and key < best["_key"]):
@@ -245,9 +330,13 @@ def train(
         if log is not None:
             log(rec)
 
-    # masks are fixed while this loop runs: the optimizer folds grad ⊙ mask into its update, unless the
-    # gradient norm is clipped (the norm must not count pruned weights), then grads are masked first
-    if hp.grad_clip > 0:
+    # the optimizer folds grad ⊙ mask into its update, unless the gradient norm is clipped (the norm must
+    # not count pruned weights), then grads are masked first; a schedule's mover rebuilds both on a change
+    mover: _MaskMover | None = None
+    if schedule is not None:
+        mover = _MaskMover(model, opt, world, hp.grad_clip > 0)
+        mask_grads = mover.mask_grads
+    elif hp.grad_clip > 0:
         mask_grads = grad_masker(model)
     else:
         opt.set_grad_masks({id(p): m for p, m in mask_pairs(model)})
@@ -260,10 +349,13 @@ def train(
     n_acc = 0
     end = total if stop_at is None else min(total, stop_at)
     if it == 0 and not history:
+        if schedule is not None and mover is not None:
+            mover.apply(schedule.update(0, model, None))
+            mask_grads = mover.mask_grads
         do_eval(0, None)  # before any step: no training loss yet (JSON has no NaN)
     device = data.x_train.device
     hooks = on_step is not None or after_step is not None
-    why = eager_reason(model, device, enabled=graph, world=world, hooks=hooks)
+    why = eager_reason(model, device, enabled=graph, world=world, hooks=hooks, schedule=schedule is not None)
     step: GraphStep | None = None
     if why is None and it < end:
         step = GraphStep(model, data, hp, opt, params, loss_acc, mask_grads)
@@ -288,34 +380,47 @@ def train(
                         stopped = True
                         break
                 t_step = time.perf_counter()
-                lr = schedule(it)
+                lr = lr_at(it)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                if step is not None:  # graph-captured (or, for an odd-sized batch, the same step uncaptured)
-                    step(batcher.indices(it), lr)
-                elif world.active:
-                    idx = batcher.indices(it)
-                    mine = idx[world.shard(idx.numel())]
-                    with autocast:
-                        out = net(data.x_train[mine])
-                    loss_sum = F.cross_entropy(
-                        out.float(), data.y_train[mine], label_smoothing=hp.label_smoothing, reduction="sum"
-                    )
-                    loss = loss_sum * (world.size / idx.numel())  # DDP divides by world.size again
-                    loss_acc += loss_sum.detach() / idx.numel()  # this rank's share of the global mean
-                else:
-                    xb, yb = batcher.batch(it)
-                    with autocast:
-                        out = model(xb)
-                    loss = F.cross_entropy(out.float(), yb, label_smoothing=hp.label_smoothing)
-                    loss_acc += loss.detach()
-                if step is None:
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    mask_grads()
-                    if hp.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
-                    opt.step()
+                want_grads = schedule is not None and schedule.needs_grads(it + 1)
+                dense = dense_gradients(model) if want_grads else contextlib.nullcontext()
+                grads: dict[str, torch.Tensor] | None = None
+                with dense:  # a schedule that reads dense gradients gets them for this step
+                    if (
+                        step is not None
+                    ):  # graph-captured (or, for an odd-sized batch, the same step uncaptured)
+                        step(batcher.indices(it), lr)
+                    elif world.active:
+                        idx = batcher.indices(it)
+                        mine = idx[world.shard(idx.numel())]
+                        with autocast:
+                            out = net(data.x_train[mine])
+                        loss_sum = F.cross_entropy(
+                            out.float(),
+                            data.y_train[mine],
+                            label_smoothing=hp.label_smoothing,
+                            reduction="sum",
+                        )
+                        loss = loss_sum * (world.size / idx.numel())  # DDP divides by world.size again
+                        loss_acc += loss_sum.detach() / idx.numel()  # this rank's share of the global mean
+                    else:
+                        xb, yb = batcher.batch(it)
+                        with autocast:
+                            out = model(xb)
+                        loss = F.cross_entropy(out.float(), yb, label_smoothing=hp.label_smoothing)
+                        loss_acc += loss.detach()
+                    if step is None:
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if want_grads:
+                            assert mover is not None
+                            grads = mover.dense_grads()  # before any masking: what a regrowth rule reads
+                            mask_gradients(model)  # every layer is grad-masked inside dense_gradients
+                        mask_grads()
+                        if hp.grad_clip > 0:
+                            torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
+                        opt.step()
                 passes["forward"] += 1
                 passes["backward"] += 1
                 n_acc += 1
@@ -323,6 +428,17 @@ def train(
                 _CLOCK["steps"] += time.perf_counter() - t_step
                 if after_step is not None:
                     after_step(it, model)
+                if schedule is not None:
+                    assert mover is not None
+                    stop = False
+                    try:
+                        mover.apply(schedule.update(it, model, grads))
+                    except StopTraining:
+                        stop = True
+                    mask_grads = mover.mask_grads
+                    if world.any(stop):
+                        stopped = True
+                        break
                 if bar is not None:
                     bar.update(1)
                 if it % eval_every == 0 or it == total:
@@ -354,6 +470,8 @@ def train(
                             best,
                             passes,
                             elapsed + time.perf_counter() - t0,
+                            masks=None if schedule is None else dict(get_mask(model)),
+                            method=None if schedule is None else schedule.state_dict(),
                         )
                     )
             if stopped and (not history or history[-1]["iteration"] != it):
@@ -375,4 +493,5 @@ def train(
         passes=passes,
         graph=step is not None and step.captured,
         eager_reason=why,
+        mask_changes=mover.changes if mover is not None else 0,
     )

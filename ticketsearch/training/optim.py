@@ -57,6 +57,17 @@ class Optimizer:
         """
         self.grad_masks = [masks.get(id(p)) for p in self.params]
 
+    @torch.no_grad()
+    def mask_state(self, masks: dict[int, torch.Tensor]) -> None:
+        """Zero the state (momentum, Adam's moments) of entries a mask change pruned; ``masks`` (0/1, the
+        parameter's dtype) keyed by ``id(param)``. A pruned weight's buffer would otherwise keep moving it,
+        and a weight regrown later would start from stale moments instead of fresh (zero) state.
+        """
+        idx = [(i, masks[id(p)]) for i, p in enumerate(self.params) if id(p) in masks]
+        for bufs in self.buffers.values():
+            if idx:
+                torch._foreach_mul_([bufs[i] for i, _ in idx], [m for _, m in idx])
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
             p.grad = None
