@@ -51,6 +51,8 @@ CAPABILITIES = {
     "supermask": (False, False, True, (), False),
     "supermask-bernoulli": (False, False, True, (), False),
     "gmp": (True, True, False, (), False),
+    "rigl": (True, True, False, (), False),
+    "set": (True, True, False, (), False),
 }
 
 

@@ -32,6 +32,9 @@ STRATEGIES: dict[str, dict] = {
     "imp": {"density": 0.64, "exact_density": False},
     "early-bird": {"density": 0.5},
     "gmp": {"density": 0.2},
+    # a move every 5 steps, so the mask moves several times within the suite's short budget
+    "rigl": {"density": 0.2, "method_args": {"every": 5}},
+    "set": {"density": 0.2, "method_args": {"every": 5}},
 }
 
 

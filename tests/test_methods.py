@@ -25,7 +25,15 @@ def test_every_method_resolves_with_its_kind():
     assert kinds["snip"] == kinds["grasp"] == kinds["magnitude"] == kinds["random"] == "oneshot"
     assert kinds["supermask"] == kinds["supermask-bernoulli"] == "learned"
     assert isinstance(get_method("snip"), OneShot)
-    assert set(METHOD_STRATEGIES.names()) == {"imp", "early-bird", "gmp", "supermask", "supermask-bernoulli"}
+    assert set(METHOD_STRATEGIES.names()) == {
+        "imp",
+        "early-bird",
+        "gmp",
+        "rigl",
+        "set",
+        "supermask",
+        "supermask-bernoulli",
+    }
     assert "snip" in method_names() and "imp" in method_names()
 
 

@@ -64,6 +64,8 @@ def _cases() -> dict[str, RunHparams]:
         ),
         "gmp": RunHparams(pruning=PruningHparams(method="gmp", density=0.05), method_args=(("end", 0.5),)),
         "gmp_default": RunHparams(pruning=PruningHparams(method="gmp")),
+        "rigl": RunHparams(pruning=PruningHparams(method="rigl", density=0.1, distribution="erk")),
+        "set": RunHparams(pruning=PruningHparams(method="set", density=0.05)),
     }
 
 
@@ -81,6 +83,9 @@ PINNED = {
     # computed on main at 22b561a (gmp, before this branch's changes reached it)
     "gmp": ("e853accd7915", "25fea157a9ed"),
     "gmp_default": ("6a7cfcb3cbf2", "5df1633ea208"),
+    # computed on main at 1422244 (rigl and set)
+    "rigl": ("663345eb32a1", "875fe4f91694"),
+    "set": ("0d7701879b10", "c15b278d7ebc"),
 }
 
 

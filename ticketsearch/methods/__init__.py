@@ -12,7 +12,7 @@ third-party strategies register through the entry-point group ``ticketsearch.met
 
 from __future__ import annotations
 
-from . import early_bird, gmp, imp, learned  # noqa: F401  (registers the built-in strategies)
+from . import dst, early_bird, gmp, imp, learned  # noqa: F401  (registers the built-in strategies)
 from .base import (
     METHOD_STRATEGIES,
     SHARED_FIELDS,
@@ -33,10 +33,12 @@ from .base import (
     register_strategy,
     steps_per_epoch,
 )
+from .dst import SET, DropGrow, RigL
 from .early_bird import EarlyBird, EarlyBirdDetector, EarlyBirdHparams
 from .gmp import GMP, GMPSchedule
 from .imp import IMP, IMPHparams
 from .learned import BernoulliSupermask, EdgePopup, Learned, learned_recipe, run_learned
+from .moving import MovingMask
 from .oneshot import OneShot
 
 __all__ = [
@@ -64,6 +66,10 @@ __all__ = [
     "EarlyBirdHparams",
     "IMPHparams",
     "GMP",
+    "MovingMask",
+    "RigL",
+    "SET",
+    "DropGrow",
     "GMPSchedule",
     "Learned",
     "EdgePopup",

@@ -111,7 +111,11 @@ class MovingMask(Method):
             reset_to(model, run.init_state, mask)
             ticket.save_mask(mask, **run.mask_metadata(level=2, retrained_from="init"))
             result = run.train_level(ticket, model, desc=f"{self.name} ticket ({mask.density:.1%})")
-            cost = {"forward": res1["passes"]["forward"], "backward": res1["passes"]["backward"]}
+            cost = {
+                "wall_time": res1["wall_time"],
+                "forward": res1["passes"]["forward"],
+                "backward": res1["passes"]["backward"],
+            }
             res2 = run.finish_level(ticket, model, result, density=mask.density, cost_to_find=cost)
         row = LevelRow(2, mask.density, str(ticket.mask_path), res2)
         row.controls = run.run_controls(2, ticket, mask, run.init_state)
