@@ -64,9 +64,8 @@ def main() -> None:
         training=TrainingHparams(
             optimizer="adam", lr=1.2e-3, batch_size=60, budget=f"{args.iterations}it", eval_every="500it"
         ),
-        pruning=PruningHparams(
-            method="imp", rounds=max(TARGET_LEVELS), rate=0.2, output_rate=0.1, scope="layerwise"
-        ),
+        pruning=PruningHparams(method="imp", rounds=max(TARGET_LEVELS), scope="layerwise"),
+        method_hparams=(("output_rate", 0.1), ("rate", 0.2)),  # IMP's own: the paper's 20% / 10%
     )
     opts = RunOptions(root=Path(args.root), data_root=data_root(), device="cpu", progress=False)
     per_level: dict[int, dict[str, list[float]]] = {}

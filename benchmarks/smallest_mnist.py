@@ -62,13 +62,15 @@ def main(argv: list[str] | None = None) -> None:
         from ticketsearch.methods import get_method
 
         # supermasks train scores with their own recipe (SGD 0.1, 10 epochs on MNIST), never the weights'
-        scores = get_method(pruning["method"]).recipe("lenet_300_100", "mnist")
-        return RunHparams(
+        method = get_method(pruning.pop("method"))
+        scores = method.recipe("lenet_300_100", "mnist")
+        base = RunHparams(
             model=ModelHparams(model="lenet_300_100"),
             dataset=DatasetHparams(dataset="mnist"),
             training=scores or training,
-            pruning=PruningHparams(**pruning),
+            pruning=PruningHparams(method=method.name),
         )
+        return method.with_hparams(base, **pruning)  # shared fields or the method's own (retrain, eb_every)
 
     results: dict[str, Any] = {}
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:

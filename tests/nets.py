@@ -81,10 +81,27 @@ def digits_hparams(
     method: str = "imp", *, training: dict[str, Any] | None = None, **pruning: Any
 ) -> RunHparams:
     """``mlp_digits`` on ``digits``: the end-to-end run that takes seconds on a CPU. ``training`` holds the
-    TrainingHparams fields and ``pruning`` the PruningHparams fields that differ from the defaults."""
-    return RunHparams(
-        model=ModelHparams(model="mlp_digits"),
-        dataset=DatasetHparams(dataset="digits"),
-        training=TrainingHparams(**(training or {})),
-        pruning=PruningHparams(method=method, **pruning),
+    TrainingHparams fields and ``pruning`` the values that differ from the defaults, by name: PruningHparams
+    fields or the method's own hyperparameters (IMP's ``rate``, early-bird's ``eb_every``, ...)."""
+    return with_pruning(
+        RunHparams(
+            model=ModelHparams(model="mlp_digits"),
+            dataset=DatasetHparams(dataset="digits"),
+            training=TrainingHparams(**(training or {})),
+            pruning=PruningHparams(method=method),
+        ),
+        **pruning,
+    )
+
+
+def with_pruning(hp: RunHparams, **values: Any) -> RunHparams:
+    """``hp`` with values set by name: a PruningHparams field in ``pruning``, anything else (a method's own
+    hyperparameter, whichever method declares it) in ``method_hparams``."""
+    import dataclasses
+
+    shared = {f.name for f in dataclasses.fields(PruningHparams)}
+    own = {**hp.own, **{k: v for k, v in values.items() if k not in shared}}
+    return hp.replace(
+        pruning=dataclasses.replace(hp.pruning, **{k: v for k, v in values.items() if k in shared}),
+        method_hparams=tuple(sorted(own.items())),
     )

@@ -95,8 +95,9 @@ def test_channel_early_bird_keeps_the_filters_with_the_largest_batchnorm_scales(
         model=ModelHparams(model="resnet20"),
         dataset=DatasetHparams(dataset="digits"),
         training=TrainingHparams(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=64, budget="2ep"),
-        pruning=PruningHparams(method="early-bird", density=0.5, eb_every="5it", eb_eps=0.05),
+        pruning=PruningHparams(method="early-bird", density=0.5),
         method_args=(("structure", "channel"),),
+        method_hparams=(("eb_eps", 0.05), ("eb_every", "5it")),
     )
     s = run_find(hp, seed=0, opts=RunOptions(root=tmp_path, device="cpu", progress=False))
     mask = Mask.load(s.rows[1]["mask"])

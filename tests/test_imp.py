@@ -7,9 +7,8 @@ import torch
 import torch.nn as nn
 
 from ticketsearch.core import ConfigError, Mask
-from ticketsearch.core.hparams import PruningHparams
 from ticketsearch.sparse import MaskedLinear, apply_mask, prunable_shapes
-from ticketsearch.training.imp import levels_for_density, prune, reset_to
+from ticketsearch.training.imp import PruneRule, levels_for_density, prune, reset_to
 
 
 def _mlp() -> nn.Module:
@@ -21,7 +20,7 @@ def _mlp() -> nn.Module:
 
 def test_layerwise_rates_prune_fraction_of_remaining():
     model = _mlp()
-    hp = PruningHparams(rate=0.2, output_rate=0.1, scope="layerwise")
+    hp = PruneRule(rate=0.2, output_rate=0.1, scope="layerwise")
     mask = Mask.ones(prunable_shapes(model))
     expected = {"0.weight": 600, "2.weight": 300, "4.weight": 50}
     for _ in range(4):
@@ -38,7 +37,7 @@ def test_prunes_smallest_trained_magnitudes():
     lin = nn.Sequential(MaskedLinear(5, 1, bias=False), nn.ReLU(), MaskedLinear(1, 1, bias=False))
     with torch.no_grad():
         lin[0].weight.copy_(torch.tensor([[0.5, -0.1, 2.0, -3.0, 0.05]]))
-    hp = PruningHparams(rate=0.4, output_rate=-1, scope="layerwise")
+    hp = PruneRule(rate=0.4, output_rate=-1, scope="layerwise")
     m = prune(hp, lin, Mask.ones(prunable_shapes(lin)))
     assert m["0.weight"].tolist() == [[True, False, True, True, False]]
 
@@ -48,7 +47,7 @@ def test_global_scope_prunes_across_layers():
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
         model[1].weight.copy_(torch.tensor([[0.1, 0.2], [5.0, 6.0]]))
-    hp = PruningHparams(rate=0.25, output_rate=-1, scope="global")
+    hp = PruneRule(rate=0.25, output_rate=-1, scope="global")
     m = prune(hp, model, Mask.ones(prunable_shapes(model)))
     assert m.num_kept == 6
     assert m["1.weight"].tolist() == [[False, False], [True, True]]
@@ -56,11 +55,11 @@ def test_global_scope_prunes_across_layers():
 
 def test_levels_for_density_matches_paper_schedule():
     shapes = {"a": (300, 784), "b": (100, 300), "c": (10, 100)}
-    hp = PruningHparams(rate=0.2, output_rate=0.1)
+    hp = PruneRule(rate=0.2, output_rate=0.1)
     # 0.8^7 = 0.2097 > 0.2 ≥ 0.8^8 (the output layer barely moves the total)
     assert levels_for_density(hp, shapes, "c", 0.2) == 8
     with pytest.raises(ConfigError):
-        levels_for_density(PruningHparams(rate=1.5), shapes, "c", 0.2)
+        levels_for_density(PruneRule(rate=1.5), shapes, "c", 0.2)
 
 
 def test_reset_restores_stored_tensors_bitwise():

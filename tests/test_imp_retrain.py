@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from nets import with_pruning
 
 from ticketsearch.core import ConfigError, Mask
 from ticketsearch.core.hparams import (
@@ -23,7 +24,7 @@ LR, BATCH = 0.05, 64
 
 
 def _hp(**pruning) -> RunHparams:
-    return RunHparams(
+    hp = RunHparams(
         model=ModelHparams(model="mlp_digits"),
         dataset=DatasetHparams(dataset="digits"),
         training=TrainingHparams(
@@ -35,8 +36,9 @@ def _hp(**pruning) -> RunHparams:
             eval_every="1it",
             schedule="cosine",
         ),
-        pruning=PruningHparams(method="imp", rounds=1, **pruning),
+        pruning=PruningHparams(method="imp", rounds=1),
     )
+    return with_pruning(hp, **pruning)  # IMP's own (retrain, rewind) or shared (density)
 
 
 def _run(tmp_path, **pruning):
@@ -94,7 +96,7 @@ def test_rewind_flag_alone_means_rewinding_and_modes_are_validated(tmp_path):
     from ticketsearch.methods import get_method
 
     imp = get_method("imp")
-    assert imp.canonical(_hp(rewind="5it")).pruning.retrain == "rewind"
+    assert imp.own(imp.canonical(_hp(rewind="5it"))).retrain == "rewind"
     with pytest.raises(ConfigError, match="--rewind-iter"):
         imp.validate(imp.canonical(_hp(retrain="rewind")))
     with pytest.raises(ConfigError, match="drop --rewind-iter"):

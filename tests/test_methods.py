@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from nets import with_pruning
 
 from ticketsearch.core.errors import ConfigError, UnknownNameError
 from ticketsearch.core.hparams import PruningHparams, RunHparams
@@ -10,9 +11,8 @@ from ticketsearch.methods import METHOD_STRATEGIES, LevelRow, OneShot, get_metho
 
 
 def _hp(method: str, args: dict | None = None, **pruning) -> RunHparams:
-    return RunHparams(
-        pruning=PruningHparams(method=method, **pruning), method_args=tuple(sorted((args or {}).items()))
-    )
+    hp = RunHparams(pruning=PruningHparams(method=method), method_args=tuple(sorted((args or {}).items())))
+    return with_pruning(hp, **pruning)
 
 
 def _hash(method: str, args: dict | None = None, **pruning) -> str:

@@ -187,3 +187,50 @@ def test_broken_plugin_is_listed_and_builtins_still_work(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     assert "OK 0.2" in proc.stdout
     assert "failed to load" in proc.stdout and "plugin exploded on import" in proc.stdout
+
+
+def test_entry_point_method_gets_its_registered_name(tmp_path: Path) -> None:
+    """A strategy found through the ``ticketsearch.methods`` entry-point group is the name it is
+    registered under, even when it subclasses a built-in (whose class says ``imp``): messages, the run
+    directory and ``list methods`` all name it."""
+    site = tmp_path / "site"
+    dist = site / "gentle_imp_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gentle-imp-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ticketsearch.methods]\ngentle-imp = gentle_imp_mod:GentleIMP\n")
+    (site / "gentle_imp_mod.py").write_text(
+        textwrap.dedent(
+            '''
+            from ticketsearch.methods import IMP
+
+            class GentleIMP(IMP):
+                """IMP with a knob, to see the plugin's name in a message."""
+
+                knobs = {"softness": 1.0}
+            '''
+        )
+    )
+    env = _env(site)
+    listing = _run([sys.executable, "-m", "ticketsearch", "list", "methods"], env)
+    assert listing.returncode == 0, listing.stderr
+    line = next(ln for ln in listing.stdout.splitlines() if ln.startswith("gentle-imp"))
+    assert "gentle-imp-plugin" in line
+    bad = _run(
+        [sys.executable, "-m", "ticketsearch", "find", "--method", "gentle-imp", "--arg", "bogus=1"],
+        env,
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.startswith("error:") and "for method 'gentle-imp'" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "runs").exists()
+    code = textwrap.dedent(
+        """
+        from ticketsearch.methods import get_method
+        from ticketsearch.methods.imp import IMP
+        m = get_method("gentle-imp")
+        print("NAME", m.name, IMP.name, get_method("imp").name)
+        """
+    )
+    proc = _run([sys.executable, "-c", code], env)
+    assert proc.returncode == 0, proc.stderr
+    assert "NAME gentle-imp imp imp" in proc.stdout

@@ -51,7 +51,12 @@ def _old_form(hp: RunHparams) -> dict:
         "model": dataclasses.asdict(hp.model),
         "dataset": dataclasses.asdict(hp.dataset),
         "training": {k: v for k, v in dataclasses.asdict(hp.training).items() if k != "precision"},
-        "pruning": dataclasses.asdict(hp.pruning),
+        # and the fields PruningHparams held then, before IMP and early-bird declared them as their own
+        "pruning": {
+            **dataclasses.asdict(hp.pruning),
+            **{"rate": 0.2, "output_rate": 0.1, "rewind": "0it", "retrain": "reset", "eb_every": "1ep"},
+            "eb_eps": 0.1,
+        },
         "method_args": dict(hp.method_args),
     }
     return d

@@ -113,7 +113,9 @@ def test_every_builtin_method_declares_a_space_of_valid_hparams(method):
             want = EXPECTED_PARAMS[method] | ({"density"} if pareto else set())
             assert set(trial.params) == want
             for name, value in trial.params.items():  # what was drawn is what the run gets
-                field = getattr(hp.training, name, None) if name == "lr" else getattr(hp.pruning, name)
+                own = m.own(hp)  # a method's own hyperparameter, or a shared PruningHparams field
+                where = hp.training if name == "lr" else own if name in m.own_fields() else hp.pruning
+                field = getattr(where, name)
                 if name in ("rewind", "eb_every"):
                     assert field in (f"{value}ep", "0it") and (value > 0) == (field != "0it")
                 else:
@@ -145,7 +147,7 @@ def test_flags_pin_their_parameters():
     spec = StudySpec(hp=_base("imp"), pinned={"lr": 0.01, "rewind": "2ep"})
     trial = optuna.create_study().ask()
     hp = trial_hparams(get_method("imp"), trial, spec)
-    assert hp.training.lr == 0.01 and hp.pruning.rewind == "2ep"
+    assert hp.training.lr == 0.01 and get_method("imp").own(hp).rewind == "2ep"
     assert set(trial.params) == {"rate"}  # pinned values are not searched
 
 

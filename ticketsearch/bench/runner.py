@@ -81,23 +81,31 @@ def _entry(suite: Suite, cell: Cell) -> DatasetEntry:
 
 def _hparams(entry: DatasetEntry, variant: Variant | None, density: float) -> Any:
     from ..core.hparams import DatasetHparams, ModelHparams, PruningHparams, RunHparams
-    from ..methods import get_method
+    from ..methods import dense_hparams, get_method
     from ..models import training_recipe
 
     weights = dataclasses.replace(training_recipe(entry.model), **entry.training)
-    method = variant.method if variant is not None else "imp"
-    training = weights
-    own = get_method(method).recipe(entry.model, entry.dataset)
-    if own is not None:  # learned methods train scores with their own recipe
-        training = dataclasses.replace(own, budget=entry.score_budget) if entry.score_budget else own
-    pruning = PruningHparams(method=method, density=density, **(variant.pruning if variant else {}))
-    return RunHparams(
+    base = RunHparams(
         model=ModelHparams(model=entry.model),
         dataset=DatasetHparams(dataset=entry.dataset, resize=entry.resize),
+        training=weights,
+    )
+    if variant is None:  # the dense network, trained with the weights' recipe
+        return dense_hparams(base), weights
+    training = weights
+    own = get_method(variant.method).recipe(entry.model, entry.dataset)
+    if own is not None:  # learned methods train scores with their own recipe
+        training = dataclasses.replace(own, budget=entry.score_budget) if entry.score_budget else own
+    method = get_method(variant.method)
+    hp = base.replace(
         training=training,
-        pruning=pruning,
-        method_args=tuple(sorted((variant.args if variant else {}).items())),
-    ), weights
+        pruning=PruningHparams(method=variant.method, density=density),
+        method_args=tuple(sorted(variant.args.items())),
+    )
+    return method.with_hparams(hp, **variant.pruning), weights  # shared fields or the method's own
+
+
+_CHECK_CONTROLS = (("reinit", "reinit"), ("shuffle", "random_mask"))
 
 
 def run_cell(
@@ -124,7 +132,7 @@ def _run_cell(
     suite: Suite, cell: Cell, *, root: Path, data_root: str | None, device: str, rerun_stale: bool
 ) -> dict[str, Any]:
     from ..experiments.runner import RunOptions, run_find
-    from ..methods import get_method, nearest_level
+    from ..methods import get_method
 
     entry = _entry(suite, cell)
     variant = None if cell.variant == DENSE else next(v for v in suite.variants if v.name == cell.variant)
@@ -135,31 +143,28 @@ def _run_cell(
     clock0 = time_split()
     try:
         hp, weights = _hparams(entry, variant, 1.0 if variant is None else cell.density)
-        method = get_method(hp.pruning.method)
-        kind = "dense" if variant is None else method.kind
-        sanity = suite.sanity and kind in ("oneshot", "iterative", "early") and method.name != "imp"
+        strategy = get_method(hp.pruning.method)
+        label = "dense" if variant is None else strategy.kind  # a display label in the record, nothing more
+        checks_of = strategy.sanity_checks if variant is not None and suite.sanity else ()
+        # the reinit and shuffle checks are the runner's controls of the same names
+        controls = tuple(c for check, c in _CHECK_CONTROLS if check in checks_of)
         opts = RunOptions(
             root=root,
             data_root=data_root,
             device=device,
             progress=False,
-            controls=("reinit", "random_mask") if sanity else (),
+            controls=controls,
             then_train=bool(variant and variant.then_train),
             then_train_hp=weights,
             rerun_stale=rerun_stale,
         )
         summary = run_find(hp, seed=cell.seed, opts=opts)
-        if variant is None:
-            row = summary.rows[0]
-        elif method.name == "imp":
-            row = nearest_level(summary.rows, cell.density)
-        else:
-            row = summary.rows[-1]
+        row = summary.rows[0] if variant is None else strategy.ticket_for(summary.rows, cell.density)
         cost = row.get("cost_to_find") or {}
         record.update(
             status="ok",
             method=hp.pruning.method,
-            kind=kind,
+            kind=label,
             density_kept=row["density"],
             test_acc=row.get("test_acc"),
             val_acc=row.get("val_acc"),
@@ -190,8 +195,8 @@ def _run_cell(
             checks["reinit"] = controls["reinit"].get("test_acc")
         if "random_mask" in controls:
             checks["shuffle"] = controls["random_mask"].get("test_acc")
-        if sanity and kind == "oneshot":
-            inv = hp.replace(method_args=tuple(sorted({**dict(hp.method_args), "invert": True}.items())))
+        if "invert" in checks_of:
+            inv = strategy.inverted(hp)
             quiet = dataclasses.replace(opts, controls=())
             checks["invert"] = run_find(inv, seed=cell.seed, opts=quiet).rows[-1].get("test_acc")
         record["sanity"] = checks

@@ -26,6 +26,7 @@ __all__ = [
     "add_training_flags",
     "add_pruning_flags",
     "resolve_hparams",
+    "own_hparam_values",
     "run_options",
     "parse_kv",
     "add_db_wait_flag",
@@ -54,23 +55,13 @@ PRUNE_HELP = {
     "density": "fraction of weights KEPT, in (0, 1] (sparsity = 1 - density); default 0.2",
     "rounds": "IMP: number of pruning levels (0: as many as reach --density); scorers: iterative rounds "
     "with an exponential schedule (0: the method's default, e.g. 100 for synflow)",
-    "rate": "IMP: fraction of the remaining weights pruned per level (default 0.2)",
-    "output_rate": "IMP: the output layer's rate (default 0.1; negative: same as --rate)",
     "scope": "layerwise | global top-k selection (default: the method's paper; see `list methods`)",
     "distribution": "layerwise densities of one-shot and learned methods: uniform | erk",
     "min_layer_density": "guard: every layer keeps at least this fraction (default 0: no guard)",
-    "rewind": "IMP: rewind kept weights to this point of the dense run (0 = reset to init), e.g. 500 or 1ep",
     "score_batches": "data-driven scorers: batches of real data used for scoring (default 1)",
     "score_batch_size": "data-driven scorers: batch size for scoring (0: training batch size)",
     "allow_empty_layers": "accept a mask that keeps no weight of some layer (a disconnected network)",
-    "retrain": "IMP: how kept weights retrain: reset (to init) | rewind (to --rewind-iter) | finetune (from "
-    "the trained weights at the final lr) | lr-rewind (from the trained weights, replaying the lr schedule)",
-    "eb_every": "early-bird: draw a mask this often while training the dense net, e.g. 1ep or 100it",
-    "eb_eps": "early-bird: stop once the newest mask differs from each of the last 5 by less than this "
-    "(normalised Hamming distance; default 0.1)",
 }
-# PruningHparams field -> the flag that sets it, for messages
-_FLAG = {"rewind": "--rewind-iter"}
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -153,20 +144,42 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
 
 def add_pruning_flags(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("pruning")
-    add_dataclass_arguments(
-        q, PruningHparams, skip=("method", "density", "rewind"), help_overrides=PRUNE_HELP
-    )
+    add_dataclass_arguments(q, PruningHparams, skip=("method", "density"), help_overrides=PRUNE_HELP)
     q.add_argument("--density", type=float, default=None, help=PRUNE_HELP["density"])
     q.add_argument("--sparsity", type=float, default=None, help="fraction of weights REMOVED (= 1 - density)")
     q.add_argument(
-        "--rewind-iter",
-        dest="rewind_iter",
-        default=None,
-        help=PRUNE_HELP["rewind"] + " (a bare number means iterations)",
-    )
-    q.add_argument(
         "--arg", action="append", default=[], metavar="KEY=VALUE", help="a method's own knob (repeatable)"
     )
+    from ..methods import own_hparams
+
+    m = p.add_argument_group("methods' own hyperparameters (each applies to the methods its help names)")
+    for h in own_hparams().values():  # each method's declared fields, help text from beside the field
+        if h.type is bool:
+            m.add_argument(
+                h.flag, dest=h.dest, action=argparse.BooleanOptionalAction, default=None, help=h.help
+            )
+        else:
+            conv = h.type if h.type in (int, float) and not h.duration else str
+            m.add_argument(h.flag, dest=h.dest, type=conv, default=None, metavar=h.name.upper(), help=h.help)
+
+
+def own_hparam_values(ns: argparse.Namespace | dict[str, Any]) -> dict[str, Any]:
+    """The methods' own hyperparameters given as flags, by field name (durations: a bare number means
+    iterations, checked here so the message names the flag)."""
+    from ..methods import own_hparams
+
+    values = vars(ns) if isinstance(ns, argparse.Namespace) else ns
+    out: dict[str, Any] = {}
+    for h in own_hparams().values():
+        v = values.get(h.dest)
+        if v is None:
+            continue
+        if h.duration:
+            text = str(v).strip()
+            v = f"{text}it" if text.isdigit() else text
+            parse_duration(v, name=h.flag)
+        out[h.name] = v
+    return out
 
 
 def add_db_wait_flag(g: Any, *, needs: str = "") -> None:
@@ -248,30 +261,31 @@ def resolve_hparams(ns: argparse.Namespace, *, method: str | None = None) -> Run
         if not 0.0 <= ns.sparsity < 1.0:
             raise ConfigError(f"--sparsity must be in [0, 1), got {ns.sparsity}")
         values["density"] = 1.0 - ns.sparsity
-    if ns.rewind_iter is not None:
-        r = str(ns.rewind_iter).strip()
-        values["rewind"] = f"{r}it" if r.isdigit() else r
-        parse_duration(values["rewind"], name="--rewind-iter")
     from ..core.select import check_density
+    from ..methods import own_hparams
 
     if values.get("density") is not None:
         check_density(values["density"], name="--density")
-    for name in strategy.ignored_fields():
-        if values.get(name) is not None and name != "method":
-            flag = _FLAG.get(name, "--" + name.replace("_", "-"))
+    own = own_hparam_values(values)
+    flags = {name: "--" + name.replace("_", "-") for name in strategy.ignored_fields()}
+    flags.update({h.name: h.flag for h in own_hparams().values() if h.name not in strategy.own_fields()})
+    for name, flag in flags.items():
+        given = own.get(name) if name in own_hparams() else values.get(name)
+        if given is not None and name != "method":
             raise ConfigError(
                 f"{flag} does not apply to method '{method}' ({strategy.kind}); drop it "
                 "(see `ticketsearch find --help`)"
             )
     prune = dataclass_from_args(PruningHparams, values, PruningHparams(method=method))
     args = parse_kv(ns.arg)
-    return RunHparams(
+    hp = RunHparams(
         model=model_hp,
         dataset=data_hp,
         training=training,
         pruning=prune,
         method_args=tuple(sorted(args.items())),
     )
+    return strategy.with_hparams(hp, **own)
 
 
 def run_options(ns: argparse.Namespace, **extra: Any) -> Any:

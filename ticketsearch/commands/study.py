@@ -29,13 +29,18 @@ def _pinned(ns: argparse.Namespace, hp: Any) -> dict[str, Any]:
         for f in dataclasses.fields(TrainingHparams)
         if getattr(ns, f.name) is not None
     }
-    given = {
-        "density": ns.density is not None or ns.sparsity is not None,
-        "rewind": ns.rewind_iter is not None,
-    }
+    given = {"density": ns.density is not None or ns.sparsity is not None}
     for f in dataclasses.fields(PruningHparams):
         if f.name != "method" and given.get(f.name, getattr(ns, f.name, None) is not None):
             out[f.name] = getattr(hp.pruning, f.name)
+    from ..methods import get_method
+    from .flags import own_hparam_values
+
+    method = get_method(hp.pruning.method)
+    own = method.own(hp)
+    for name in own_hparam_values(ns):  # the method's own fields whose flag was given
+        if name in method.own_fields():
+            out[name] = getattr(own, name)
     return out
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "TrainingHparams",
     "PruningHparams",
     "RunHparams",
+    "LEGACY_PRUNING_FIELDS",
     "parse_duration",
     "to_iterations",
     "stable_hash",
@@ -141,20 +142,19 @@ class TrainingHparams:
 
 @dataclass(frozen=True)
 class PruningHparams:
-    """How the ticket is found: method, target density, rounds, selection rule, rewind point."""
+    """What every method's run is asked: method, target density, and the selection rule.
+
+    A method's own hyperparameters (IMP's rate and rewind point, early-bird's stopping rule, ...) are not
+    here: each method declares them in its own dataclass (``Method.hparams_cls``) and they travel in
+    :attr:`RunHparams.method_hparams`.
+    """
 
     method: str = "imp"
     density: float = 0.2  # fraction of weights KEPT (sparsity = 1 - density)
     rounds: int = 0  # 0 = method default (IMP: enough levels to reach density; scorers: 1; synflow: 100)
-    rate: float = 0.2  # IMP: fraction of the remaining weights pruned per round
-    output_rate: float = 0.1  # IMP: the output layer's rate (paper: half the hidden rate); <0: same as rate
     scope: str = ""  # layerwise | global; "" = the method's own default (SNIP/GraSP/SynFlow: global)
     distribution: str = "uniform"  # one-shot layerwise: uniform | erk
     min_layer_density: float = 0.0
-    rewind: str = "0it"  # IMP: weights reset to this point of the dense run; 0it = reset to init
-    retrain: str = "reset"  # IMP: reset | rewind | finetune | lr-rewind (Renda et al. 2020)
-    eb_every: str = "1ep"  # early-bird: draw a mask this often while training the dense net
-    eb_eps: float = 0.1  # early-bird: stop once the newest mask is this close to each of the last 5
     score_batches: int = 1  # data-driven scorers: number of batches of real data
     score_batch_size: int = 0  # 0 = training batch size
     allow_empty_layers: bool = False  # a mask that keeps nothing of a layer is an error unless asked for
@@ -169,14 +169,6 @@ class PruningHparams:
         from_choices("distribution", self.distribution, DISTRIBUTIONS)
         if not 0 <= finite("min_layer_density", self.min_layer_density) <= 1:
             raise ConfigError(f"min_layer_density must be in [0, 1], got {self.min_layer_density}")
-        finite("rate", self.rate)
-        finite("output_rate", self.output_rate)
-        parse_duration(self.rewind, name="rewind")
-        from_choices("retrain", self.retrain, RETRAIN_MODES)
-        if parse_duration(self.eb_every, name="eb_every")[0] < 1:
-            raise ConfigError(f"eb_every must be at least one iteration, got {self.eb_every!r}")
-        if not 0 < finite("eb_eps", self.eb_eps) < 1:
-            raise ConfigError(f"eb_eps must be in (0, 1), got {self.eb_eps}")
         for name in ("rounds", "score_batches", "score_batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -185,36 +177,72 @@ class PruningHparams:
             raise ConfigError(f"score_batches must be ≥ 1, got {self.score_batches}")
 
 
+# Fields that lived in PruningHparams until IMP and early-bird declared their own. Every run directory is
+# named by a hash of ``to_dict()``, which therefore still writes each of them in the "pruning" section, at
+# the method's value or (a method that does not declare it) the old default: every run named before keeps
+# its name, and hparams.json reads as before. A method's other own fields go in a "method_hparams" section,
+# written only when not empty, so no run named before gains a key.
+LEGACY_PRUNING_FIELDS: dict[str, Any] = {
+    "rate": 0.2,
+    "output_rate": 0.1,
+    "rewind": "0it",
+    "retrain": "reset",
+    "eb_every": "1ep",
+    "eb_eps": 0.1,
+}
+
+
 @dataclass(frozen=True)
 class RunHparams:
-    """Everything that determines a result. ``method_args`` holds the method's own knobs."""
+    """Everything that determines a result. ``method_args`` holds the method's ``--arg`` knobs;
+    ``method_hparams`` its declared hyperparameters (``Method.hparams_cls``), as sorted (name, value)
+    pairs, so this module needs no method to hold them."""
 
     model: ModelHparams = field(default_factory=ModelHparams)
     dataset: DatasetHparams = field(default_factory=DatasetHparams)
     training: TrainingHparams = field(default_factory=TrainingHparams)
     pruning: PruningHparams = field(default_factory=PruningHparams)
     method_args: tuple[tuple[str, Any], ...] = ()
+    method_hparams: tuple[tuple[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["method_args"] = dict(self.method_args)
+        own = dict(d.pop("method_hparams"))
+        for name, default in LEGACY_PRUNING_FIELDS.items():  # where they always were (see above)
+            d["pruning"][name] = own.pop(name, default)
+        if own:
+            d["method_hparams"] = own
         if d["training"]["precision"] == "fp32":  # the default stays out of the hash (see TrainingHparams)
             del d["training"]["precision"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunHparams:
+        pruning = dict(d.get("pruning", {}))
+        own = dict(d.get("method_hparams", {}))
+        for name, default in LEGACY_PRUNING_FIELDS.items():
+            if name in pruning:
+                value = pruning.pop(name)
+                if value != default:  # at the old default: what to_dict writes for an absent value
+                    own.setdefault(name, value)
         return cls(
             model=ModelHparams(**d.get("model", {})),
             dataset=DatasetHparams(**d.get("dataset", {})),
             training=TrainingHparams(**d.get("training", {})),
-            pruning=PruningHparams(**d.get("pruning", {})),
+            pruning=PruningHparams(**pruning),
             method_args=tuple(sorted(dict(d.get("method_args", {})).items())),
+            method_hparams=tuple(sorted(own.items())),
         )
 
     @property
     def args(self) -> dict[str, Any]:
         return dict(self.method_args)
+
+    @property
+    def own(self) -> dict[str, Any]:
+        """The method's declared hyperparameters that were set (``Method.own`` fills the defaults)."""
+        return dict(self.method_hparams)
 
     def hash(self) -> str:
         return stable_hash(self.to_dict())

@@ -407,13 +407,18 @@ def prepare(hp: RunHparams, opts: RunOptions) -> tuple[Method, RunHparams]:
     hp = method.canonical(hp)
     method.validate(hp)
     _check_controls(opts.controls)
-    # a learned ticket's weights never train: a control that trains its weights compares nothing
-    if opts.controls and method.kind == "learned":
+    # the method says what its ticket means: a control that retrains the weights of a ticket whose weights
+    # never trained compares nothing, and --then-train is only a question for such a ticket
+    if opts.controls and not method.accepts_controls:
         raise ConfigError(
-            f"--controls do not apply to the learned method '{method.name}' (its ticket's weights are untrained)"
+            f"--controls do not apply to method '{method.name}': its ticket is learned on untrained weights, "
+            "which a control would retrain; drop --controls"
         )
-    if opts.then_train and method.kind != "learned":
-        raise ConfigError(f"--then-train applies to learned methods (supermasks), not to '{method.name}'")
+    if opts.then_train and not method.accepts_then_train:
+        raise ConfigError(
+            f"--then-train applies to methods whose ticket is learned on untrained weights (supermasks), "
+            f"not to '{method.name}'; drop --then-train"
+        )
     if opts.world.active and not method.distributed:
         raise ConfigError(
             f"method '{method.name}' does not run under torchrun (its masks or files are not yet kept "

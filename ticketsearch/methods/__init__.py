@@ -20,18 +20,23 @@ from .base import (
     LevelStore,
     Method,
     MethodInfo,
+    OwnHparam,
     RunContext,
+    SmallestSearch,
+    dense_hparams,
     get_method,
     list_methods,
     method_names,
     nearest_level,
+    nearest_ticket,
+    own_hparams,
     register_strategy,
     steps_per_epoch,
 )
 from .dst import SET, DropGrow, RigL
-from .early_bird import EarlyBird, EarlyBirdDetector
+from .early_bird import EarlyBird, EarlyBirdDetector, EarlyBirdHparams
 from .gmp import GMP, GMPSchedule
-from .imp import IMP
+from .imp import IMP, IMPHparams
 from .learned import BernoulliSupermask, EdgePopup, Learned, learned_recipe, run_learned
 from .moving import MovingMask
 from .oneshot import OneShot
@@ -49,10 +54,17 @@ __all__ = [
     "method_names",
     "register_strategy",
     "nearest_level",
+    "nearest_ticket",
+    "dense_hparams",
+    "SmallestSearch",
+    "OwnHparam",
+    "own_hparams",
     "steps_per_epoch",
     "IMP",
     "EarlyBird",
     "EarlyBirdDetector",
+    "EarlyBirdHparams",
+    "IMPHparams",
     "GMP",
     "MovingMask",
     "RigL",

@@ -21,7 +21,14 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import ConfigError, UnknownNameError
-from ..core.hparams import PruningHparams, RunHparams, TrainingHparams, coerce_knob, parse_duration
+from ..core.hparams import (
+    LEGACY_PRUNING_FIELDS,
+    PruningHparams,
+    RunHparams,
+    TrainingHparams,
+    coerce_knob,
+    parse_duration,
+)
 from ..core.mask import Mask
 from ..core.registry import Registry
 from ..training.schedule import MaskSchedule
@@ -46,6 +53,11 @@ __all__ = [
     "suggest_duration",
     "steps_per_epoch",
     "nearest_level",
+    "nearest_ticket",
+    "dense_hparams",
+    "SmallestSearch",
+    "OwnHparam",
+    "own_hparams",
 ]
 
 # what every method reads: the target and the selection rule's guard
@@ -205,30 +217,110 @@ def steps_per_epoch(run: RunContext) -> int:
     return max(1, -(-n // run.hp.training.batch_size))
 
 
-def nearest_level(rows: Sequence[Any], density: float) -> Any:
-    """The pruned level whose density is nearest ``density`` on a log scale (IMP's levels are geometric,
-    so one run serves every density asked of it)."""
+def nearest_ticket(rows: Sequence[Any], density: float) -> Any:
+    """The one rule for "the ticket at density d": among the ticket levels (level > 0; a run with only a
+    level 0 answers with it), the one whose density is nearest ``density`` on a log scale, the later level
+    on a tie (a moving-mask method's level 2, its mask retrained from init, over level 1 at the same
+    density). A method with one ticket level answers with it whatever ``density`` is; IMP's levels are
+    geometric, so one run serves every density asked of it. ``rows``: :class:`LevelRow` s or their dicts."""
     import math
 
-    cands = [r for r in rows if r["density"] < 1.0] or list(rows)
-    return min(cands, key=lambda r: abs(math.log(r["density"]) - math.log(density)))
+    def level(r: Any) -> int:
+        return int(r.level if isinstance(r, LevelRow) else r.get("level", 1))
+
+    cands = [r for r in rows if level(r) > 0] or list(rows)
+    if not cands:
+        raise ValueError("no level to choose a ticket from")
+    return min(
+        reversed(cands), key=lambda r: abs(math.log(max(float(r["density"]), 1e-300)) - math.log(density))
+    )
+
+
+def nearest_level(rows: Sequence[Any], density: float) -> Any:
+    """The level answering ``density`` (:func:`nearest_ticket`; kept for scripts that import it)."""
+    return nearest_ticket(rows, density)
+
+
+# IMP at density 1 is its level 0 alone: the dense network every comparison is made against
+DENSE_METHOD = "imp"
+
+
+def dense_hparams(hp: RunHparams) -> RunHparams:
+    """The run whose level 0 is the dense network trained as ``hp.training`` says (IMP asked for density 1
+    prunes nothing): bench's dense cells, the transfer matrix's dense rows and ``smallest``'s reference."""
+    return hp.replace(pruning=PruningHparams(method=DENSE_METHOD, density=1.0), method_args=())
+
+
+class SmallestSearch(Protocol):
+    """What ``ticketsearch smallest`` hands :meth:`Method.smallest`: the search's settings and its steps.
+
+    A probe is one density tried on every seed (mean validation accuracy decides, through ``accept``);
+    every run is an ordinary cached run, so asking twice costs nothing.
+    """
+
+    hp: RunHparams  # the method's hparams as the user gave them
+    seeds: list[int]
+    min_density: float
+    precision: float  # bisect until good / bad <= 1 + precision
+    max_probes: int
+    out_dir: Path | None  # where probe masks may be written (None: nowhere)
+
+    def runs(self, hp: RunHparams) -> list[Any]:
+        """``run_find(hp)`` for every seed: one run summary (``.run_dir``, ``.rows``) per seed."""
+        ...
+
+    def train_masks(self, mask_paths: Sequence[Path]) -> list[Any]:
+        """Train the mask of each seed (``train --mask``, from the init its sidecar names): a row per seed."""
+        ...
+
+    def probe(self, rows: Sequence[Any], density: float, source: str) -> Any:
+        """A probe from one ticket row per seed."""
+        ...
+
+    def accept(self, probe: Any) -> bool:
+        """Within tolerance of the dense network (validation accuracy)."""
+        ...
+
+    def bisect(self, evaluate: Any, *, good: float, bad: float) -> tuple[float, list[Any]]:
+        """Bisect on log-density between an accepted and a rejected density; (last accepted, probes)."""
+        ...
+
+    def bisect_densities(self) -> tuple[Any, list[Any], str]:
+        """The default walk: bisect on log-density between dense and ``min_density``, one fresh run per
+        density; returns (answer probe or None, probes, note)."""
+        ...
+
+    def load_state(self, path: Path) -> dict[str, torch.Tensor]: ...
 
 
 # -- the strategy -----------------------------------------------------------------------------------------
 class Method(ABC):
     """A ticket-finding strategy. Subclasses declare:
 
-    ``kind`` (``oneshot``, ``iterative``, ``learned``), ``fields`` (the PruningHparams fields it reads
-    besides :data:`SHARED_FIELDS`), ``knobs`` (``--arg`` name → default; ``None``: accepts any key, for
-    plugin scorers that declare nothing), ``default_scope`` (the selection its paper uses) and
-    ``citation``. They implement :meth:`run_levels`. Everything a method checks before the first file is
-    written goes in :meth:`validate`. ``distributed``: the method runs under torchrun (see
-    :class:`RunContext`); one that touches files itself or keeps per-rank state must not say so.
+    ``kind`` (a display label for ``list methods``: ``oneshot``, ``iterative``, ``learned``, ...; nothing
+    decides anything by it), ``fields`` (the PruningHparams fields it reads besides
+    :data:`SHARED_FIELDS`), ``knobs`` (``--arg`` name → default; ``None``: accepts any key, for plugin
+    scorers that declare nothing), ``default_scope`` (the selection its paper uses) and ``citation``. They
+    implement :meth:`run_levels`. Everything a method checks before the first file is written goes in
+    :meth:`validate`. ``distributed``: the method runs under torchrun (see :class:`RunContext`); one that
+    touches files itself or keeps per-rank state must not say so.
+
+    Capabilities answer what other packages ask of a method, so none of them compares a name or a kind:
+    ``trains_weights`` (the ticket's reported accuracy is of trained weights; False for a supermask, whose
+    weights stay at init), ``accepts_controls`` (``--controls``), ``accepts_then_train``
+    (``--then-train``), ``sanity_checks`` (which of Frankle et al. 2021's checks ``bench`` runs),
+    ``levels_serve_densities`` (one run's levels answer every density down to its own), and the hooks
+    :meth:`ticket_for`, :meth:`dense_baseline`, :meth:`inverted` and :meth:`smallest`.
     """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "oneshot"
     fields: ClassVar[tuple[str, ...]] = ()
+    hparams_cls: ClassVar[type | None] = None
+    """The method's own hyperparameters: a frozen dataclass, one field per value (with its default and
+    ``metadata={"help": ...}``, which becomes the flag's help; ``"flag"``: another flag name; ``"duration"``:
+    a bare number means iterations), and an optional ``validate()``. Each field is a ``find`` flag, is set by
+    name in bench suites and studies, and enters this method's run identity only."""
     knobs: ClassVar[dict[str, Any] | None] = {}
     default_scope: ClassVar[str] = "layerwise"
     citation: ClassVar[str] = ""
@@ -236,12 +328,82 @@ class Method(ABC):
     source: str = "built-in"
     description: str = ""  # the registry's line for it (``list methods``)
 
+    # -- capabilities: what other packages ask ----------------------------------------------------------
+    trains_weights: ClassVar[bool] = True
+    """The ticket's weights are trained by the run; False: its accuracy is of the weights at init (a
+    supermask), so a transfer first evaluates them untrained."""
+    accepts_controls: ClassVar[bool] = True
+    """``--controls`` (reinit, random mask) compare something: they retrain the ticket's weights."""
+    accepts_then_train: ClassVar[bool] = False
+    """``--then-train`` means something: the ticket's weights were never trained, so train them after."""
+    sanity_checks: ClassVar[tuple[str, ...]] = ()
+    """Frankle et al. 2021's checks that ``bench`` runs for this method: ``reinit`` and ``shuffle`` (the
+    controls), ``invert`` (the ranking turned upside down, :meth:`inverted`). Empty: none apply (IMP is
+    the reference they are measured against; a supermask's weights are untrained)."""
+    levels_serve_densities: ClassVar[bool] = False
+    """One run's levels answer every density down to the one it ran to (IMP): a caller asking several
+    densities runs once at the lowest and takes :meth:`ticket_for` each."""
+
+    def ticket_for(self, rows: Sequence[Any], density: float) -> Any:
+        """The row that is this method's ticket at ``density``: :func:`nearest_ticket`, the one rule
+        every package uses (override only if a level other than the nearest is the ticket)."""
+        return nearest_ticket(rows, density)
+
+    def dense_baseline(self, hp: RunHparams, weights: TrainingHparams | None = None) -> RunHparams:
+        """The run whose level 0 is the dense network this method's tickets are compared with: weights
+        trained as ``hp.training`` says. ``weights`` is for methods whose ``hp.training`` trains something
+        else (a supermask's scores): how the dense network trains its weights instead."""
+        return dense_hparams(hp)
+
+    def inverted(self, hp: RunHparams) -> RunHparams:
+        """``hp`` with the ranking inverted (the ``invert`` sanity check); only for methods listing it."""
+        raise ConfigError(
+            f"method '{self.name}' has no inverted ranking (its sanity_checks do not list invert)"
+        )
+
+    def smallest(self, search: SmallestSearch) -> tuple[Any, list[Any], str]:
+        """How ``ticketsearch smallest`` walks this method: by default a bisection on log-density between
+        the dense network and ``search.min_density``, one run per density; returns (the answer probe or
+        None, every probe, a note)."""
+        return search.bisect_densities()
+
     # -- hparams ---------------------------------------------------------------------------------------
+    def own_fields(self) -> tuple[str, ...]:
+        """The names of this method's own hyperparameters (the fields of ``hparams_cls``)."""
+        return tuple(f.name for f in dataclasses.fields(self.hparams_cls)) if self.hparams_cls else ()
+
+    def own(self, hp: RunHparams) -> Any:
+        """This method's own hyperparameters in ``hp`` as its ``hparams_cls`` (defaults for what is not
+        set; values of other methods' fields ignored), or None when it declares none."""
+        if self.hparams_cls is None:
+            return None
+        names = set(self.own_fields())
+        return self.hparams_cls(**{k: v for k, v in hp.method_hparams if k in names})
+
+    def with_hparams(self, hp: RunHparams, **values: Any) -> RunHparams:
+        """``hp`` with values set by name, each where it lives: a shared ``PruningHparams`` field or one of
+        this method's own. How bench suites, studies and flags set a value without knowing which it is; a
+        name that is neither is a one-line error naming what is allowed."""
+        shared = {f.name for f in dataclasses.fields(PruningHparams)} - {"method"}
+        own_names = self.own_fields()
+        unknown = sorted(k for k in values if k not in shared and k not in own_names)
+        if unknown:
+            allowed = ", ".join(sorted(shared | set(own_names)))
+            raise ConfigError(
+                f"unknown hyperparameter {', '.join(repr(k) for k in unknown)} for method '{self.name}' "
+                f"(allowed: {allowed})"
+            )
+        pruning = dataclasses.replace(hp.pruning, **{k: v for k, v in values.items() if k in shared})
+        own = {**dict(hp.method_hparams), **{k: v for k, v in values.items() if k in own_names}}
+        return hp.replace(pruning=pruning, method_hparams=tuple(sorted(own.items())))
+
     def canonical(self, hp: RunHparams) -> RunHparams:
         """``hp`` with what this method ignores reset to defaults and its knobs typed: the run's identity.
 
         ``scope`` "" becomes the method's default, so ``--scope global`` for SNIP names the same run as
-        no flag.
+        no flag. An own hyperparameter is kept only where leaving it out would hash differently (a value
+        other than its default; for a field that used to be shared, other than the old shared default,
+        which ``RunHparams.to_dict`` writes for it): a field added later at its default renames no run.
         """
         keep = set(SHARED_FIELDS) | set(self.fields)
         default = PruningHparams(method=hp.pruning.method)
@@ -254,7 +416,18 @@ class Method(ABC):
         knobs = self.parse_knobs(hp.args)
         if self.knobs is not None:  # a knob at its default is the same run as no knob
             knobs = {k: v for k, v in knobs.items() if v != self.knobs[k]}
-        return hp.replace(pruning=pruning, method_args=tuple(sorted(knobs.items())))
+        own: dict[str, Any] = {}
+        if self.hparams_cls is not None:
+            values, defaults = self.own(hp), self.hparams_cls()
+            for name in self.own_fields():
+                v = getattr(values, name)
+                if v != LEGACY_PRUNING_FIELDS.get(name, getattr(defaults, name)):
+                    own[name] = v
+        return hp.replace(
+            pruning=pruning,
+            method_args=tuple(sorted(knobs.items())),
+            method_hparams=tuple(sorted(own.items())),
+        )
 
     def parse_knobs(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """``--arg`` values converted like their defaults; an undeclared key is a one-line error."""
@@ -274,13 +447,17 @@ class Method(ABC):
         return hp.hash()
 
     def ignored_fields(self) -> tuple[str, ...]:
-        """PruningHparams fields a flag may set that this method does not read (the CLI refuses them)."""
+        """PruningHparams fields a flag may set that this method does not read (the CLI refuses them, and
+        other methods' own hyperparameters)."""
         keep = set(SHARED_FIELDS) | set(self.fields)
         return tuple(f.name for f in dataclasses.fields(PruningHparams) if f.name not in keep)
 
     def validate(self, hp: RunHparams) -> None:
         """Check everything that can be checked without data or a model (called before any file exists)."""
         hp.validate()
+        own = self.own(hp)
+        if own is not None and callable(getattr(own, "validate", None)):
+            own.validate()
 
     def recipe(self, model: str, dataset: str) -> TrainingHparams | None:
         """The recipe when no training flag is given; ``None``: the model's own recipe."""
@@ -342,6 +519,9 @@ def get_method(name: str) -> Method:
     if name in METHOD_STRATEGIES:
         entry = METHOD_STRATEGIES.entry(name)
         method = entry.obj()
+        # an entry-point class was never decorated (and may inherit a built-in's name): it is the name it
+        # was registered under, so messages and records say which method they are about
+        method.name = name  # type: ignore[misc]
         method.source, method.description = entry.source, entry.description
         return method
     scorers = _scorers()
@@ -360,6 +540,53 @@ def get_method(name: str) -> Method:
     close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise UnknownNameError(f"unknown method '{name}'{hint} (choose from: {', '.join(known)})")
+
+
+@dataclass(frozen=True)
+class OwnHparam:
+    """One method-declared hyperparameter as the CLI sees it: its flag, type, default, help and the
+    methods that declare it (a name several methods declare, like ``rewind``, is one flag)."""
+
+    name: str
+    flag: str
+    type: Any
+    default: Any
+    help: str
+    duration: bool
+    methods: tuple[str, ...]
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def own_hparams() -> dict[str, OwnHparam]:
+    """Every strategy's own hyperparameters by name (built-ins and plugins), first declaration's flag,
+    type and help."""
+    import typing
+
+    out: dict[str, OwnHparam] = {}
+    for name in METHOD_STRATEGIES.names():
+        cls = METHOD_STRATEGIES.get(name)
+        hcls = getattr(cls, "hparams_cls", None)
+        if hcls is None:
+            continue
+        hints = typing.get_type_hints(hcls)
+        for f in dataclasses.fields(hcls):
+            if f.name in out:
+                prev = out[f.name]
+                out[f.name] = dataclasses.replace(prev, methods=(*prev.methods, name))
+                continue
+            out[f.name] = OwnHparam(
+                name=f.name,
+                flag=str(f.metadata.get("flag") or "--" + f.name.replace("_", "-")),
+                type=hints.get(f.name, str),
+                default=f.default,
+                help=str(f.metadata.get("help") or f"(default: {f.default})"),
+                duration=bool(f.metadata.get("duration")),
+                methods=(name,),
+            )
+    return out
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ network-slimming L1 penalty ``--arg l1=1e-4`` on γ during the search), the mask
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import ConfigError
-from ..core.hparams import RunHparams, parse_duration, to_iterations
+from ..core.hparams import RunHparams, finite, parse_duration, to_iterations
 from ..core.mask import Mask
 from ..core.select import check_empty_layers, select
 from ..sparse import prunable_parameters
@@ -38,7 +38,43 @@ from .base import (
 if TYPE_CHECKING:  # optuna is imported only by `ticketsearch study`
     from optuna.trial import Trial
 
-__all__ = ["EarlyBird", "EarlyBirdDetector", "mask_distance"]
+__all__ = ["EarlyBird", "EarlyBirdDetector", "EarlyBirdHparams", "mask_distance"]
+
+
+@dataclass(frozen=True)
+class EarlyBirdHparams:
+    """Early-bird's own hyperparameters (flags ``--eb-every``, ``--eb-eps``, ``--rewind-iter``)."""
+
+    eb_every: str = field(
+        default="1ep",
+        metadata={
+            "help": "early-bird: draw a mask this often while training the dense net, e.g. 1ep or 100it",
+            "duration": True,
+        },
+    )
+    eb_eps: float = field(
+        default=0.1,
+        metadata={
+            "help": "early-bird: stop once the newest mask differs from each of the last 5 by less than "
+            "this (normalised Hamming distance; default 0.1)"
+        },
+    )
+    rewind: str = field(
+        default="0it",
+        metadata={
+            "help": "IMP and early-bird: rewind kept weights to this point of the dense run (0 = reset to "
+            "init), e.g. 500 or 1ep (a bare number means iterations)",
+            "flag": "--rewind-iter",
+            "duration": True,
+        },
+    )
+
+    def validate(self) -> None:
+        parse_duration(self.rewind, name="rewind")
+        if parse_duration(self.eb_every, name="eb_every")[0] < 1:
+            raise ConfigError(f"eb_every must be at least one iteration, got {self.eb_every!r}")
+        if not 0 < finite("eb_eps", self.eb_eps) < 1:
+            raise ConfigError(f"eb_eps must be in (0, 1), got {self.eb_eps}")
 
 
 def mask_distance(a: Mask, b: Mask) -> float:
@@ -74,7 +110,9 @@ class EarlyBird(Method):
     stop once it stops changing (``--eb-eps``), reset the kept weights to init (or ``--rewind-iter``)."""
 
     kind = "early"
-    fields = ("scope", "distribution", "rewind", "eb_every", "eb_eps")
+    sanity_checks = ("reinit", "shuffle")
+    fields = ("scope", "distribution")
+    hparams_cls = EarlyBirdHparams
     knobs = {"window": 5, "structure": "unstructured", "l1": 1e-4}
     default_scope = "layerwise"  # comparable with IMP's layerwise tickets; --scope global ranks all layers
     citation = "You et al., ICLR 2020 (arXiv:1909.11957)"
@@ -99,17 +137,19 @@ class EarlyBird(Method):
         hp = suggest_density(trial, hp, density)
         eps = float(trial.suggest_float("eb_eps", 0.01, 0.3, log=True))
         every = suggest_duration(trial, "eb_every", hp.training.budget, 0.02, 0.2, minimum=1)
-        return hp.replace(pruning=dataclasses.replace(hp.pruning, eb_eps=eps, eb_every=every))
+        return self.with_hparams(hp, eb_eps=eps, eb_every=every)
 
     def run_levels(self, run: RunContext) -> list[LevelRow]:
-        hp, p = run.hp, run.hp.pruning
+        hp, p, own = run.hp, run.hp.pruning, self.own(run.hp)
         window = int(dict(hp.method_args).get("window", 5))
         spe = steps_per_epoch(run)
-        every = to_iterations(p.eb_every, spe, name="eb_every")
+        every = to_iterations(own.eb_every, spe, name="eb_every")
         budget = to_iterations(hp.training.budget, spe, name="budget")
-        rewind_it = to_iterations(p.rewind, spe, name="rewind")
-        if parse_duration(p.rewind, name="rewind")[0] and rewind_it > budget:
-            raise ConfigError(f"rewind point {p.rewind!r} is past the training budget {hp.training.budget!r}")
+        rewind_it = to_iterations(own.rewind, spe, name="rewind")
+        if parse_duration(own.rewind, name="rewind")[0] and rewind_it > budget:
+            raise ConfigError(
+                f"rewind point {own.rewind!r} is past the training budget {hp.training.budget!r}"
+            )
         search, ticket = run.level(0), run.level(1)
         rewind_path = run.replicate_path() / "rewind.safetensors"
         eb_path = search.path / "early_bird_mask.safetensors"
@@ -136,7 +176,7 @@ class EarlyBird(Method):
         if search.done():
             res0 = search.result()
         else:
-            detector = EarlyBirdDetector(p.eb_eps, window)
+            detector = EarlyBirdDetector(own.eb_eps, window)
             ck = search.load_checkpoint()
             resumed_at = int(ck["iteration"]) if ck is not None else 0
             for it, mask in _stored_draws(search.path, resumed_at):  # the queue as it was at the checkpoint

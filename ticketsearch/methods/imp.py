@@ -8,20 +8,33 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from ..core.errors import ConfigError
-from ..core.hparams import PruningHparams, RunHparams, TrainingHparams, parse_duration, to_iterations
+from ..core.hparams import (
+    RETRAIN_MODES,
+    PruningHparams,
+    RunHparams,
+    TrainingHparams,
+    finite,
+    from_choices,
+    parse_duration,
+    to_iterations,
+)
 from ..core.mask import Mask
 from ..sparse import apply_mask, output_parameter
-from ..training.imp import check_rates, levels_for_density, prune, reset_to
+from ..training.imp import PruneRule, check_rates, levels_for_density, prune, reset_to
 from .base import (
     LevelRow,
     Method,
     RunContext,
+    SmallestSearch,
     register_strategy,
     steps_per_epoch,
     suggest_density,
@@ -32,7 +45,47 @@ from .base import (
 if TYPE_CHECKING:  # optuna is imported only by `ticketsearch study`
     from optuna.trial import Trial
 
-__all__ = ["IMP"]
+__all__ = ["IMP", "IMPHparams"]
+
+
+@dataclass(frozen=True)
+class IMPHparams:
+    """IMP's own hyperparameters (flags ``--rate``, ``--output-rate``, ``--rewind-iter``, ``--retrain``)."""
+
+    rate: float = field(
+        default=0.2,
+        metadata={"help": "IMP: fraction of the remaining weights pruned per level (default 0.2)"},
+    )
+    output_rate: float = field(
+        default=0.1,
+        metadata={
+            "help": "IMP: the output layer's rate (default 0.1, half the hidden rate as in the paper; "
+            "negative: same as --rate)"
+        },
+    )
+    rewind: str = field(
+        default="0it",
+        metadata={
+            "help": "IMP and early-bird: rewind kept weights to this point of the dense run (0 = reset to "
+            "init), e.g. 500 or 1ep (a bare number means iterations)",
+            "flag": "--rewind-iter",
+            "duration": True,
+        },
+    )
+    retrain: str = field(
+        default="reset",
+        metadata={
+            "help": "IMP: how kept weights retrain: reset (to init) | rewind (to --rewind-iter) | finetune "
+            "(from the trained weights at the final lr) | lr-rewind (from the trained weights, replaying the "
+            "lr schedule)"
+        },
+    )
+
+    def validate(self) -> None:
+        finite("rate", self.rate)
+        finite("output_rate", self.output_rate)
+        parse_duration(self.rewind, name="rewind")
+        from_choices("retrain", self.retrain, RETRAIN_MODES)
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -67,26 +120,130 @@ class IMP(Method):
     """
 
     kind = "iterative"
-    fields = ("rounds", "rate", "output_rate", "scope", "rewind", "retrain")
+    fields = ("rounds", "scope")
+    hparams_cls = IMPHparams
     distributed = True  # ranks train identical weights under DDP; rank 0's pruned mask is shared anyway
+    levels_serve_densities = True  # level k does not depend on how many follow
     default_scope = "layerwise"  # the paper's rule for LeNet and Conv-2/4/6
     citation = "Frankle & Carbin, ICLR 2019; Frankle et al., ICML 2020"
 
     def canonical(self, hp: RunHparams) -> RunHparams:
-        hp = super().canonical(hp)
-        p = hp.pruning
-        if p.retrain == "reset" and p.rewind != "0it":  # --rewind-iter alone means rewinding, as before
-            hp = hp.replace(pruning=dataclasses.replace(p, retrain="rewind"))
-        return hp
+        own = self.own(hp)
+        if own.retrain == "reset" and own.rewind != "0it":  # --rewind-iter alone means rewinding, as before
+            hp = self.with_hparams(hp, retrain="rewind")
+        return super().canonical(hp)
+
+    def rule(self, hp: RunHparams) -> PruneRule:
+        """One round's pruning rule from ``hp``."""
+        own = self.own(hp)
+        return PruneRule(rate=own.rate, output_rate=own.output_rate, scope=hp.pruning.scope)
 
     def identity(self, hp: RunHparams) -> str:
         extent = dataclasses.replace(hp.pruning, density=PruningHparams().density, rounds=0)
         return hp.replace(pruning=extent).hash()
 
+    def dense_baseline(self, hp: RunHparams, weights: TrainingHparams | None = None) -> RunHparams:
+        """IMP's own level 0: the run is named without its target density, so this is the very run whose
+        later levels are the tickets."""
+        return hp.replace(pruning=dataclasses.replace(hp.pruning, density=1.0, rounds=0))
+
+    def smallest(self, search: SmallestSearch) -> tuple[Any, list[Any], str]:
+        """Walk the levels (one run per seed, extended a level at a time) to the first out of tolerance,
+        then bisect on log-density below the last good level by pruning its trained weights further with
+        IMP's own rule (reset and rewind: the new mask trains from the same start as the next level would)."""
+        hp = search.hp
+        probes: list[Any] = []
+        good: Any = None
+        k = 0
+        while True:
+            k += 1
+            rows = [r.rows for r in search.runs(_rounds(hp, k))]
+            p = search.probe([r[k] for r in rows], rows[0][k]["density"], f"level {k}")
+            probes.append(p)
+            if not search.accept(p):
+                bad = p
+                break
+            good = p
+            if p.kept <= search.min_density:
+                return (
+                    good,
+                    probes,
+                    f"level {k} is within tolerance at or below min_density {search.min_density}",
+                )
+        if good is None:
+            return None, probes, "the first IMP level is already out of tolerance"
+        own = self.own(hp)
+        if own.retrain not in ("reset", "rewind") and own.rewind == "0it":
+            return good, probes, f"no bisection for --retrain {own.retrain}: the answer is a level"
+        out_dir = search.out_dir
+        if out_dir is None:
+            return good, probes, "no bisection without an output folder for the probe masks"
+        level = k - 1
+        tried: dict[float, Any] = {}
+
+        def evaluate(d: float) -> Any:
+            if d in tried:
+                return tried[d]
+            runs = search.runs(_rounds(hp, level))
+            paths = [
+                self.reprune(
+                    r.run_dir / f"replicate_{s}" / f"level_{level}",
+                    self.rule(hp),
+                    d,
+                    out_dir,
+                    s,
+                    search.load_state,
+                )
+                for s, r in zip(search.seeds, runs)
+            ]
+            tried[d] = search.probe(search.train_masks(paths), d, f"bisect from level {level}")
+            return tried[d]
+
+        best, more = search.bisect(evaluate, good=good.kept, bad=bad.kept)
+        probes += more
+        return tried.get(best, good), probes, ""
+
+    @staticmethod
+    def reprune(
+        level_dir: Path, p: PruneRule, density: float, out_dir: Path, seed: int, load_state: Any
+    ) -> Path:
+        """The level's trained weights pruned further, by IMP's own rule, to ``density``; saved with the
+        level's start state as its init (so it trains like the next level would)."""
+        from ..core.hparams import stable_hash
+        from ..models import create_model
+
+        mask = Mask.load(level_dir / "mask.safetensors")
+        meta = mask.metadata
+        name = stable_hash({"level": str(level_dir.resolve()), "density": density})
+        path = out_dir / "probes" / name / "mask.safetensors"
+        if path.is_file():
+            return path
+        trained = create_model(meta["model"], tuple(meta["input_shape"]), int(meta["num_classes"]))
+        trained.load_state_dict(load_state(level_dir / "model_final.safetensors"))
+        apply_mask(trained, mask)
+        ratio = p.output_rate / p.rate if p.output_rate >= 0 else -1.0
+
+        def at(rate: float) -> Mask:
+            out = rate * ratio if ratio >= 0 else -1.0
+            return prune(dataclasses.replace(p, rate=rate, output_rate=out), trained, mask)
+
+        lo, hi = 1e-9, 1 - 1e-9  # the pruned fraction of survivors that reaches ``density``: monotone, bisect
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            if at(mid).density > density:
+                lo = mid
+            else:
+                hi = mid
+        new = at(hi)
+        init = (level_dir / str(meta["init"])).resolve()
+        rel = os.path.relpath(init, path.parent)
+        new.save(path, **{**meta, "init": rel, "reprune_of": str(level_dir), "seed": seed})
+        return path
+
     def validate(self, hp: RunHparams) -> None:
         super().validate(hp)
-        check_rates(hp.pruning)
-        p = hp.pruning
+        check_rates(self.rule(hp))
+        p = self.own(hp)
         rewinds = parse_duration(p.rewind, name="rewind")[0] > 0
         if p.retrain == "rewind" and not rewinds:
             raise ConfigError("--retrain rewind needs the point to rewind to: --rewind-iter K (K > 0)")
@@ -104,31 +261,31 @@ class IMP(Method):
         weights restart (reset or rewind), the rewind point in the first tenth of training (Frankle et
         al. 2020 find early rewinding is what deep nets need)."""
         hp = suggest_lr(trial, suggest_density(trial, hp, density))
-        p = hp.pruning
+        p = self.own(hp)
         changes: dict[str, Any] = {"rate": float(trial.suggest_float("rate", 0.1, 0.6))}
         if p.retrain in ("reset", "rewind"):
             first = 1 if p.retrain == "rewind" else 0
             changes["rewind"] = suggest_duration(trial, "rewind", hp.training.budget, 0.0, 0.1, minimum=first)
-        return hp.replace(pruning=dataclasses.replace(p, **changes))
+        return self.with_hparams(hp, **changes)
 
     def run_levels(self, run: RunContext) -> list[LevelRow]:
-        hp = run.hp
+        hp, own, rule = run.hp, self.own(run.hp), self.rule(run.hp)
         output = output_parameter(run.model)
-        levels = hp.pruning.rounds or levels_for_density(hp.pruning, run.shapes, output, hp.pruning.density)
+        levels = hp.pruning.rounds or levels_for_density(rule, run.shapes, output, hp.pruning.density)
         rewind_path = run.replicate_path() / "rewind.safetensors"
         spe = steps_per_epoch(run)
-        rewind_it = to_iterations(hp.pruning.rewind, spe, name="rewind")
+        rewind_it = to_iterations(own.rewind, spe, name="rewind")
         budget = to_iterations(hp.training.budget, spe, name="budget")
         if rewind_it > budget:
             raise ConfigError(
-                f"rewind point {hp.pruning.rewind!r} is past the training budget {hp.training.budget!r}"
+                f"rewind point {own.rewind!r} is past the training budget {hp.training.budget!r}"
             )
 
         def save_rewind(it: int, model: nn.Module) -> None:
             if it == rewind_it:  # kept if already there (a resumed level 0 saved it before the kill)
                 run.save_state(rewind_path, model.state_dict(), keep=True)
 
-        retrain = hp.pruning.retrain
+        retrain = own.retrain
         from_trained = retrain in ("finetune", "lr-rewind")
         level_hp = _finetune_hparams(hp, spe, budget) if retrain == "finetune" else None
 
@@ -161,7 +318,7 @@ class IMP(Method):
                     trained = copy.deepcopy(run.model)
                     trained.load_state_dict(prev_final)
                     apply_mask(trained, mask)
-                    mask = run.shared_mask(prune(hp.pruning, trained, mask))
+                    mask = run.shared_mask(prune(rule, trained, mask))
                 reset_to(run.model, start_state(k) if k > 0 else run.init_state, mask)
                 # the state this level trains from is the ticket's init (rewind point, trained weights)
                 level.save_mask(mask, **run.mask_metadata(level=k, init=start_name(k), retrain=retrain))
@@ -185,3 +342,7 @@ class IMP(Method):
                 row.controls = run.run_controls(k, level, mask, start_state(k))
             rows.append(row)
         return rows
+
+
+def _rounds(hp: RunHparams, k: int) -> RunHparams:
+    return hp.replace(pruning=dataclasses.replace(hp.pruning, rounds=k))

@@ -44,7 +44,15 @@ from ..sparse.supermask import (
     supermask_controller,
     to_supermask,
 )
-from .base import LevelRow, Method, RunContext, register_strategy, suggest_density, suggest_lr
+from .base import (
+    LevelRow,
+    Method,
+    RunContext,
+    dense_hparams,
+    register_strategy,
+    suggest_density,
+    suggest_lr,
+)
 
 if TYPE_CHECKING:  # optuna is imported only by `ticketsearch study`
     from optuna.trial import Trial
@@ -401,6 +409,11 @@ class Learned(Method):
     kind = "learned"
     fields = ("scope", "distribution")
     knob_cls: ClassVar[type[SupermaskKnobs]] = SupermaskKnobs
+    # the ticket's weights stay at their init: controls that retrain weights compare nothing, while
+    # training the kept weights afterwards (--then-train) is the question worth asking
+    trains_weights = False
+    accepts_controls = False
+    accepts_then_train = True
 
     def validate(self, hp: RunHparams) -> None:
         super().validate(hp)
@@ -408,6 +421,13 @@ class Learned(Method):
 
     def recipe(self, model: str, dataset: str) -> TrainingHparams | None:
         return learned_recipe(dataset, self.name)
+
+    def dense_baseline(self, hp: RunHparams, weights: TrainingHparams | None = None) -> RunHparams:
+        """``hp.training`` trains the scores: the dense network trains weights with ``weights`` or, by
+        default, the model's recipe."""
+        from ..models import training_recipe
+
+        return dense_hparams(hp.replace(training=weights or training_recipe(hp.model.model)))
 
     def search_space(
         self, trial: Trial, hp: RunHparams, *, density: tuple[float, float] | None = None

@@ -58,6 +58,9 @@ class MovingMask(Method):
     knobs: ClassVar[dict[str, Any] | None] = {"retrain": True}
     fields = ("scope", "distribution")
     distributed = True  # storage only through the run context; the loop applies rank 0's masks everywhere
+    # the ticket (level 2, its mask retrained from init) beside the same mask on a fresh init and a shuffled
+    # mask: whether the moving mask found more than a layerwise density
+    sanity_checks = ("reinit", "shuffle")
 
     @abstractmethod
     def schedule(self, run: RunContext) -> MaskSchedule:

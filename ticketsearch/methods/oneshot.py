@@ -58,6 +58,7 @@ class OneShot(Method):
     kind = "oneshot"
     fields = ("rounds", "scope", "distribution", "score_batches", "score_batch_size")
     distributed = True  # every rank scores the same batches; rank 0's mask is the one kept
+    sanity_checks = ("reinit", "shuffle", "invert")
 
     def __init__(self, scorer_cls: type[Scorer], *, source: str = "built-in") -> None:
         self.scorer_cls = scorer_cls
@@ -70,6 +71,8 @@ class OneShot(Method):
         self.citation = getattr(scorer_cls, "citation", "")
         if getattr(scorer_cls, "default_rounds", 1) > 1:
             self.kind = "iterative"
+            # R rounds of inverted scores are R more scorings; bench has never inverted an iterative scorer
+            self.sanity_checks = ("reinit", "shuffle")
         if getattr(scorer_cls, "data_free", False):  # batches are never drawn: not part of the identity
             self.fields = tuple(f for f in self.fields if not f.startswith("score_batch"))
 
@@ -77,6 +80,10 @@ class OneShot(Method):
         super().validate(hp)
         if hp.pruning.rounds < 0:
             raise ConfigError(f"rounds must be ≥ 0 (0: the method's default), got {hp.pruning.rounds}")
+
+    def inverted(self, hp: RunHparams) -> RunHparams:
+        """The same run with the scorer's ranking upside down (``--arg invert=true``)."""
+        return hp.replace(method_args=tuple(sorted({**dict(hp.method_args), "invert": True}.items())))
 
     def search_space(
         self, trial: Trial, hp: RunHparams, *, density: tuple[float, float] | None = None

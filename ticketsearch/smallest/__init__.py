@@ -1,11 +1,12 @@
 """How small can a ticket get? The lowest density whose ticket stays within a tolerance of the dense network.
 
 Decisions use validation accuracy only (mean over seeds); test accuracy is reported beside it and never used
-to choose, so the answer is not fitted to the test set. IMP walks its levels until the first level that
-falls out of tolerance, then bisects (on log-density) between that level and the last good one by pruning
-the good level's trained weights further; one-shot and learned methods bisect on log-density between the
-dense network and ``min_density``. Every probe is an ordinary cached run, so a repeated search is free and
-no density is tried twice.
+to choose, so the answer is not fitted to the test set. Each method walks itself (``Method.smallest``, given
+a :class:`~ticketsearch.methods.SmallestSearch`): IMP walks its levels until the first level that falls out
+of tolerance, then bisects (on log-density) between that level and the last good one by pruning the good
+level's trained weights further; by default a method bisects on log-density between the dense network
+(``Method.dense_baseline``) and ``min_density``. Every probe is an ordinary cached run, so a repeated
+search is free and no density is tried twice.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any
 from ..core.errors import ConfigError, EmptyLayerError
 from ..core.hparams import PruningHparams, RunHparams, TrainingHparams, check_seed, finite
 from ..core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..core.mask import Mask
 from ..core.provenance import collect_stale, stale_section
 from ..experiments.runner import RunOptions, run_find, train_mask
 
@@ -226,166 +226,92 @@ def _search(
     method = get_method(hp.pruning.method)
     method.validate(method.canonical(hp))
     quiet = dataclasses.replace(opts, controls=(), baseline=False, then_train=False)
-    dense = _dense(hp, seeds, quiet, dense_training)
-    accept = within_tolerance(dense, tolerance)
+    dense_hp = method.dense_baseline(hp, dense_training)
+    dense = _row_probe([run_find(dense_hp, seed=s, opts=quiet).rows[0] for s in seeds], 1.0, "dense")
+    search = _Search(
+        hp, seeds, quiet, within_tolerance(dense, tolerance), min_density, precision, max_probes, out_dir
+    )
+    answer, probes, note = method.smallest(search)  # IMP walks its levels; the rest bisect on density
+    return SmallestResult(method.name, tolerance, dense, answer, probes, note)
 
-    if method.name == "imp":
-        answer, probes, note = _imp(hp, seeds, quiet, accept, min_density, precision, max_probes, out_dir)
-    else:
+
+@dataclass
+class _Search:
+    """The :class:`~ticketsearch.methods.SmallestSearch` a method walks: cached runs, probes, the decision."""
+
+    hp: RunHparams
+    seeds: list[int]
+    opts: RunOptions
+    accept_rule: Callable[[Probe], bool]
+    min_density: float
+    precision: float
+    max_probes: int
+    out_dir: Path | None
+
+    def runs(self, hp: RunHparams) -> list[Any]:
+        return [run_find(hp, seed=s, opts=self.opts) for s in self.seeds]
+
+    def train_masks(self, mask_paths: Any) -> list[Any]:
+        train_hp = self.hp.replace(pruning=PruningHparams(method="train"))
+        return [
+            train_mask(Path(p), train_hp, seed=s, opts=self.opts).rows[0]
+            for s, p in zip(self.seeds, mask_paths)
+        ]
+
+    def probe(self, rows: Any, density: float, source: str) -> Probe:
+        return _row_probe(list(rows), density, source)
+
+    def accept(self, probe: Probe) -> bool:
+        return self.accept_rule(probe)
+
+    def bisect(
+        self, evaluate: Callable[[float], Probe], *, good: float, bad: float
+    ) -> tuple[float, list[Probe]]:
+        return bisect_log_density(
+            evaluate,
+            self.accept_rule,
+            good=good,
+            bad=bad,
+            precision=self.precision,
+            max_probes=self.max_probes,
+        )
+
+    def load_state(self, path: Path) -> Any:
+        from ..experiments.rundir import load_state
+
+        return load_state(path)
+
+    def bisect_densities(self) -> tuple[Probe | None, list[Probe], str]:
+        """Bisect on log-density between dense and ``min_density``, one run per density (each the method's
+        ticket at that density), never a density twice; a density where a layer empties is out of tolerance."""
+        from ..methods import get_method
+
+        method = get_method(self.hp.pruning.method)
         tried: dict[float, Probe] = {}
 
         def evaluate(d: float) -> Probe:
             if d in tried:  # never twice
                 return tried[d]
             try:
-                rows = [_last(run_find(_at(hp, d), seed=s, opts=quiet).rows) for s in seeds]
+                rows = [method.ticket_for(r.rows, d) for r in self.runs(_at(self.hp, d))]
                 tried[d] = _row_probe(rows, d, "bisect")
             except EmptyLayerError:  # the method disconnects the network here: out of tolerance by definition
-                zeros = [0.0] * len(seeds)
+                zeros = [0.0] * len(self.seeds)
                 tried[d] = Probe(
                     density=d, kept=d, val=zeros, test=list(zeros), source="collapsed (a layer emptied)"
                 )
             return tried[d]
 
-        first = evaluate(min_density)
-        if accept(first):
-            answer, probes, note = first, [first], f"already within tolerance at min_density {min_density}"
-        else:
-            good, more = bisect_log_density(
-                evaluate, accept, good=1.0, bad=min_density, precision=precision, max_probes=max_probes
-            )
-            probes = [first, *more]
-            answer = tried.get(good)
-            note = "" if answer is not None else "no density below 1 is within tolerance"
-    return SmallestResult(method.name, tolerance, dense, answer, probes, note)
+        first = evaluate(self.min_density)
+        if self.accept(first):
+            return first, [first], f"already within tolerance at min_density {self.min_density}"
+        good, more = self.bisect(evaluate, good=1.0, bad=self.min_density)
+        answer = tried.get(good)
+        return answer, [first, *more], "" if answer is not None else "no density below 1 is within tolerance"
 
 
 def _at(hp: RunHparams, density: float) -> RunHparams:
     return hp.replace(pruning=dataclasses.replace(hp.pruning, density=density))
-
-
-def _last(rows: list[Any]) -> Any:
-    return rows[-1]
-
-
-def _dense(
-    hp: RunHparams, seeds: list[int], opts: RunOptions, weights: TrainingHparams | None = None
-) -> Probe:
-    """The dense network trained the same way: IMP at density 1 is its level 0 alone, on the model's recipe
-    (for IMP itself: the very level 0 of the search's own run)."""
-    from ..methods import get_method
-    from ..models import training_recipe
-
-    if hp.pruning.method == "imp":  # the same run: an IMP run is named without its target density
-        dense_hp = hp.replace(pruning=dataclasses.replace(hp.pruning, density=1.0, rounds=0))
-    else:  # learned methods train scores with their own recipe; the dense net trains weights with the model's
-        learned = get_method(hp.pruning.method).recipe(hp.model.model, hp.dataset.dataset) is not None
-        training = (weights or training_recipe(hp.model.model)) if learned else hp.training
-        dense_hp = hp.replace(
-            training=training, pruning=PruningHparams(method="imp", density=1.0), method_args=()
-        )
-    rows = [run_find(dense_hp, seed=s, opts=opts).rows[0] for s in seeds]
-    return _row_probe(rows, 1.0, "dense")
-
-
-def _imp(
-    hp: RunHparams,
-    seeds: list[int],
-    opts: RunOptions,
-    accept: Callable[[Probe], bool],
-    min_density: float,
-    precision: float,
-    max_probes: int,
-    out_dir: Path | None,
-) -> tuple[Probe | None, list[Probe], str]:
-    """Walk IMP's levels (one run per seed, extended a level at a time), then bisect below the last good one
-    by pruning its trained weights further (reset/rewind: the new mask trains from the same start)."""
-    probes: list[Probe] = []
-    good: Probe | None = None
-    k = 0
-    while True:
-        k += 1
-        rows = [run_find(_rounds(hp, k), seed=s, opts=opts).rows for s in seeds]
-        p = _row_probe([r[k] for r in rows], rows[0][k]["density"], f"level {k}")
-        probes.append(p)
-        if not accept(p):
-            bad = p
-            break
-        good = p
-        if p.kept <= min_density:
-            return good, probes, f"level {k} is within tolerance at or below min_density {min_density}"
-    if good is None:
-        return None, probes, "the first IMP level is already out of tolerance"
-    if hp.pruning.retrain not in ("reset", "rewind") and hp.pruning.rewind == "0it":
-        return good, probes, f"no bisection for --retrain {hp.pruning.retrain}: the answer is a level"
-    if out_dir is None:
-        return good, probes, "no bisection without an output folder for the probe masks"
-    level = k - 1
-    tried: dict[float, Probe] = {}
-
-    def evaluate(d: float) -> Probe:
-        if d in tried:
-            return tried[d]
-        rows = []
-        for s, r in zip(seeds, [run_find(_rounds(hp, level), seed=s, opts=opts) for s in seeds]):
-            mask_path = _reprune(r.run_dir / f"replicate_{s}" / f"level_{level}", hp.pruning, d, out_dir, s)
-            rows.append(
-                train_mask(
-                    mask_path, hp.replace(pruning=PruningHparams(method="train")), seed=s, opts=opts
-                ).rows[0]
-            )
-        tried[d] = _row_probe(rows, d, f"bisect from level {level}")
-        return tried[d]
-
-    best, more = bisect_log_density(
-        evaluate, accept, good=good.kept, bad=bad.kept, precision=precision, max_probes=max_probes
-    )
-    probes += more
-    return tried.get(best, good), probes, ""
-
-
-def _rounds(hp: RunHparams, k: int) -> RunHparams:
-    return hp.replace(pruning=dataclasses.replace(hp.pruning, rounds=k))
-
-
-def _reprune(level_dir: Path, p: PruningHparams, density: float, out_dir: Path, seed: int) -> Path:
-    """The good level's trained weights pruned further, by IMP's own rule, to ``density``; saved with the
-    level's start state as its init (so it trains like the next level would)."""
-    import os
-
-    from ..core.hparams import stable_hash
-    from ..experiments.rundir import load_state
-    from ..models import create_model
-    from ..sparse import apply_mask
-    from ..training.imp import prune
-
-    mask = Mask.load(level_dir / "mask.safetensors")
-    meta = mask.metadata
-    name = stable_hash({"level": str(level_dir.resolve()), "density": density})
-    path = out_dir / "probes" / name / "mask.safetensors"
-    if path.is_file():
-        return path
-    trained = create_model(meta["model"], tuple(meta["input_shape"]), int(meta["num_classes"]))
-    trained.load_state_dict(load_state(level_dir / "model_final.safetensors"))
-    apply_mask(trained, mask)
-    ratio = p.output_rate / p.rate if p.output_rate >= 0 else -1.0
-
-    def at(rate: float) -> Mask:
-        out = rate * ratio if ratio >= 0 else -1.0
-        return prune(dataclasses.replace(p, rate=rate, output_rate=out), trained, mask)
-
-    lo, hi = 1e-9, 1 - 1e-9  # the pruned fraction of survivors that reaches ``density``: monotone, bisect
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        if at(mid).density > density:
-            lo = mid
-        else:
-            hi = mid
-    new = at(hi)
-    init = (level_dir / str(meta["init"])).resolve()
-    rel = os.path.relpath(init, path.parent)
-    new.save(path, **{**meta, "init": rel, "reprune_of": str(level_dir), "seed": seed})
-    return path
 
 
 # -- report ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """Supermask layers: frozen weights, trained per-weight scores, the forward uses the top-k weights by score.
 
-Two mask rules, both set up by :func:`to_supermask` on a model's masked layers (in place):
+Two mask rules, both set up by :func:`to_supermask` on a model's masked layers (in place), each a
+:class:`SupermaskVariant` (:class:`EdgePopupVariant`, :class:`BernoulliVariant`) that owns its initial
+scores, effective weight, keep-scores and mask; the :class:`SupermaskController` caches and selects, and
+a third rule is a subclass plus a line in :data:`SUPERMASK_VARIANTS`:
 
 ``edge_popup`` (Ramanujan et al. 2020, "What's hidden in a randomly weighted neural network?")
     Each layer keeps exactly ``k`` weights: the ``k`` largest ``|scores|`` (per layer, or over all layers with
@@ -39,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, TypeAlias, cast
+from typing import Any, ClassVar, TypeAlias, cast
 
 import torch
 import torch.nn as nn
@@ -55,6 +58,10 @@ from .layers import MaskedConv2d, MaskedLayer, MaskedLinear, masked_layers, para
 
 __all__ = [
     "SUPERMASK_KINDS",
+    "SUPERMASK_VARIANTS",
+    "SupermaskVariant",
+    "EdgePopupVariant",
+    "BernoulliVariant",
     "SUPERMASK_KERNELS",
     "WEIGHT_INITS",
     "SupermaskLinear",
@@ -77,7 +84,6 @@ __all__ = [
     "topk_counts",
 ]
 
-SUPERMASK_KINDS = ("edge_popup", "bernoulli")
 # the `kernel=` values: `fast`, then the registered top-k kernels by priority (compiled, torch, reference)
 SUPERMASK_KERNELS: tuple[str, ...] = (FAST, *(k.name for k in kernels(TOPK)))
 WEIGHT_INITS = ("signed_constant", "kaiming_normal")
@@ -152,125 +158,87 @@ def topk_counts(
     return list(range(len(names))), [exact_count(dens[n], s) for n, s in zip(names, sizes)]
 
 
-class SupermaskController:
-    """Shared by a model's supermask layers: computes every layer's effective weight once per forward."""
+# -- the variants: one class per mask rule ------------------------------------------------------------------
+class SupermaskVariant:
+    """One supermask rule: how its scores start, what a layer's effective weight is, what "keep" means in
+    its scores and which Mask it stands for. The :class:`SupermaskController` only caches and selects; a
+    new variant is a subclass plus a line in :data:`SUPERMASK_VARIANTS`.
+    """
 
-    def __init__(
-        self,
-        layers: list[tuple[str, MaskedLayer]],
-        *,
-        kind: str,
-        kernel: str,
-        density: float,
-        scope: str,
-        distribution: str,
-        rescale: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        # to_supermask swaps the layers' classes to SupermaskLinear/Conv2d right after building this
-        self.layers = cast("list[SupermaskLayer]", [m for _, m in layers])
-        self.names = [param_name(n) for n, _ in layers]
-        self.kind = kind
-        self.kernel = kernel
-        self.density = density
-        self.scope = scope
-        self.distribution = distribution
+    name: ClassVar[str] = ""
+
+    def __init__(self, *, rescale: bool = False, generator: torch.Generator | None = None) -> None:
         self.rescale = rescale
-        # Bernoulli only (see the module docstring); run_learned sets them from the method's knobs
+        self.generator = generator
+
+    def init_scores(self, draw: torch.Tensor, *, init_logit: float = 0.0) -> torch.Tensor:
+        """The initial scores from edge-popup's Kaiming-uniform draw U(±scale/√fan_in)."""
+        return draw
+
+    def weight(self, ctrl: SupermaskController, layer: SupermaskLayer) -> torch.Tensor:
+        """The layer's effective weight in this forward (training or evaluation)."""
+        raise NotImplementedError
+
+    def linear(self, ctrl: SupermaskController, layer: SupermaskLinear, x: torch.Tensor) -> torch.Tensor:
+        """A supermask Linear's output (a variant with a fused kernel overrides this)."""
+        return F.linear(x, self.weight(ctrl, layer), layer.bias)
+
+    def keep_scores(self, ctrl: SupermaskController) -> dict[str, torch.Tensor]:
+        """Higher = keep, keyed like ``prunable_parameters``: what ``core.select`` ranks."""
+        raise NotImplementedError
+
+    def current_mask(self, ctrl: SupermaskController) -> Mask:
+        """The mask the forward stands for now."""
+        raise NotImplementedError
+
+    def backend(self, ctrl: SupermaskController) -> str:
+        """What actually computes the forward (recorded in the result)."""
+        return self.name
+
+
+class EdgePopupVariant(SupermaskVariant):
+    """Edge-popup: exactly the top-k weights by |score| (the controller's selection, with its kernels and
+    cache), straight-through gradient to the scores; keep-scores |s|."""
+
+    name = "edge_popup"
+
+    def weight(self, ctrl: SupermaskController, layer: SupermaskLayer) -> torch.Tensor:
+        return ctrl.topk_weight(layer)
+
+    def linear(self, ctrl: SupermaskController, layer: SupermaskLinear, x: torch.Tensor) -> torch.Tensor:
+        return ctrl.topk_linear(layer, x)
+
+    @torch.no_grad()
+    def keep_scores(self, ctrl: SupermaskController) -> dict[str, torch.Tensor]:
+        return {n: m.scores.detach().abs() for n, m in zip(ctrl.names, ctrl.layers)}
+
+    def current_mask(self, ctrl: SupermaskController) -> Mask:
+        return ctrl.topk_mask()
+
+    def backend(self, ctrl: SupermaskController) -> str:
+        return ctrl.topk_backend()
+
+
+class BernoulliVariant(SupermaskVariant):
+    """Zhou et al.'s keep probabilities p = sigmoid(s / temperature) (see the module docstring).
+
+    State: ``train_mask`` (``"sample"`` or ``"round"``), ``eval_mask`` (``"expected"`` or ``"binary"``),
+    ``temperature``, ``rescale``; ``run_learned`` sets them from the method's knobs.
+    """
+
+    name = "bernoulli"
+
+    def __init__(self, *, rescale: bool = False, generator: torch.Generator | None = None) -> None:
+        super().__init__(rescale=rescale, generator=generator)
         self.train_mask = "sample"
         self.eval_mask = "expected"
         self.temperature = 1.0
-        self.generator = generator
-        shapes = {n: tuple(m.weight.shape) for n, m in zip(self.names, self.layers)}
-        self.groups, self.ks = topk_counts(shapes, density, scope=scope, distribution=distribution)
-        for i, m in enumerate(self.layers):
-            m._supermask_index = i
-        self._selector: TopKSelector | None = None
-        self._selector_kernel = ""
-        self._selector_key: Any = None
-        self._cache: list[torch.Tensor] | None = None
-        self._cache_key: Any = None
-        self._consumed: list[bool] = []
         self._device_generators: dict[torch.device, torch.Generator] = {}
 
-    # the selector lives on the scores' device and is rebuilt (and its kernel re-resolved) if they move
-    @property
-    def selector(self) -> TopKSelector:
-        s0 = self.layers[0].scores
-        key = (s0.device, s0.dtype)
-        if self._selector is None or self._selector_key != key:
-            shapes = [tuple(m.weight.shape) for m in self.layers]
-            kernel = resolve_topk(self.kernel, s0.device, s0.dtype)
-            self._selector = kernel.selector(shapes, self.groups, self.ks, device=s0.device, dtype=s0.dtype)  # type: ignore[misc]
-            self._selector_kernel = kernel.name
-            self._selector_key = key
-        return self._selector
+    def init_scores(self, draw: torch.Tensor, *, init_logit: float = 0.0) -> torch.Tensor:
+        return draw + init_logit  # sigmoid(init_logit) is the initial keep probability
 
-    @property
-    def backend(self) -> str:
-        """What actually runs: the resolved top-k kernel's name ('compiled', 'torch', 'reference', ...) or
-        'bernoulli'."""
-        if self.kind == "bernoulli":
-            return "bernoulli"
-        if self.kernel == _REFERENCE.name:
-            return _REFERENCE.name
-        self.selector  # noqa: B018  (resolves the kernel for the scores' device and dtype)
-        return self._selector_kernel
-
-    def weights(self) -> list[torch.Tensor]:
-        return [m.weight.detach() for m in self.layers]
-
-    def scores(self) -> list[nn.Parameter]:
-        return [m.scores for m in self.layers]
-
-    def _fused(self) -> Any:
-        """The selector if it builds masks inside its own per-layer kernels (``fused = True``), else None."""
-        if self.kind != "edge_popup" or self.kernel == _REFERENCE.name:
-            return None
-        sel = self.selector
-        return sel if getattr(sel, "fused", False) else None
-
-    def linear(self, layer: SupermaskLinear, x: torch.Tensor) -> torch.Tensor:
-        """A supermask Linear's output: the fused kernel where the selector has one (``W ⊙ M`` never
-        formed), else ``F.linear`` on :meth:`weight`."""
-        sel = self._fused()
-        if sel is not None:
-            return sel.linear(layer._supermask_index, x, layer.weight, self.scores(), layer.bias)
-        return F.linear(x, self.weight(layer), layer.bias)
-
-    def weight(self, layer: SupermaskLayer) -> torch.Tensor:
-        i = layer._supermask_index
-        if self.kind == "bernoulli":
-            return self._bernoulli(layer)
-        if self.kernel == _REFERENCE.name:  # the oracle: per layer, through autograd, nothing cached
-            return self._reference(i)
-        fused = self._fused()
-        if fused is not None:  # per layer, through the kernel's own autograd Function
-            return fused.weight(i, layer.weight, self.scores())
-        grad = torch.is_grad_enabled()
-        key = (grad, tuple(s._version for s in self.scores()), tuple(s.data_ptr() for s in self.scores()))
-        if self._cache is None or key != self._cache_key or (grad and self._consumed[i]):
-            scores = self.scores()
-            if grad:
-                self._cache = list(_EdgePopupFn.apply(self, *scores))
-            else:
-                self._cache = self.selector.forward([s.detach() for s in scores], self.weights())
-            self._cache_key = key
-            self._consumed = [False] * len(self.layers)
-        self._consumed[i] = True
-        return self._cache[i]
-
-    def _reference(self, i: int) -> torch.Tensor:
-        layer = self.layers[i]
-        if self.scope == "global":
-            all_abs = torch.cat([m.scores.abs().reshape(-1) for m in self.layers])
-            mask = straight_through_topk(all_abs, self.ks[0])
-            off = sum(m.weight.numel() for m in self.layers[:i])
-            sub = mask[off : off + layer.weight.numel()].view_as(layer.weight)
-            return layer.weight * sub
-        return layer.weight * straight_through_topk(layer.scores.abs(), self.ks[i])
-
-    def _bernoulli(self, layer: SupermaskLayer) -> torch.Tensor:
+    def weight(self, ctrl: SupermaskController, layer: SupermaskLayer) -> torch.Tensor:
         s = layer.scores
         p = torch.sigmoid(s / self.temperature)
         w = layer.weight
@@ -307,20 +275,194 @@ class SupermaskController:
             self._device_generators[device] = torch.Generator(device=device).manual_seed(seed)
         return self._device_generators[device]
 
-    # -- masks as the library knows them ------------------------------------------------------------
     @torch.no_grad()
-    def keep_scores(self) -> dict[str, torch.Tensor]:
-        if self.kind == "bernoulli":
-            t = self.temperature
-            return {n: torch.sigmoid(m.scores.detach() / t).clone() for n, m in zip(self.names, self.layers)}
-        return {n: m.scores.detach().abs() for n, m in zip(self.names, self.layers)}
+    def keep_scores(self, ctrl: SupermaskController) -> dict[str, torch.Tensor]:
+        t = self.temperature
+        return {n: torch.sigmoid(m.scores.detach() / t).clone() for n, m in zip(ctrl.names, ctrl.layers)}
 
     @torch.no_grad()
+    def current_mask(self, ctrl: SupermaskController) -> Mask:
+        """sigmoid(s) > 0.5: the mode of the sampled mask."""
+        return Mask({n: m.scores.detach() > 0 for n, m in zip(ctrl.names, ctrl.layers)})
+
+
+# the variants by name (``to_supermask(kind=...)``): a new one is a class and a line here
+SUPERMASK_VARIANTS: dict[str, type[SupermaskVariant]] = {
+    EdgePopupVariant.name: EdgePopupVariant,
+    BernoulliVariant.name: BernoulliVariant,
+}
+SUPERMASK_KINDS = tuple(SUPERMASK_VARIANTS)
+
+
+class SupermaskController:
+    """Shared by a model's supermask layers: caches and selects; its :class:`SupermaskVariant` owns the
+    rule (scores, effective weight, keep-scores, mask). The top-k selection (kernels, the per-forward cache,
+    the fused Linear) lives here for the variants that select by |score|."""
+
+    def __init__(
+        self,
+        layers: list[tuple[str, MaskedLayer]],
+        *,
+        kind: str,
+        kernel: str,
+        density: float,
+        scope: str,
+        distribution: str,
+        rescale: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        # to_supermask swaps the layers' classes to SupermaskLinear/Conv2d right after building this
+        self.layers = cast("list[SupermaskLayer]", [m for _, m in layers])
+        self.names = [param_name(n) for n, _ in layers]
+        if kind not in SUPERMASK_VARIANTS:
+            raise ConfigError(
+                f"unknown supermask kind '{kind}' (choose from: {', '.join(SUPERMASK_VARIANTS)})"
+            )
+        self.kind = kind
+        self.variant = SUPERMASK_VARIANTS[kind](rescale=rescale, generator=generator)
+        self.kernel = kernel
+        self.density = density
+        self.scope = scope
+        self.distribution = distribution
+        self.generator = generator
+        shapes = {n: tuple(m.weight.shape) for n, m in zip(self.names, self.layers)}
+        self.groups, self.ks = topk_counts(shapes, density, scope=scope, distribution=distribution)
+        for i, m in enumerate(self.layers):
+            m._supermask_index = i
+        self._selector: TopKSelector | None = None
+        self._selector_kernel = ""
+        self._selector_key: Any = None
+        self._cache: list[torch.Tensor] | None = None
+        self._cache_key: Any = None
+        self._consumed: list[bool] = []
+
+    # the Bernoulli variant's state, read and set here by callers that hold the controller
+    @property
+    def train_mask(self) -> str:
+        return cast(str, getattr(self.variant, "train_mask", ""))
+
+    @train_mask.setter
+    def train_mask(self, value: str) -> None:
+        self.variant.train_mask = value  # type: ignore[attr-defined]
+
+    @property
+    def eval_mask(self) -> str:
+        return cast(str, getattr(self.variant, "eval_mask", ""))
+
+    @eval_mask.setter
+    def eval_mask(self, value: str) -> None:
+        self.variant.eval_mask = value  # type: ignore[attr-defined]
+
+    @property
+    def temperature(self) -> float:
+        return cast(float, getattr(self.variant, "temperature", 1.0))
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.variant.temperature = value  # type: ignore[attr-defined]
+
+    @property
+    def rescale(self) -> bool:
+        return self.variant.rescale
+
+    # the selector lives on the scores' device and is rebuilt (and its kernel re-resolved) if they move
+    @property
+    def selector(self) -> TopKSelector:
+        s0 = self.layers[0].scores
+        key = (s0.device, s0.dtype)
+        if self._selector is None or self._selector_key != key:
+            shapes = [tuple(m.weight.shape) for m in self.layers]
+            kernel = resolve_topk(self.kernel, s0.device, s0.dtype)
+            self._selector = kernel.selector(shapes, self.groups, self.ks, device=s0.device, dtype=s0.dtype)  # type: ignore[misc]
+            self._selector_kernel = kernel.name
+            self._selector_key = key
+        return self._selector
+
+    @property
+    def backend(self) -> str:
+        """What actually runs: the resolved top-k kernel's name ('compiled', 'torch', 'reference', ...) or
+        the variant's own ('bernoulli')."""
+        return self.variant.backend(self)
+
+    def topk_backend(self) -> str:
+        if self.kernel == _REFERENCE.name:
+            return _REFERENCE.name
+        self.selector  # noqa: B018  (resolves the kernel for the scores' device and dtype)
+        return self._selector_kernel
+
+    def weights(self) -> list[torch.Tensor]:
+        return [m.weight.detach() for m in self.layers]
+
+    def scores(self) -> list[nn.Parameter]:
+        return [m.scores for m in self.layers]
+
+    def _fused(self) -> Any:
+        """The selector if it builds masks inside its own per-layer kernels (``fused = True``), else None."""
+        if self.kernel == _REFERENCE.name:
+            return None
+        sel = self.selector
+        return sel if getattr(sel, "fused", False) else None
+
+    def linear(self, layer: SupermaskLinear, x: torch.Tensor) -> torch.Tensor:
+        """A supermask Linear's output, by the variant's rule."""
+        return self.variant.linear(self, layer, x)
+
+    def weight(self, layer: SupermaskLayer) -> torch.Tensor:
+        """A layer's effective weight, by the variant's rule."""
+        return self.variant.weight(self, layer)
+
+    def topk_linear(self, layer: SupermaskLinear, x: torch.Tensor) -> torch.Tensor:
+        """The top-k selection's Linear: the fused kernel where the selector has one (``W ⊙ M`` never
+        formed), else ``F.linear`` on :meth:`topk_weight`."""
+        sel = self._fused()
+        if sel is not None:
+            return sel.linear(layer._supermask_index, x, layer.weight, self.scores(), layer.bias)
+        return F.linear(x, self.topk_weight(layer), layer.bias)
+
+    def topk_weight(self, layer: SupermaskLayer) -> torch.Tensor:
+        """``W ⊙ topk(|s|)`` with the straight-through gradient: the reference per layer, a fused kernel
+        per layer, or every layer at once per forward (cached until the scores change)."""
+        i = layer._supermask_index
+        if self.kernel == _REFERENCE.name:  # the oracle: per layer, through autograd, nothing cached
+            return self._reference(i)
+        fused = self._fused()
+        if fused is not None:  # per layer, through the kernel's own autograd Function
+            return fused.weight(i, layer.weight, self.scores())
+        grad = torch.is_grad_enabled()
+        key = (grad, tuple(s._version for s in self.scores()), tuple(s.data_ptr() for s in self.scores()))
+        if self._cache is None or key != self._cache_key or (grad and self._consumed[i]):
+            scores = self.scores()
+            if grad:
+                self._cache = list(_EdgePopupFn.apply(self, *scores))
+            else:
+                self._cache = self.selector.forward([s.detach() for s in scores], self.weights())
+            self._cache_key = key
+            self._consumed = [False] * len(self.layers)
+        self._consumed[i] = True
+        return self._cache[i]
+
+    def _reference(self, i: int) -> torch.Tensor:
+        layer = self.layers[i]
+        if self.scope == "global":
+            all_abs = torch.cat([m.scores.abs().reshape(-1) for m in self.layers])
+            mask = straight_through_topk(all_abs, self.ks[0])
+            off = sum(m.weight.numel() for m in self.layers[:i])
+            sub = mask[off : off + layer.weight.numel()].view_as(layer.weight)
+            return layer.weight * sub
+        return layer.weight * straight_through_topk(layer.scores.abs(), self.ks[i])
+
+    # -- masks as the library knows them ------------------------------------------------------------
+    def keep_scores(self) -> dict[str, torch.Tensor]:
+        return self.variant.keep_scores(self)
+
     def current_mask(self) -> Mask:
         """The mask the forward uses now (edge-popup: exact top-k by the reference rule; Bernoulli:
         sigmoid(s) > 0.5, the mode of the sampled mask)."""
-        if self.kind == "bernoulli":
-            return Mask({n: m.scores.detach() > 0 for n, m in zip(self.names, self.layers)})
+        return self.variant.current_mask(self)
+
+    @torch.no_grad()
+    def topk_mask(self) -> Mask:
+        """The exact top-k of |s| per group, by the reference rule (a stable sort, lower index on ties)."""
         out = {}
         for g in sorted(set(self.groups)):
             idx = [i for i, gg in enumerate(self.groups) if gg == g]
@@ -352,17 +494,17 @@ def init_scores(
     """Scores as edge-popup initialises them: Kaiming uniform with a=√5, i.e. U(−1/√fan_in, 1/√fan_in), × scale.
 
     Bernoulli scores are the same draw shifted by ``init_logit`` (sigmoid(init_logit) is the initial keep
-    probability; 0 → 0.5).
+    probability; 0 → 0.5): each variant's :meth:`SupermaskVariant.init_scores`.
     """
+    if kind not in SUPERMASK_VARIANTS:
+        raise ConfigError(f"unknown supermask kind '{kind}' (choose from: {', '.join(SUPERMASK_VARIANTS)})")
+    variant = SUPERMASK_VARIANTS[kind]()
     out = []
     for _, m in model_layers:
         w = m.weight
         bound = scale / math.sqrt(_fan_in(w))
         u = torch.rand(w.shape, generator=generator, dtype=torch.float32).to(device=w.device, dtype=w.dtype)
-        s = (2.0 * u - 1.0) * bound
-        if kind == "bernoulli":
-            s = s + init_logit
-        out.append(s)
+        out.append(variant.init_scores((2.0 * u - 1.0) * bound, init_logit=init_logit))
     return out
 
 

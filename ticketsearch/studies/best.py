@@ -75,17 +75,24 @@ def fill_from_study(ns: argparse.Namespace) -> str:
     for f in dataclasses.fields(TrainingHparams):
         if getattr(ns, f.name, None) is None:
             setattr(ns, f.name, getattr(hp.training, f.name))
-    reads = (set(SHARED_FIELDS) | set(get_method(method).fields)) - {"method"}
+    strategy = get_method(method)
+    reads = (set(SHARED_FIELDS) | set(strategy.fields)) - {"method"}
     for name in sorted(reads):
         value = getattr(hp.pruning, name)
         if name == "density":
             if density is None:
                 ns.density = value
-        elif name == "rewind":
-            if ns.rewind_iter is None:
-                ns.rewind_iter = value
         elif getattr(ns, name, None) is None:
             setattr(ns, name, value)
+    own = strategy.own(hp)
+    if own is not None:  # the method's own hyperparameters, each under its flag's name
+        from ..methods import own_hparams
+
+        flags = own_hparams()
+        for name in strategy.own_fields():
+            dest = flags[name].dest if name in flags else name
+            if getattr(ns, dest, None) is None:
+                setattr(ns, dest, getattr(own, name))
     given = {a.split("=", 1)[0].strip() for a in ns.arg}
     ns.arg = [f"{k}={json.dumps(v)}" for k, v in hp.method_args if k not in given] + list(ns.arg)
     from .report import params_text

@@ -52,7 +52,7 @@ def best_trials(study: Any, *, pareto: bool | None = None, k: int = 5) -> list[A
 def _param_value(t: Any, name: str) -> Any:
     """A parameter as the run saw it: durations with their unit (``rewind`` 2 → ``2ep``)."""
     hp = t.user_attrs.get("hparams") or {}
-    for part in ("training", "pruning"):
+    for part in ("training", "pruning", "method_hparams"):
         if name in (hp.get(part) or {}):
             return hp[part][name]
     return t.params[name]

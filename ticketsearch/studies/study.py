@@ -151,10 +151,12 @@ def trial_hparams(method: Method, trial: Any, spec: StudySpec) -> RunHparams:
 
 
 def pick_row(rows: list[LevelRow], density: float) -> LevelRow:
-    """The level a trial is judged by: the one nearest ``density`` on a log scale (IMP's levels step
-    geometrically), the last one on a tie; one-shot and learned methods have one ticket level."""
-    tickets = [r for r in rows if r.level > 0] or rows
-    return min(reversed(tickets), key=lambda r: abs(math.log(max(r.density, 1e-12)) - math.log(density)))
+    """The level a trial is judged by: the ticket at ``density`` by the one rule every package uses
+    (:func:`~ticketsearch.methods.nearest_ticket`, which :meth:`Method.ticket_for` applies): IMP's level
+    nearest ``density`` on a log scale; one-shot and learned methods' one ticket level."""
+    from ..methods import nearest_ticket
+
+    return nearest_ticket(rows, density)
 
 
 class _Reporter:
@@ -212,7 +214,7 @@ class _Objective:
             except DivergenceError as exc:  # a result of the values tried: the worst accuracy, so the
                 trial.set_user_attr("diverged", str(exc))  # sampler learns to avoid them
                 return (0.0, float(hp.pruning.density)) if self.spec.pareto else 0.0
-            row = pick_row(summary.rows, hp.pruning.density)
+            row = method.ticket_for(summary.rows, hp.pruning.density)
             acc = row.result.get("val_acc")
             if acc is None or not math.isfinite(float(acc)):
                 raise ConfigError(

@@ -18,6 +18,7 @@ the model's own recipe (the method's, if it declares one), shortened to ``budget
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -165,19 +166,37 @@ class MethodConformance:
         assert t.rows[0]["iterations"] > 0
 
     def test_identity_is_what_the_method_declares(self) -> None:
-        from ..methods import get_method
+        from ..methods import get_method, own_hparams
 
         method = get_method(self.name())
         hp = method.canonical(self.hparams())
         assert method.canonical(hp) == hp  # canonical form is a fixed point
-        for name in method.ignored_fields():  # a field it does not read never renames its run
-            if name in ("rate", "output_rate"):
-                other = self.hparams(**{name: 0.5})
-                assert method.canonical(other).hash() == hp.hash()
+        # a shared field it does not read, or another method's own hyperparameter, never renames its run
+        for name in method.ignored_fields():
+            value = _another(getattr(PruningHparams(), name))
+            other = self.hparams().replace(
+                pruning=dataclasses.replace(self.hparams().pruning, **{name: value})
+            )
+            assert method.canonical(other).hash() == hp.hash(), f"shared field {name!r} renamed the run"
+        for name, spec in own_hparams().items():
+            if name not in method.own_fields():
+                other = self.hparams().replace(method_hparams=((name, _another(spec.default)),))
+                assert method.canonical(other).hash() == hp.hash(), f"{name!r} (of {spec.methods}) renamed it"
         if method.knobs is not None:
             bad = self.hparams().replace(method_args=(("no_such_knob", 1),))
             with pytest.raises(ConfigError, match="no_such_knob"):
                 method.canonical(bad)
+
+
+def _another(value: Any) -> Any:
+    """A value of the same type as ``value`` and different from it."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2 + 0.125
+    return f"{value}_other"
 
 
 class _Killed(Exception):

@@ -9,20 +9,30 @@ and resets lives in :mod:`ticketsearch.experiments.runner`, which owns persisten
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from ..core.errors import ConfigError
-from ..core.hparams import PruningHparams
 from ..core.mask import Mask, exact_count
 from ..core.select import select_counts, select_global
 from ..sparse import apply_mask, output_parameter, prunable_parameters
 
-__all__ = ["prune", "level_counts", "levels_for_density", "reset_to", "check_rates"]
+__all__ = ["PruneRule", "prune", "level_counts", "levels_for_density", "reset_to", "check_rates"]
 
 
-def check_rates(hp: PruningHparams) -> None:
+@dataclass(frozen=True)
+class PruneRule:
+    """What one IMP round reads: the fraction of survivors pruned (``rate``; the output layer's
+    ``output_rate``, negative: the same as ``rate``) and the ranking's ``scope`` ("" = layerwise)."""
+
+    rate: float = 0.2
+    output_rate: float = 0.1
+    scope: str = ""
+
+
+def check_rates(hp: PruneRule) -> None:
     if not 0.0 < hp.rate < 1.0:
         raise ConfigError(
             f"IMP rate (fraction of remaining weights pruned per round) must be in (0, 1), got {hp.rate}"
@@ -33,7 +43,7 @@ def check_rates(hp: PruningHparams) -> None:
         raise ConfigError(f"unknown IMP scope '{hp.scope}' (choose from: layerwise, global)")
 
 
-def _rates(hp: PruningHparams, names: list[str], output: str) -> dict[str, float]:
+def _rates(hp: PruneRule, names: list[str], output: str) -> dict[str, float]:
     rates = {n: hp.rate for n in names}
     if hp.output_rate >= 0 and output in rates:
         rates[output] = hp.output_rate
@@ -41,7 +51,7 @@ def _rates(hp: PruningHparams, names: list[str], output: str) -> dict[str, float
 
 
 def level_counts(
-    hp: PruningHparams, alive: Mapping[str, int], output: str
+    hp: PruneRule, alive: Mapping[str, int], output: str
 ) -> tuple[dict[str, int] | None, int | None, dict[str, int]]:
     """Weights kept after one round. Layerwise: a count per layer. Global: (None, pooled k, fixed counts)."""
     names = list(alive)
@@ -55,7 +65,7 @@ def level_counts(
     return None, pooled - exact_count(hp.rate, pooled), fixed
 
 
-def prune(hp: PruningHparams, trained_model: nn.Module, current: Mask) -> Mask:
+def prune(hp: PruneRule, trained_model: nn.Module, current: Mask) -> Mask:
     """Next level's mask: drop ``rate`` of the surviving weights with the smallest trained magnitude."""
     check_rates(hp)
     params = prunable_parameters(trained_model)
@@ -72,7 +82,7 @@ def prune(hp: PruningHparams, trained_model: nn.Module, current: Mask) -> Mask:
 
 
 def levels_for_density(
-    hp: PruningHparams, shapes: Mapping[str, tuple[int, ...]], output: str, target: float
+    hp: PruneRule, shapes: Mapping[str, tuple[int, ...]], output: str, target: float
 ) -> int:
     """Smallest number of IMP rounds whose overall density is ≤ ``target`` (simulated on counts)."""
     check_rates(hp)

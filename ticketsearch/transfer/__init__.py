@@ -65,7 +65,7 @@ def is_learned(mask: Mask) -> bool:
 
     name = mask.metadata.get("method")
     try:
-        return bool(name) and get_method(str(name)).kind == "learned"
+        return bool(name) and not get_method(str(name)).trains_weights
     except ConfigError:
         return False
 

@@ -39,7 +39,6 @@ from ..core.mask import Mask
 from ..core.provenance import collect_stale, current, stale_reason, stale_section
 from ..core.select import check_density
 from ..experiments.runner import RunOptions, run_find
-from ..methods import nearest_level
 from ..training import progress_bar
 from . import transfer
 
@@ -149,21 +148,23 @@ class _Tickets:
     def ticket(self, dataset: str, method: str, seed: int, density: float) -> Any:
         from ..methods import get_method
 
-        iterative = get_method(method).name == "imp"
-        target = min(self.spec.densities) if iterative else density
+        strategy = get_method(method)
+        # a method whose levels serve every density runs once, to the lowest one asked
+        target = min(self.spec.densities) if strategy.levels_serve_densities else density
         key = (dataset, method, seed, target)
         if key not in self._rows:
             opts = RunOptions(**{**self.opts.__dict__, "controls": (), "baseline": False})
             self._rows[key] = run_find(
                 _hparams(self.spec, dataset, method, target), seed=seed, opts=opts
             ).rows
-        rows = self._rows[key]
-        return nearest_level(rows, density) if iterative else rows[-1]
+        return strategy.ticket_for(self._rows[key], density)
 
     def dense(self, dataset: str, seed: int) -> Any:
+        from ..methods import dense_hparams
+
         key = (dataset, "dense", seed, 1.0)
-        if key not in self._rows:  # IMP asked for density 1 is level 0 alone: the dense network
-            hp = _hparams(self.spec, dataset, "imp", 1.0)
+        if key not in self._rows:  # level 0 of the dense run: the dense network
+            hp = dense_hparams(_target_hparams(self.spec, dataset))  # trained as every target ticket is
             self._rows[key] = run_find(hp, seed=seed, opts=self.opts).rows
         return self._rows[key][0]
 
