@@ -84,6 +84,14 @@ CASES = [
     (["--method", "gmp", "--arg", "every=-2"], ["every", "-2"]),
     (["--method", "gmp", "--arg", "start=soon"], ["start", "'soon'"]),
     (["--method", "snip", "--eb-eps", "0.2"], ["--eb-eps", "does not apply", "'snip'"]),
+    (
+        ["--method", "random", "--distribution", "smart_ratio"],
+        ["distribution", "'smart_ratio'", "smart-ratio"],
+    ),
+    (
+        ["--method", "random", "--distribution", "smart-ratio", "--density", "1e-9"],
+        ["keeps no weight", "layerwise selection", "--allow-empty-layers"],
+    ),
     (["--resize", "2000"], ["resize", "[0, 1024]", "2000"]),
     (["--dataset", "mnist1d", "--resize", "8"], ["resize", "image datasets", "mnist1d"]),
     (["--backend", "tritn"], ["backend 'tritn'", "auto", "inplace", "triton_bits"]),

@@ -55,7 +55,7 @@ PRUNE_HELP = {
     "rate": "IMP: fraction of the remaining weights pruned per level (default 0.2)",
     "output_rate": "IMP: the output layer's rate (default 0.1; negative: same as --rate)",
     "scope": "layerwise | global top-k selection (default: the method's paper; see `list methods`)",
-    "distribution": "layerwise densities of one-shot and learned methods: uniform | erk",
+    "distribution": "layerwise densities of one-shot and learned methods: uniform | erk | smart-ratio",
     "min_layer_density": "guard: every layer keeps at least this fraction (default 0: no guard)",
     "rewind": "IMP: rewind kept weights to this point of the dense run (0 = reset to init), e.g. 500 or 1ep",
     "score_batches": "data-driven scorers: batches of real data used for scoring (default 1)",

@@ -149,7 +149,7 @@ class PruningHparams:
     rate: float = 0.2  # IMP: fraction of the remaining weights pruned per round
     output_rate: float = 0.1  # IMP: the output layer's rate (paper: half the hidden rate); <0: same as rate
     scope: str = ""  # layerwise | global; "" = the method's own default (SNIP/GraSP/SynFlow: global)
-    distribution: str = "uniform"  # one-shot layerwise: uniform | erk
+    distribution: str = "uniform"  # one-shot layerwise: uniform | erk | smart-ratio
     min_layer_density: float = 0.0
     rewind: str = "0it"  # IMP: weights reset to this point of the dense run; 0it = reset to init
     retrain: str = "reset"  # IMP: reset | rewind | finetune | lr-rewind (Renda et al. 2020)
