@@ -84,6 +84,14 @@ CASES = [
     (["--method", "gmp", "--arg", "every=-2"], ["every", "-2"]),
     (["--method", "gmp", "--arg", "start=soon"], ["start", "'soon'"]),
     (["--method", "snip", "--eb-eps", "0.2"], ["--eb-eps", "does not apply", "'snip'"]),
+    (["--method", "prospr", "--arg", "lr=0"], ["prospr lr", "positive", "got 0"]),
+    (["--method", "prospr", "--arg", "steps=-2"], ["prospr steps", "≥ 0", "-2"]),
+    (["--method", "prospr", "--arg", "momentum=1"], ["prospr momentum", "[0, 1)", "got 1"]),
+    (["--method", "prospr", "--arg", "first_order=maybe"], ["first_order", "'maybe'", "boolean"]),
+    (
+        ["--method", "prospr", "--arg", "inner_lr=0.5"],
+        ["'inner_lr'", "allowed: first_order, invert, lr, momentum, steps"],
+    ),
     (
         ["--method", "random", "--distribution", "smart_ratio"],
         ["distribution", "'smart_ratio'", "smart-ratio"],
