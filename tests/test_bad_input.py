@@ -92,6 +92,9 @@ CASES = [
         ["--method", "prospr", "--arg", "inner_lr=0.5"],
         ["'inner_lr'", "allowed: first_order, invert, lr, momentum, steps"],
     ),
+    (["--method", "force", "--arg", "chunk_size=-1"], ["force chunk_size", "≥ 0", "-1"]),
+    (["--method", "force", "--rounds", "-1"], ["rounds", "-1"]),
+    (["--method", "force", "--arg", "steps=3"], ["'steps'", "allowed: chunk_size, invert"]),
     (
         ["--method", "random", "--distribution", "smart_ratio"],
         ["distribution", "'smart_ratio'", "smart-ratio"],

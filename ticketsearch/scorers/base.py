@@ -75,6 +75,11 @@ class Scorer(ABC):
     nothing) accepts any key. :meth:`check_hparams` checks the knobs' values (ranges, combinations); a
     method calls it before any file exists, so a bad value is one line and nothing is left behind.
 
+    ``revives`` (FORCE): the scorer runs its ``--rounds`` itself, because between its rounds a pruned weight
+    may come back; ``find_mask`` then calls it once (with the resolved rounds in ``hparams.pruning.rounds``)
+    and makes only the final selection. Every other scorer's rounds are driven by ``find_mask``, which never
+    revives.
+
     Methods that are not "score once, select" (IMP, learned supermasks) are strategies in
     :mod:`ticketsearch.methods`; a scorer becomes a method through ``methods.OneShot``.
     """
@@ -86,6 +91,7 @@ class Scorer(ABC):
     default_scope: ClassVar[str] = "layerwise"
     knobs: ClassVar[dict[str, Any] | None] = None
     citation: ClassVar[str] = ""
+    revives: ClassVar[bool] = False
 
     @classmethod
     def check_hparams(cls, hparams: RunHparams) -> None:
