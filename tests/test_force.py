@@ -12,12 +12,12 @@ import torch.nn as nn
 from ticketsearch.core.errors import ConfigError
 from ticketsearch.core.hparams import PruningHparams, RunHparams
 from ticketsearch.core.mask import Mask
+from ticketsearch.methods import get_method
 from ticketsearch.scorers import SCORERS, find_mask
 from ticketsearch.sparse import MaskedLinear, apply_mask, prunable_shapes
 
 
 def _hp(method: str = "force", args: dict | None = None, **pruning) -> RunHparams:
-    pruning.setdefault("scope", "global")
     return RunHparams(
         pruning=PruningHparams(method=method, **pruning), method_args=tuple(sorted((args or {}).items()))
     )
@@ -107,6 +107,8 @@ def test_default_is_sixty_exponential_steps():
     net, batch = _net(1), _batch(2)
     default, _ = find_mask(SCORERS.get("force")(), net, batch, _hp(density=0.1))
     assert default.metadata["rounds"] == 60
+    method = get_method("force")  # iterative, global: as `list methods` shows it
+    assert method.kind == "iterative" and method.canonical(_hp()).pruning.scope == "global"
     oracle = _oracle(net, batch, 0.1, 60)[-1]
     assert torch.equal(default["0.weight"], oracle[0]) and torch.equal(default["1.weight"], oracle[1])
 
