@@ -14,7 +14,7 @@ ONESHOT = [
 
 
 def test_builtins_present() -> None:
-    assert {"magnitude", "random", "snip", "grasp", "synflow"} <= set(ONESHOT)
+    assert {"magnitude", "random", "snip", "grasp", "synflow", "prospr", "force"} <= set(ONESHOT)
 
 
 class TestBuiltinConformance(ScorerConformance):

@@ -64,6 +64,49 @@ def test_erk_distribution_matches_density_and_formula():
     assert max(ratios.values()) == pytest.approx(min(ratios.values()))
 
 
+# four layers in network order: 100, 100, 50 and 10 (the classifier) weights, 260 in all
+SMART_SHAPES = {"a": (10, 10), "b": (10, 10), "c": (10, 5), "out": (5, 2)}
+
+
+@pytest.mark.parametrize(
+    "density,want",
+    [
+        # raw ratios (L-l+1)^2 + (L-l+1), L = 4: a 20, b 12, c 6; the classifier keeps 30% = 3 weights.
+        # 0.2: 52 kept, 49 for a-c; 49 / (20·100 + 12·100 + 6·50) = 0.014 → 0.28, 0.168, 0.084
+        (0.2, {"a": 0.28, "b": 0.168, "c": 0.084, "out": 0.3}),
+        # 0.8: 208 kept; a would keep 20·205/3500 = 1.17 > 1 → dense, 105 left for b, c: 105/1500 = 0.07
+        (0.8, {"a": 1.0, "b": 0.84, "c": 0.42, "out": 0.3}),
+        # 0.99: a, b, c all dense (250); the classifier takes the 7.4 left
+        (0.99, {"a": 1.0, "b": 1.0, "c": 1.0, "out": 0.74}),
+        # 0.005: 1.3 kept, less than the classifier's 30% (3): it keeps the mean density like the rest;
+        # 1.25 for a-c: 1.25/3500 = 0.000357 → 0.00714, 0.00429, 0.00214
+        (0.005, {"a": 0.05 / 7, "b": 0.03 / 7, "c": 0.015 / 7, "out": 0.005}),
+    ],
+)
+def test_smart_ratio_hand_computed(density, want):
+    got = layer_densities(SMART_SHAPES, density, "smart-ratio")
+    assert list(got) == list(SMART_SHAPES)
+    for n in want:
+        assert got[n] == pytest.approx(want[n], rel=1e-12), n
+    sizes = {n: a * b for n, (a, b) in SMART_SHAPES.items()}
+    assert sum(got[n] * sizes[n] for n in sizes) == pytest.approx(density * 260, rel=1e-12)
+
+
+def test_smart_ratio_through_select_and_edge_cases():
+    torch.manual_seed(0)
+    scores = {n: torch.rand(s) for n, s in SMART_SHAPES.items()}
+    m = select(scores, 0.2, scope="layerwise", distribution="smart-ratio")
+    # 0.28·100 = 28, 0.168·100 = 16.8 → 17, 0.084·50 = 4.2 → 4, 0.3·10 = 3
+    assert m.layer_counts() == {"a": 28, "b": 17, "c": 4, "out": 3}
+    assert m.metadata["distribution"] == "smart-ratio"
+    assert layer_densities({"only": (4, 4)}, 0.3, "smart-ratio") == {"only": 0.3}
+    # later layers keep less, whatever their size (ERK would favour the small ones)
+    d = layer_densities({"x": (8, 8), "y": (100, 100), "z": (8, 8), "out": (10, 10)}, 0.1, "smart-ratio")
+    assert d["x"] > d["y"] > d["z"] and d["x"] / d["z"] == pytest.approx(20 / 6)
+    with pytest.raises(ConfigError, match="smart-ratio"):
+        layer_densities(SMART_SHAPES, 0.2, "smart_ratio")
+
+
 def test_min_layer_density_guard():
     scores = {"big": torch.arange(100.0) + 100, "small": torch.arange(10.0)}
     plain = select(scores, 0.25, scope="global")  # keeps 28 (27.5 rounded half up)

@@ -56,7 +56,7 @@ PRUNE_HELP = {
     "rounds": "IMP: number of pruning levels (0: as many as reach --density); scorers: iterative rounds "
     "with an exponential schedule (0: the method's default, e.g. 100 for synflow)",
     "scope": "layerwise | global top-k selection (default: the method's paper; see `list methods`)",
-    "distribution": "layerwise densities of one-shot and learned methods: uniform | erk",
+    "distribution": "layerwise densities of one-shot and learned methods: uniform | erk | smart-ratio",
     "min_layer_density": "guard: every layer keeps at least this fraction (default 0: no guard)",
     "score_batches": "data-driven scorers: batches of real data used for scoring (default 1)",
     "score_batch_size": "data-driven scorers: batch size for scoring (0: training batch size)",

@@ -153,7 +153,7 @@ class PruningHparams:
     density: float = 0.2  # fraction of weights KEPT (sparsity = 1 - density)
     rounds: int = 0  # 0 = method default (IMP: enough levels to reach density; scorers: 1; synflow: 100)
     scope: str = ""  # layerwise | global; "" = the method's own default (SNIP/GraSP/SynFlow: global)
-    distribution: str = "uniform"  # one-shot layerwise: uniform | erk
+    distribution: str = "uniform"  # one-shot layerwise: uniform | erk | smart-ratio
     min_layer_density: float = 0.0
     score_batches: int = 1  # data-driven scorers: number of batches of real data
     score_batch_size: int = 0  # 0 = training batch size

@@ -27,7 +27,8 @@ __all__ = [
     "SCOPES",
 ]
 
-DISTRIBUTIONS = ("uniform", "erk")
+DISTRIBUTIONS = ("uniform", "erk", "smart-ratio")
+SMART_RATIO_CLASSIFIER = 0.3  # Su et al. 2020's keep ratio of the linear (classifier) layer
 SCOPES = ("global", "layerwise")
 
 
@@ -169,28 +170,65 @@ def layer_densities(
     """Per-layer densities whose weighted mean is ``density``.
 
     ``uniform``: every layer the same. ``erk`` (Evci et al. 2020, RigL): density ∝ sum(dims)/prod(dims),
-    layers that would exceed 1 are made dense and the rest rescaled.
+    layers that would exceed 1 are made dense and the rest rescaled. ``smart-ratio`` (Su et al. 2020,
+    "Sanity-Checking Pruning Methods: Random Tickets can Win the Jackpot"): see :func:`_smart_ratio`.
+    ``shapes`` must be in network order (``prunable_shapes`` is): smart-ratio depends on depth.
     """
     check_density(density)
     if distribution == "uniform":
         return {n: density for n in shapes}
-    if distribution != "erk":
+    if distribution not in DISTRIBUTIONS:
         raise ConfigError(
             f"unknown density distribution '{distribution}' (choose from: {', '.join(DISTRIBUTIONS)})"
         )
     sizes = {n: math.prod(s) for n, s in shapes.items()}
-    raw = {n: sum(s) / math.prod(s) for n, s in shapes.items()}
-    total = sum(sizes.values())
+    if distribution == "erk":
+        raw = {n: sum(s) / math.prod(s) for n, s in shapes.items()}
+        return _proportional(sizes, raw, density * sum(sizes.values()))
+    return _smart_ratio(sizes, density)
+
+
+def _proportional(sizes: Mapping[str, int], raw: Mapping[str, float], budget: float) -> dict[str, float]:
+    """Densities ``eps · raw[n]`` spending ``budget`` weights; a layer that would exceed 1 is made dense and
+    the others rescaled, until none does (ERK's rule: the total stays exact)."""
     dense: set[str] = set()
     while True:
-        budget = density * total - sum(sizes[n] for n in dense)
-        denom = sum(raw[n] * sizes[n] for n in shapes if n not in dense)
-        eps = budget / denom if denom > 0 else 0.0
-        over = [n for n in shapes if n not in dense and eps * raw[n] > 1.0]
+        left = budget - sum(sizes[n] for n in dense)
+        denom = sum(raw[n] * sizes[n] for n in sizes if n not in dense)
+        eps = left / denom if denom > 0 else 0.0
+        over = [n for n in sizes if n not in dense and eps * raw[n] > 1.0]
         if not over:
             break
         dense.update(over)
-    return {n: (1.0 if n in dense else eps * raw[n]) for n in shapes}
+    return {n: (1.0 if n in dense else eps * raw[n]) for n in sizes}
+
+
+def _smart_ratio(sizes: Mapping[str, int], density: float) -> dict[str, float]:
+    """Smart-ratio densities (Su et al., NeurIPS 2020, Section 5; their ``pruner/SmartRatio.py``).
+
+    Layer l of L (1 = the first, in network order) keeps a fraction ∝ (L − l + 1)² + (L − l + 1): the
+    earlier a layer, the more it keeps, quadratically. The last layer (the classifier) keeps a fixed 30%
+    (the code's ``--linear_keep_ratio 0.3``), and the others share the rest of the budget, so the
+    total is exactly ``density``. A layer whose share would exceed 1 is made dense and the others rescaled,
+    as ERK does (the authors' code instead pushes the excess greedily into the next layers; the total is
+    the same). If every other layer is dense, the classifier takes what is left (above 30%); if the
+    classifier's 30% alone exceeds the budget, it keeps ``density`` like the others' mean. One layer: it
+    keeps ``density``. The VGG variant of the code (each conv's ratio further divided by l²) is not
+    implemented: this is the rule the paper states, used for ResNets.
+    """
+    names = list(sizes)
+    if len(names) == 1:
+        return {names[0]: density}
+    budget = density * sum(sizes.values())
+    last, rest = names[-1], names[:-1]
+    L = len(names)
+    last_d = SMART_RATIO_CLASSIFIER if SMART_RATIO_CLASSIFIER * sizes[last] <= budget else density
+    raw = {n: float((L - i) ** 2 + (L - i)) for i, n in enumerate(rest)}
+    out = _proportional({n: sizes[n] for n in rest}, raw, budget - last_d * sizes[last])
+    if all(out[n] >= 1.0 for n in rest):  # everything else dense: the classifier takes what is left
+        last_d = min(1.0, max(last_d, (budget - sum(sizes[n] for n in rest)) / sizes[last]))
+    out[last] = last_d
+    return out
 
 
 def select(
@@ -206,8 +244,8 @@ def select(
     """Make a mask keeping ``density`` of all scored weights.
 
     ``scope='global'``: one ranking over all layers (except those in ``layer_density``, selected on their
-    own). ``scope='layerwise'``: each layer keeps its own density, from ``distribution`` (uniform or ERK)
-    unless overridden by ``layer_density``. ``min_layer_density`` is a floor for every layer.
+    own). ``scope='layerwise'``: each layer keeps its own density, from ``distribution`` (uniform, ERK or
+    smart-ratio) unless overridden by ``layer_density``. ``min_layer_density`` is a floor for every layer.
     Densities are fractions of each layer's full size, not of what ``current`` still keeps.
     """
     check_density(density)

@@ -78,6 +78,11 @@ class OneShot(Method):
 
     def validate(self, hp: RunHparams) -> None:
         super().validate(hp)
+        check = getattr(
+            self.scorer_cls, "check_hparams", None
+        )  # the scorer's knob values (plugins: optional)
+        if callable(check):
+            check(hp)
         if hp.pruning.rounds < 0:
             raise ConfigError(f"rounds must be ≥ 0 (0: the method's default), got {hp.pruning.rounds}")
 

@@ -1,6 +1,7 @@
 """One-shot scorers (higher score = keep) and the registry that names them; ``core.select`` makes masks.
 
-Built-ins: ``magnitude``, ``random``, ``snip``, ``grasp``, ``synflow`` (one-shot or iterative scorers).
+Built-ins: ``magnitude``, ``random``, ``snip``, ``grasp``, ``synflow``, ``prospr``, ``force`` (one-shot or
+iterative scorers).
 Third-party scorers are found through the entry-point group ``ticketsearch.scorers`` the first time the
 registry is listed or a name is missing. Methods that train (IMP, learned supermasks) are strategies in
 :mod:`ticketsearch.methods`, where every scorer also becomes a method.
@@ -11,7 +12,7 @@ registry is listed or a name is missing. Methods that train (IMP, learned superm
 
 from __future__ import annotations
 
-from . import grasp, magnitude, random_, snip, synflow  # noqa: F401  (registers the built-ins)
+from . import force, grasp, magnitude, prospr, random_, snip, synflow  # noqa: F401  (registers the built-ins)
 from .base import (
     SCORERS,
     Batch,
@@ -26,9 +27,11 @@ from .base import (
     require_batches,
     scoring_copy,
 )
+from .force import FORCE, force_saliency
 from .grasp import GraSP, hessian_gradient_product
 from .iterative import density_schedule, empty_layers, find_mask, first_collapse_density
 from .magnitude import Magnitude
+from .prospr import ProsPr, meta_gradients
 from .random_ import RandomScorer
 from .snip import SNIP
 from .synflow import SynFlow
@@ -56,4 +59,8 @@ __all__ = [
     "SNIP",
     "GraSP",
     "SynFlow",
+    "ProsPr",
+    "meta_gradients",
+    "FORCE",
+    "force_saliency",
 ]

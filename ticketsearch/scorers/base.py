@@ -72,7 +72,13 @@ class Scorer(ABC):
     uses (``global`` for SNIP, GraSP and SynFlow), so ``find --method snip`` reproduces SNIP without extra
     flags. ``knobs`` declares the ``--arg key=value`` knobs with their defaults (read them with
     :func:`method_arg`); an undeclared key is then refused in one line. ``None`` (a plugin that declares
-    nothing) accepts any key.
+    nothing) accepts any key. :meth:`check_hparams` checks the knobs' values (ranges, combinations); a
+    method calls it before any file exists, so a bad value is one line and nothing is left behind.
+
+    ``revives`` (FORCE): the scorer runs its ``--rounds`` itself, because between its rounds a pruned weight
+    may come back; ``find_mask`` then calls it once (with the resolved rounds in ``hparams.pruning.rounds``)
+    and makes only the final selection. Every other scorer's rounds are driven by ``find_mask``, which never
+    revives.
 
     Methods that are not "score once, select" (IMP, learned supermasks) are strategies in
     :mod:`ticketsearch.methods`; a scorer becomes a method through ``methods.OneShot``.
@@ -85,6 +91,16 @@ class Scorer(ABC):
     default_scope: ClassVar[str] = "layerwise"
     knobs: ClassVar[dict[str, Any] | None] = None
     citation: ClassVar[str] = ""
+    revives: ClassVar[bool] = False
+
+    @classmethod
+    def check_hparams(cls, hparams: RunHparams) -> None:
+        """Raise a ConfigError naming a bad knob value and what is allowed; the default accepts all.
+
+        Called before the run directory is created (and may be called again from :meth:`score`): read the
+        knobs with :func:`method_arg`, look at nothing but ``hparams``.
+        """
+        return None
 
     @abstractmethod
     def score(

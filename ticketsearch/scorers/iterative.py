@@ -5,6 +5,10 @@ al. 2020), re-scoring the network with the current mask applied; pruned weights 
 is given the current mask, so a weight cannot come back, unlike in the reference SNIP/GraSP iterative
 code). With R = 1 this is plain one-shot pruning. The caller's model is never modified: rounds run on a
 copy.
+
+A scorer that ``revives`` (FORCE) runs its R rounds itself, because its rounds must be free to bring back
+what an earlier round pruned: ``find_mask`` calls it once, with the resolved R in ``hparams.pruning.rounds``,
+and makes only the last selection (the caller's own mask is still never revived).
 """
 
 from __future__ import annotations
@@ -87,12 +91,15 @@ def find_mask(
             f"the model is already pruned to density {start:.4g}; cannot prune it to a higher density {density:.4g}"
         )
     t0 = time.perf_counter()
+    revives = bool(getattr(scorer, "revives", False))
+    schedule = [density] if revives else density_schedule(density, rounds, start)
+    score_hp = hparams.replace(pruning=_replace(p, rounds=rounds)) if revives else hparams
     work = copy.deepcopy(model)  # rounds zero pruned weights: never on the caller's model
     with cost_counter(work) as cost:
-        for d in density_schedule(density, rounds, start):
+        for d in schedule:
             if current is not None:
                 apply_mask(work, current)
-            scores = scorer.score(work, batches, hparams=hparams, context=context)
+            scores = scorer.score(work, batches, hparams=score_hp, context=context)
             validate_scores(scores, shapes, source=f"scorer '{name}'")
             current = select(
                 scores,
@@ -126,12 +133,13 @@ def first_collapse_density(
     """The largest of ``densities`` at which the method empties some layer, or None if none does.
 
     ``rounds=1`` (single shot) scores once and selects at every density (scores do not depend on the
-    target); ``rounds`` > 1 runs :func:`find_mask` per density. The per-layer floor
+    target); ``rounds`` > 1, or a scorer that ``revives`` (its scores depend on the target), runs
+    :func:`find_mask` per density. The per-layer floor
     (``min_layer_density``) is switched off: the point is to see where the method alone collapses.
     """
     dens = sorted({check_density(d) for d in densities}, reverse=True)
     p = hparams.pruning
-    if rounds == 1:
+    if rounds == 1 and not getattr(scorer, "revives", False):
         work = copy.deepcopy(model)
         scores = scorer.score(work, batches, hparams=hparams, context=context)
         validate_scores(scores, prunable_shapes(model), source=f"scorer '{_scorer_name(scorer)}'")
