@@ -84,17 +84,26 @@ def _pruned_are_zero(model: nn.Module) -> None:
         assert bool((p.detach()[~masks[n]] == 0).all()), f"{n}: a pruned weight moved"
 
 
-@pytest.mark.parametrize("opt,clip", [("sgd", 0.0), ("sgd", 0.5), ("adam", 0.0), ("adamw", 0.5)], ids=str)
-def test_a_pruned_weight_stays_exactly_zero_after_a_change(data, opt, clip):
+@pytest.mark.parametrize(
+    "opt,clip,precision",
+    [
+        ("sgd", 0.0, "fp32"),
+        ("sgd", 0.5, "fp32"),
+        ("adam", 0.0, "fp32"),
+        ("adamw", 0.5, "fp32"),
+        ("adam", 0.0, "bf16"),
+    ],
+    ids=str,
+)
+def test_a_pruned_weight_stays_exactly_zero_after_a_change(data, opt, clip, precision):
     """Pruning at boundary 5 after 5 steps of momentum: the state of the newly pruned weights must be zeroed
     and the gradient (and clip) masks rebuilt, or those weights move again at step 6."""
     model = _model(data)
     masks = _random_masks(model, 0.4, 1)
     sched = Scripted({5: masks})
     lr = 0.01 if opt != "sgd" else 0.05
-    res = train(
-        model, data, _hp(optimizer=opt, grad_clip=clip, lr=lr, weight_decay=1e-3), seed=0, schedule=sched
-    )
+    hp = _hp(optimizer=opt, grad_clip=clip, lr=lr, weight_decay=1e-3, precision=precision)
+    res = train(model, data, hp, seed=0, schedule=sched)
     assert res.iterations == 24 and res.mask_changes == 1
     got = get_mask(model)
     assert all(torch.equal(got[n], masks[n]) for n in masks)
