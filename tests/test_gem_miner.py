@@ -139,3 +139,39 @@ def test_find_gem_miner_ticket_at_init_then_trained(tmp_path, capsys):
     assert one["threshold_density"] <= one["density"] + 1e-9
     assert two["untrained_test_acc"] == one["untrained_test_acc"]
     assert two["cost_to_find"]["forward"] == 30  # finding the mask cost the 30 score-training steps
+
+
+def test_search_space_draws_valid_knobs():
+    optuna = pytest.importorskip("optuna")
+    from ticketsearch.core.hparams import PruningHparams, RunHparams
+    from ticketsearch.methods import get_method
+
+    m = get_method("gem-miner")
+    base = RunHparams(training=m.recipe("mlp_digits", "digits"), pruning=PruningHparams(method="gem-miner"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for pareto in (False, True):
+        trial = study.ask()
+        hp = m.search_space(trial, base, density=(0.01, 0.9) if pareto else None)
+        assert set(trial.params) == {"lr", "l2"} | ({"density"} if pareto else set())
+        knobs = knobs_from_args(hp.args, GemMinerKnobs)  # validates what was drawn
+        assert isinstance(knobs, GemMinerKnobs) and knobs.l2 == pytest.approx(trial.params["l2"])
+        assert 7e-7 <= knobs.l2 <= 7e-5 and hp.training.lr == pytest.approx(trial.params["lr"])
+        m.validate(hp)
+        study.tell(trial, 0.5)
+
+
+def test_threshold_mask_without_retraining(tmp_path, capsys):
+    from ticketsearch.cli import main
+
+    rc = main(
+        ["find", "--method", "gem-miner", "--dataset", "digits", "--density", "0.3", "--budget", "20it",
+         "--arg", "every=10it", "--arg", "select=threshold", "--arg", "retrain=false",
+         "--root", str(tmp_path), "--no-progress", "--json"]
+    )  # fmt: skip
+    assert rc == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["level"] for r in rows] == [1]
+    (one,) = rows
+    # the rounded mask: live and s > 0.5, so at most the target; the recorded mask is that one
+    assert one["select"] == "threshold" and one["density"] == pytest.approx(one["threshold_density"])
+    assert one["density"] <= 0.3 + 1e-9

@@ -728,6 +728,17 @@ class GemMiner(Learned):
     def recipe(self, model: str, dataset: str) -> TrainingHparams | None:
         return dataclasses.replace(learned_recipe(dataset, self.name), weight_decay=0.0)
 
+    def search_space(
+        self, trial: Trial, hp: RunHparams, *, density: tuple[float, float] | None = None
+    ) -> RunHparams:
+        """The score lr and the L2 weight λ, log-uniform a decade either way of the authors' 7e-6: λ sets
+        how many scores fall under the threshold, and the authors tune it per model and sparsity. The
+        density is the target, searched only when the study asks."""
+        hp = suggest_lr(trial, suggest_density(trial, hp, density))
+        l2 = float(trial.suggest_float("l2", 7e-7, 7e-5, log=True))
+        args = {**dict(hp.method_args), "l2": l2}
+        return hp.replace(method_args=tuple(sorted(args.items())))
+
     def run_levels(self, run: RunContext) -> list[LevelRow]:
         from ..models import training_recipe
         from ..training.imp import reset_to
