@@ -78,9 +78,12 @@ def test_scores_start_uniform_in_unit_interval():
 
 
 def test_freeze_points_by_hand():
-    assert freeze_points(10, 4) == [4, 8, 10]
-    assert freeze_points(12, 4) == [4, 8, 12]
-    assert freeze_points(3, 5) == [3]  # a period longer than training: one freeze, at the end
+    # the authors freeze after epochs T, 2T, … below E: floor((E - 1) / T) times, then train on
+    assert freeze_points(10, 4) == [4, 8]
+    assert freeze_points(12, 4) == [4, 8]  # not at 12: the last live scores get a period to settle
+    assert freeze_points(13, 4) == [4, 8, 12]
+    assert freeze_points(300, 5) == list(range(5, 300, 5)) and len(freeze_points(300, 5)) == 59
+    assert freeze_points(3, 5) == [3]  # a period as long as training: one freeze, at the end
     with pytest.raises(ConfigError):
         freeze_points(10, 0)
 
@@ -133,10 +136,11 @@ def test_find_gem_miner_ticket_at_init_then_trained(tmp_path, capsys):
     assert rc == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [r["level"] for r in rows] == [1, 2]
-    assert all(r["density"] == pytest.approx(0.1, abs=2e-4) for r in rows)
     one, two = rows
-    assert one["weights_trained"] is False and one["freeze_points"] == [10, 20, 30]
-    assert one["threshold_density"] <= one["density"] + 1e-9
+    assert one["weights_trained"] is False and one["freeze_points"] == [10, 20]
+    # the default records the final binary mask (live and s > 0.5): at most the target, and level 2 trains it
+    assert one["select"] == "threshold" and one["density"] == pytest.approx(one["threshold_density"])
+    assert 0 < one["density"] <= 0.1 + 2e-4 and two["density"] == one["density"]
     assert two["untrained_test_acc"] == one["untrained_test_acc"]
     assert two["cost_to_find"]["forward"] == 30  # finding the mask cost the 30 score-training steps
 
@@ -160,18 +164,19 @@ def test_search_space_draws_valid_knobs():
         study.tell(trial, 0.5)
 
 
-def test_threshold_mask_without_retraining(tmp_path, capsys):
+def test_topk_mask_without_retraining(tmp_path, capsys):
     from ticketsearch.cli import main
 
     rc = main(
-        ["find", "--method", "gem-miner", "--dataset", "digits", "--density", "0.3", "--budget", "20it",
-         "--arg", "every=10it", "--arg", "select=threshold", "--arg", "retrain=false",
+        ["find", "--method", "gem-miner", "--dataset", "digits", "--density", "0.8", "--budget", "20it",
+         "--arg", "every=5it", "--arg", "select=topk", "--arg", "retrain=false",
          "--root", str(tmp_path), "--no-progress", "--json"]
     )  # fmt: skip
     assert rc == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [r["level"] for r in rows] == [1]
     (one,) = rows
-    # the rounded mask: live and s > 0.5, so at most the target; the recorded mask is that one
-    assert one["select"] == "threshold" and one["density"] == pytest.approx(one["threshold_density"])
-    assert one["density"] <= 0.3 + 1e-9
+    # every live weight: exactly the target, beyond the rounded mask (U[0, 1] scores: freezing the lowest 20%
+    # leaves those in (0.2, 0.5] live, about 3/8 of them, which 20 steps do not all lift over 0.5)
+    assert one["select"] == "topk" and one["density"] == pytest.approx(0.8, abs=2e-4)
+    assert one["threshold_density"] < one["density"]

@@ -156,11 +156,12 @@ class GemMinerKnobs(SupermaskKnobs):
 
     l2: λ of the penalty λ‖s‖² on the scores (the authors' ``lmbda``; 7e-6 in their final configs), which
     pushes scores that the loss does not need below the 0.5 threshold. every: the freezing period, a
-    duration (``5ep``: the authors' ``iter_period`` of 5 epochs; ``20it``); freezes happen every period and
-    once more at the end of training, each keeping density^(j/n) of the weights (j-th of n), so the last
-    one keeps exactly ``density``. select: ``topk`` (default) records the weights still live after the last
-    freeze (exactly ``density``); ``threshold`` records those of them with s > 0.5 (the authors' rounded
-    mask, at most ``density``). retrain: train the kept weights from their init as level 2, the method's
+    duration (``5ep``: the authors' ``iter_period`` of 5 epochs; ``20it``); freezes happen every period
+    before the end (:func:`freeze_points`), each keeping density^(j/n) of the weights (j-th of n), so the
+    last one keeps exactly ``density``. select: ``threshold`` (default) records the final binary mask, the
+    live weights with s > 0.5 (the authors' rounded mask, the network the scores trained; at most
+    ``density``: the L2 penalty is what brings it to the target); ``topk`` records every weight still live
+    (exactly ``density``). retrain: train the kept weights from their init as level 2, the method's
     ticket (the paper's second phase); ``false`` stops at the mask at init.
 
     Defaults differ from edge-popup's where the paper does: weights ``kaiming_normal`` without
@@ -171,7 +172,7 @@ class GemMinerKnobs(SupermaskKnobs):
     scale_fan: bool = False
     l2: float = 7e-6
     every: str = "5ep"
-    select: str = "topk"
+    select: str = "threshold"
     retrain: bool = True
 
     def validate(self) -> None:
@@ -188,11 +189,13 @@ class GemMinerKnobs(SupermaskKnobs):
 
 
 def freeze_points(total: int, period: int) -> list[int]:
-    """The boundaries (steps done) at which Gem-Miner freezes: every ``period`` steps before the end, and
-    at the end, so the last freeze reaches the target density with nothing trained after it."""
+    """The boundaries (steps done) at which Gem-Miner freezes: every ``period`` steps strictly before the
+    end of ``total``, as the authors' ``epoch % iter_period == 0`` for epochs 1 … E − 1 (floor((E − 1) / T)
+    freezes), so the scores of the last live weights still train after the last freeze; a period as long as
+    training gives one freeze, at the end."""
     if total < 1 or period < 1:
         raise ConfigError(f"total and period must be ≥ 1, got {total} and {period}")
-    return [*range(period, total, period), total]
+    return list(range(period, total, period)) or [total]
 
 
 class GemMinerSchedule(MaskSchedule):
@@ -460,7 +463,7 @@ def run_learned(
     metrics_gem: dict[str, Any] = {}
     if kind == "gem_miner":
         ctrl.variant.project(ctrl)  # type: ignore[attr-defined]
-        live = get_mask(model)  # after the last freeze: exactly `density` (the end is a freeze point)
+        live = get_mask(model)  # after the last freeze: exactly `density`
         metrics_gem.update(
             {
                 "l2": ctrl.variant.l2,  # type: ignore[attr-defined]
@@ -709,9 +712,10 @@ class GemMiner(Learned):
 
     Level 1: weights frozen at their init, a score in [0, 1] per weight (U[0, 1]), forward mask
     ``1[s > 0.5]`` with a straight-through gradient, L2 penalty λ‖s‖², scores clamped to [0, 1] before each
-    step, and every ``every`` (5 epochs) a global bottom-k freeze of the live weights, the last one at the
-    end of training reaching exactly ``density`` (:class:`GemMinerSchedule`). The level-1 Mask is a ticket
-    at init: its accuracy is that of the untrained weights. Level 2 (knob ``retrain``, on by default):
+    step, and every ``every`` (5 epochs) a global bottom-k freeze of the live weights, the last one reaching
+    exactly ``density`` (:class:`GemMinerSchedule`). The level-1 Mask is the final binary mask (live and
+    s > 0.5; ``select=topk``: every live weight), a ticket at init: its accuracy is that of the untrained
+    weights. Level 2 (knob ``retrain``, on by default):
     the kept weights train from that same init with the model's recipe, the run's ticket, whose record
     also holds the untrained accuracy. The recipe of the scores is the authors': SGD 0.1, momentum 0.9,
     cosine, no weight decay (the L2 is on the scores, by ``l2``).
