@@ -180,3 +180,24 @@ def test_topk_mask_without_retraining(tmp_path, capsys):
     # leaves those in (0.2, 0.5] live, about 3/8 of them, which 20 steps do not all lift over 0.5)
     assert one["select"] == "topk" and one["density"] == pytest.approx(0.8, abs=2e-4)
     assert one["threshold_density"] < one["density"]
+
+
+def test_early_stopping_point_comes_after_the_last_freeze(tmp_path, capsys):
+    # density 0.05 in two freezes (at 20 and 40): the validation loss is lowest before the first one, at
+    # a denser network than the one recorded (iteration 15 here), so the record must not take it
+    from ticketsearch.cli import main
+
+    rc = main(
+        ["find", "--method", "gem-miner", "--dataset", "digits", "--density", "0.05", "--budget", "60it",
+         "--eval-every", "5it", "--arg", "every=20it", "--arg", "retrain=false",
+         "--root", str(tmp_path), "--no-progress", "--json"]
+    )  # fmt: skip
+    assert rc == 0
+    (one,) = json.loads(capsys.readouterr().out)["rows"]
+    assert one["freeze_points"] == [20, 40]
+    assert one["es_iteration"] >= 40
+    history = [
+        json.loads(line) for line in (tmp_path.glob("*/replicate_0/level_1/metrics.jsonl")).__next__().open()
+    ]
+    evals = [r for r in history if "val_loss" in r]
+    assert min(evals, key=lambda r: r["val_loss"])["iteration"] < 20  # what an unfiltered record would take

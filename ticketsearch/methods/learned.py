@@ -459,6 +459,11 @@ def run_learned(
     )
     wall = time.perf_counter() - t0
     check_scores_finite(model)
+    if schedule is not None:
+        from .moving import _best_after
+
+        # an earlier minimum belongs to a denser network than the one recorded: early-stop after the last freeze
+        res = _best_after(res, schedule.points[-1])
     live: Mask | None = None
     metrics_gem: dict[str, Any] = {}
     if kind == "gem_miner":
