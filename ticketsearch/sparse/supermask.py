@@ -1,9 +1,9 @@
-"""Supermask layers: frozen weights, trained per-weight scores, the forward uses the top-k weights by score.
+"""Supermask layers: frozen weights, trained per-weight scores, the forward uses the weights the scores keep.
 
-Two mask rules, both set up by :func:`to_supermask` on a model's masked layers (in place), each a
-:class:`SupermaskVariant` (:class:`EdgePopupVariant`, :class:`BernoulliVariant`) that owns its initial
-scores, effective weight, keep-scores and mask; the :class:`SupermaskController` caches and selects, and
-a third rule is a subclass plus a line in :data:`SUPERMASK_VARIANTS`:
+Three mask rules, all set up by :func:`to_supermask` on a model's masked layers (in place), each a
+:class:`SupermaskVariant` (:class:`EdgePopupVariant`, :class:`BernoulliVariant`, :class:`GemMinerVariant`)
+that owns its initial scores, effective weight, keep-scores and mask; the :class:`SupermaskController`
+caches and selects, and a fourth rule is a subclass plus a line in :data:`SUPERMASK_VARIANTS`:
 
 ``edge_popup`` (Ramanujan et al. 2020, "What's hidden in a randomly weighted neural network?")
     Each layer keeps exactly ``k`` weights: the ``k`` largest ``|scores|`` (per layer, or over all layers with
@@ -336,7 +336,7 @@ class GemMinerVariant(SupermaskVariant):
         self.threshold = 0.5
 
     def from_uniform(self, u: torch.Tensor, bound: float, *, init_logit: float = 0.0) -> torch.Tensor:
-        return u  # the authors' score_init=unif: U[0, 1], every weight starts near the threshold
+        return u  # the authors' score_init=unif: U[0, 1], half the weights start above the threshold
 
     @staticmethod
     def _active(layer: SupermaskLayer) -> torch.Tensor | None:
@@ -555,7 +555,7 @@ class SupermaskController:
 
     def current_mask(self) -> Mask:
         """The mask the forward uses now (edge-popup: exact top-k by the reference rule; Bernoulli:
-        sigmoid(s) > 0.5, the mode of the sampled mask)."""
+        sigmoid(s) > 0.5, the mode of the sampled mask; Gem-Miner: s > 0.5 among the weights not frozen)."""
         return self.variant.current_mask(self)
 
     @torch.no_grad()
@@ -739,7 +739,8 @@ def raw_scores(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def keep_scores(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Higher = keep: |scores| (edge-popup) or sigmoid(scores) (Bernoulli); ready for ``core.select``."""
+    """Higher = keep: |scores| (edge-popup), sigmoid(scores) (Bernoulli) or the clamped scores with frozen
+    weights at −1 (Gem-Miner); ready for ``core.select``."""
     return supermask_controller(model).keep_scores()
 
 
