@@ -201,3 +201,22 @@ def test_early_stopping_point_comes_after_the_last_freeze(tmp_path, capsys):
     ]
     evals = [r for r in history if "val_loss" in r]
     assert min(evals, key=lambda r: r["val_loss"])["iteration"] < 20  # what an unfiltered record would take
+
+
+def test_live_counts_track_the_authors_rule():
+    # the authors (utils/net_utils.py get_prune_rate and prune, BottomK): p = 1 - exp(log(target) / n) and
+    # each freeze prunes ceil(p · live); here the j-th freeze keeps exact_count(density^(j/n)) of all N
+    import math
+
+    from ticketsearch.core.mask import exact_count
+
+    n_all, density, n = 10_000, 0.05, 59  # 300 epochs, iter_period 5: floor(299 / 5) = 59 freezes
+    sched = GemMinerSchedule(density, freeze_points(300, 5))
+    assert len(sched.points) == n
+    p = 1 - math.exp(math.log(density) / n)
+    theirs = n_all
+    for j in range(1, n + 1):
+        theirs -= math.ceil(p * theirs)
+        ours = exact_count(sched.target(j), n_all)
+        assert theirs <= ours <= theirs + j  # their ceil loses at most one weight more per freeze
+    assert ours == 500 and theirs < 500  # the target exactly, where theirs overshoots
