@@ -50,6 +50,8 @@ CAPABILITIES = {
     "early-bird": (True, True, False, ("reinit", "shuffle"), False),
     "supermask": (False, False, True, (), False),
     "supermask-bernoulli": (False, False, True, (), False),
+    # its level 2 trains the kept weights from init: that is the ticket, so no --then-train on top
+    "gem-miner": (True, False, False, (), False),
     "gmp": (True, True, False, ("reinit", "shuffle"), False),
     "rigl": (True, True, False, ("reinit", "shuffle"), False),
     "set": (True, True, False, ("reinit", "shuffle"), False),

@@ -28,6 +28,15 @@ STRATEGIES: dict[str, dict] = {
     "supermask": {},
     # Bernoulli's default Mask keeps what it learned (s > 0); select=topk is its fixed-budget rule
     "supermask-bernoulli": {"method_args": {"select": "topk"}},
+    # a freeze every 5 steps, so the frozen set grows several times within the suite's short budget; 3
+    # epochs and 5 kills, so a kill lands in level 1 after a checkpoint written between freezes; select=topk
+    # records every live weight, the exact count the freezes reach (the default keeps those with s > 0.5)
+    "gem-miner": {
+        "density": 0.2,
+        "method_args": {"every": "5it", "select": "topk"},
+        "budget": "3ep",
+        "kill_points": 5,
+    },
     # two levels of 20% (counts per level are tested against the paper's rule in test_imp)
     "imp": {"density": 0.64, "exact_density": False},
     "early-bird": {"density": 0.5},

@@ -23,7 +23,7 @@ def test_every_method_resolves_with_its_kind():
     kinds = {m.name: m.kind for m in list_methods()}
     assert kinds["imp"] == "iterative" and kinds["synflow"] == "iterative"
     assert kinds["snip"] == kinds["grasp"] == kinds["magnitude"] == kinds["random"] == "oneshot"
-    assert kinds["supermask"] == kinds["supermask-bernoulli"] == "learned"
+    assert kinds["supermask"] == kinds["supermask-bernoulli"] == kinds["gem-miner"] == "learned"
     assert isinstance(get_method("snip"), OneShot)
     assert set(METHOD_STRATEGIES.names()) == {
         "imp",
@@ -33,6 +33,7 @@ def test_every_method_resolves_with_its_kind():
         "set",
         "supermask",
         "supermask-bernoulli",
+        "gem-miner",
     }
     assert "snip" in method_names() and "imp" in method_names()
 
@@ -48,6 +49,7 @@ def test_default_scope_follows_each_paper():
     scopes = {m.name: m.scope for m in list_methods()}
     assert scopes["snip"] == scopes["grasp"] == scopes["synflow"] == "global"
     assert scopes["imp"] == scopes["supermask"] == "layerwise"
+    assert scopes["gem-miner"] == "global"  # the authors' BottomK freezing ranks all layers together
     assert get_method("snip").canonical(_hp("snip")).pruning.scope == "global"
     assert get_method("imp").canonical(_hp("imp")).pruning.scope == "layerwise"
     # the flag that says the default names the same run as no flag

@@ -1,4 +1,5 @@
-"""Learned supermasks: ``supermask`` (edge-popup, Ramanujan et al. 2020) and ``supermask-bernoulli`` (Zhou et al. 2019).
+"""Learned supermasks: ``supermask`` (edge-popup, Ramanujan et al. 2020), ``supermask-bernoulli`` (Zhou et al.
+2019) and ``gem-miner`` (Sreenivasan et al. 2022).
 
 The weights are never trained: they are redrawn (signed Kaiming constant by default) and frozen, and only a
 score per weight learns, through the one training loop (:func:`ticketsearch.training.train`). The result is
@@ -29,10 +30,10 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import ConfigError
-from ..core.hparams import RunHparams, TrainingHparams, coerce_knob
+from ..core.hparams import RunHparams, TrainingHparams, coerce_knob, parse_duration, to_iterations
 from ..core.mask import Mask
 from ..core.select import check_density, check_empty_layers, select
-from ..sparse import apply_mask, masked_layers, param_name, prunable_parameters
+from ..sparse import apply_mask, get_mask, masked_layers, param_name, prunable_parameters
 from ..sparse.supermask import (
     SUPERMASK_KERNELS,
     WEIGHT_INITS,
@@ -44,6 +45,7 @@ from ..sparse.supermask import (
     supermask_controller,
     to_supermask,
 )
+from ..training.schedule import MaskSchedule, MaskUpdate
 from .base import (
     LevelRow,
     Method,
@@ -60,6 +62,10 @@ if TYPE_CHECKING:  # optuna is imported only by `ticketsearch study`
 __all__ = [
     "SupermaskKnobs",
     "BernoulliKnobs",
+    "GemMinerKnobs",
+    "GemMinerSchedule",
+    "freeze_points",
+    "GemMiner",
     "knobs_from_args",
     "learned_recipe",
     "Learned",
@@ -143,6 +149,104 @@ class BernoulliKnobs(SupermaskKnobs):
             raise ConfigError(f"init_logit must be finite, got {self.init_logit}")
 
 
+@dataclass(frozen=True)
+class GemMinerKnobs(SupermaskKnobs):
+    """Gem-Miner knobs: those of :class:`SupermaskKnobs` (``score_init_scale`` unused: scores start U[0, 1])
+    plus
+
+    l2: λ of the penalty λ‖s‖² on the scores (the authors' ``lmbda``; 7e-6 in their final configs), which
+    pushes scores that the loss does not need below the 0.5 threshold. every: the freezing period, a
+    duration (``5ep``: the authors' ``iter_period`` of 5 epochs; ``20it``); freezes happen every period
+    before the end (:func:`freeze_points`), each keeping density^(j/n) of the weights (j-th of n), so the
+    last one keeps exactly ``density``. select: ``threshold`` (default) records the final binary mask, the
+    live weights with s > 0.5 (the authors' rounded mask, the network the scores trained; at most
+    ``density``: the L2 penalty is what brings it to the target); ``topk`` records every weight still live
+    (exactly ``density``). retrain: train the kept weights from their init as level 2, the method's
+    ticket (the paper's second phase); ``false`` stops at the mask at init.
+
+    Defaults differ from edge-popup's where the paper does: weights ``kaiming_normal`` without
+    ``scale_fan`` (a ticket at the model's own kind of init, trained afterwards).
+    """
+
+    weight_init: str = "kaiming_normal"
+    scale_fan: bool = False
+    l2: float = 7e-6
+    every: str = "5ep"
+    select: str = "threshold"
+    retrain: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        if not (self.l2 >= 0 and math.isfinite(self.l2)):
+            raise ConfigError(f"l2 must be a finite number ≥ 0, got {self.l2}")
+        n, _ = parse_duration(str(self.every), name="every")
+        if n < 1:
+            raise ConfigError(
+                f"every must be at least one iteration or epoch (e.g. 5ep, 20it), got {self.every!r}"
+            )
+        if self.select not in ("topk", "threshold"):
+            raise ConfigError(f"select must be 'topk' or 'threshold', got {self.select!r}")
+
+
+def freeze_points(total: int, period: int) -> list[int]:
+    """The boundaries (steps done) at which Gem-Miner freezes: every ``period`` steps strictly before the
+    end of ``total``, as the authors' ``epoch % iter_period == 0`` for epochs 1 … E − 1 (floor((E − 1) / T)
+    freezes), so the scores of the last live weights still train after the last freeze; a period as long as
+    training gives one freeze, at the end."""
+    if total < 1 or period < 1:
+        raise ConfigError(f"total and period must be ≥ 1, got {total} and {period}")
+    return list(range(period, total, period)) or [total]
+
+
+class GemMinerSchedule(MaskSchedule):
+    """Gem-Miner's iterative freezing (the authors' ``hc_iter`` with ``prune_type=BottomK``): at the j-th of
+    n :func:`freeze_points` the live weights with the lowest clamped scores are frozen out so that
+    ``density ** (j / n)`` of all weights stay live, by :func:`ticketsearch.core.select` (scope and
+    distribution apply; lower flat index kept on ties). A frozen weight ranks below every live one and the
+    new mask is intersected with the old, so nothing is ever unfrozen.
+
+    The authors prune ``ceil(p · live)`` with p = 1 − target^(1/n) at each step, which reaches the target
+    only up to rounding; the exact geometric counts here reach it exactly. The frozen set is the layers'
+    attached masks, which the training loop checkpoints: the schedule keeps no state of its own.
+    """
+
+    def __init__(
+        self,
+        density: float,
+        points: list[int],
+        *,
+        scope: str = "global",
+        distribution: str = "uniform",
+        min_layer_density: float = 0.0,
+    ) -> None:
+        self.density = check_density(density)
+        self.points = list(points)
+        self.scope = scope
+        self.distribution = distribution
+        self.min_layer_density = min_layer_density
+
+    def target(self, j: int) -> float:
+        """The live fraction after the j-th freeze (1-based)."""
+        return self.density ** (j / len(self.points))
+
+    def update(self, it: int, model: nn.Module, grads: Any = None) -> MaskUpdate | None:
+        if it == 0:  # attach all-live masks, so a fresh run and a resumed one carry the same state
+            return dict(get_mask(model))
+        if it not in self.points:
+            return None
+        j = self.points.index(it) + 1
+        keep = supermask_controller(model).keep_scores()
+        new = select(
+            keep,
+            self.target(j),
+            scope=self.scope,
+            distribution=self.distribution,
+            min_layer_density=self.min_layer_density,
+        )
+        old = get_mask(model)
+        return {n: new[n].to(old[n].device) & old[n] for n in new}
+
+
 def knobs_from_args(
     args: dict[str, Any] | None, cls: type[SupermaskKnobs] = SupermaskKnobs
 ) -> SupermaskKnobs:
@@ -223,6 +327,7 @@ class LearnedResult:
 LEARNED_METHODS = {
     "supermask": ("edge_popup", SupermaskKnobs),
     "supermask-bernoulli": ("bernoulli", BernoulliKnobs),
+    "gem-miner": ("gem_miner", GemMinerKnobs),
 }
 
 
@@ -258,7 +363,8 @@ def run_learned(
     kind, knob_cls = LEARNED_METHODS[method_name]
     knobs = knobs_from_args(hparams.args, knob_cls)
     density = check_density(hparams.pruning.density)
-    scope = hparams.pruning.scope or "layerwise"  # edge-popup's per-layer k
+    # edge-popup's per-layer k; Gem-Miner freezes by one global ranking
+    scope = hparams.pruning.scope or ("global" if kind == "gem_miner" else "layerwise")
     if scope not in ("layerwise", "global"):
         raise ConfigError(f"unknown selection scope '{scope}' (choose from: global, layerwise)")
     if not list(masked_layers(model)):
@@ -304,7 +410,6 @@ def run_learned(
         ctrl.eval_mask = "binary"  # evaluations (and the early-stop record) see the rounded mask
         t_end = knobs.final_temperature if knobs.train_mask == "sample" else 1.0
         if t_end < 1.0:
-            from ..core.hparams import to_iterations
             from ..data import Batcher
 
             spe = Batcher(data.x_train, data.y_train, hparams.training.batch_size, seed=seed).steps_per_epoch
@@ -312,6 +417,26 @@ def run_learned(
 
             def on_step(it: int, m: nn.Module) -> None:  # a function of the iteration: resumes exactly
                 ctrl.temperature = t_end ** (min(it + 1, total) / total)
+
+    schedule: GemMinerSchedule | None = None
+    if isinstance(knobs, GemMinerKnobs):
+        from ..data import Batcher
+
+        variant = ctrl.variant
+        variant.l2 = knobs.l2  # type: ignore[attr-defined]
+        spe = Batcher(data.x_train, data.y_train, hparams.training.batch_size, seed=seed).steps_per_epoch
+        total = max(to_iterations(hparams.training.budget, spe, name="budget"), 1)
+        period = max(to_iterations(knobs.every, spe, name="every"), 1)
+        schedule = GemMinerSchedule(
+            density,
+            freeze_points(total, period),
+            scope=scope,
+            distribution=hparams.pruning.distribution,
+            min_layer_density=hparams.pruning.min_layer_density,
+        )
+
+        def on_step(it: int, m: nn.Module) -> None:  # the authors clamp before every forward
+            variant.project(ctrl)  # type: ignore[attr-defined]
 
     def after_step(it: int, m: nn.Module) -> None:
         if it % knobs.check_every == 0:
@@ -330,9 +455,28 @@ def run_learned(
         desc=method_name,
         start=start,
         save_checkpoint=save_checkpoint,
+        schedule=schedule,
     )
     wall = time.perf_counter() - t0
     check_scores_finite(model)
+    if schedule is not None:
+        from .moving import _best_after
+
+        # an earlier minimum belongs to a denser network than the one recorded: early-stop after the last freeze
+        res = _best_after(res, schedule.points[-1])
+    live: Mask | None = None
+    metrics_gem: dict[str, Any] = {}
+    if kind == "gem_miner":
+        ctrl.variant.project(ctrl)  # type: ignore[attr-defined]
+        live = get_mask(model)  # after the last freeze: exactly `density`
+        metrics_gem.update(
+            {
+                "l2": ctrl.variant.l2,  # type: ignore[attr-defined]
+                "freeze_points": list(schedule.points) if schedule is not None else [],
+                "threshold_density": ctrl.current_mask().density,
+                "threshold_mask_test_acc": res.final.get("test_acc"),  # the forward's mask: live and s > 0.5
+            }
+        )
     scores = keep_scores(model)
     metrics: dict[str, Any] = {
         "wall_time": wall,
@@ -355,8 +499,15 @@ def run_learned(
         metrics["expected_mask_test_acc"] = evaluate(model, data.x_test, data.y_test)["acc"]
         metrics["select"] = select_by
         metrics["train_mask"] = ctrl.train_mask
+    if kind == "gem_miner":
+        metrics.update(metrics_gem)
+        metrics["select"] = select_by
+        threshold_mask = ctrl.current_mask()
     raw = strip_supermask(model)
-    if select_by == "threshold":
+    if kind == "gem_miner":
+        assert live is not None
+        mask = threshold_mask if select_by == "threshold" else live
+    elif select_by == "threshold":
         # the learned binary mask: sigmoid(s) > 0.5, the limit the Bernoulli samples are driven to
         mask = Mask({n: raw[n] > 0 for n in raw})
     else:
@@ -438,11 +589,22 @@ class Learned(Method):
 
     def run_levels(self, run: RunContext) -> list[LevelRow]:
         from ..models import training_recipe
-        from ..training import TrainState, evaluate
         from .oneshot import dense_baseline
 
-        hp = run.hp
         rows = [dense_baseline(run)] if run.baseline else []
+        row, level, mask, init_state = self.find_level(run)
+        if run.then_train:
+            recipe = run.then_train_hp or training_recipe(run.hp.model.model)
+            row.then_train = run.then_train_level(level, init_state, mask, recipe)
+        rows.append(row)
+        return rows
+
+    def find_level(self, run: RunContext) -> tuple[LevelRow, Any, Mask, dict[str, torch.Tensor]]:
+        """Level 1: the scores trained (or the stored level read back); returns its row, store, Mask and
+        the weights at init the mask stands on."""
+        from ..training import TrainState, evaluate
+
+        hp = run.hp
         level = run.level(1)
         init_path = level.path / "init.safetensors"
         if level.done():
@@ -499,12 +661,7 @@ class Learned(Method):
                 **{k: v for k, v in metrics.items() if k not in ("passes",)},
             }
             level.write_result(res)
-        row = LevelRow(1, mask.density, str(level.mask_path), res)
-        if run.then_train:
-            recipe = run.then_train_hp or training_recipe(hp.model.model)
-            row.then_train = run.then_train_level(level, init_state, mask, recipe)
-        rows.append(row)
-        return rows
+        return LevelRow(1, mask.density, str(level.mask_path), res), level, mask, init_state
 
 
 @register_strategy(
@@ -546,3 +703,79 @@ class BernoulliSupermask(Learned):
     citation = "Zhou et al., NeurIPS 2019 (arXiv:1905.01067)"
     knob_cls = BernoulliKnobs
     knobs = _knob_defaults(BernoulliKnobs)
+
+
+@register_strategy(
+    "gem-miner",
+    description="Gem-Miner: [0,1] scores on frozen init weights, L2 + iterative global freezing, "
+    "then the kept weights train from init (Sreenivasan et al. 2022)",
+)
+class GemMiner(Learned):
+    """Gem-Miner (Sreenivasan, Sohn, Yang, Grinde, Nagle, Wang, Xing, Lee & Papailiopoulos, "Rare Gems:
+    Finding Lottery Tickets at Initialization", NeurIPS 2022, arXiv:2202.12002; the authors' code
+    ksreenivasan/pruning_is_enough, ``--algo hc_iter``).
+
+    Level 1: weights frozen at their init, a score in [0, 1] per weight (U[0, 1]), forward mask
+    ``1[s > 0.5]`` with a straight-through gradient, L2 penalty λ‖s‖², scores clamped to [0, 1] before each
+    step, and every ``every`` (5 epochs) a global bottom-k freeze of the live weights, the last one reaching
+    exactly ``density`` (:class:`GemMinerSchedule`). The level-1 Mask is the final binary mask (live and
+    s > 0.5; ``select=topk``: every live weight), a ticket at init: its accuracy is that of the untrained
+    weights. Level 2 (knob ``retrain``, on by default):
+    the kept weights train from that same init with the model's recipe, the run's ticket, whose record
+    also holds the untrained accuracy. The recipe of the scores is the authors': SGD 0.1, momentum 0.9,
+    cosine, no weight decay (the L2 is on the scores, by ``l2``).
+    """
+
+    citation = "Sreenivasan et al., NeurIPS 2022 (arXiv:2202.12002)"
+    knob_cls = GemMinerKnobs
+    knobs = _knob_defaults(GemMinerKnobs)
+    default_scope = "global"  # the authors' BottomK freezing ranks all layers' scores together
+    # level 2 trains the kept weights from init: that is the reported ticket, and --then-train would repeat it
+    trains_weights = True
+    accepts_then_train = False
+
+    def recipe(self, model: str, dataset: str) -> TrainingHparams | None:
+        return dataclasses.replace(learned_recipe(dataset, self.name), weight_decay=0.0)
+
+    def search_space(
+        self, trial: Trial, hp: RunHparams, *, density: tuple[float, float] | None = None
+    ) -> RunHparams:
+        """The score lr and the L2 weight λ, log-uniform a decade either way of the authors' 7e-6: λ sets
+        how many scores fall under the threshold, and the authors tune it per model and sparsity. The
+        density is the target, searched only when the study asks."""
+        hp = suggest_lr(trial, suggest_density(trial, hp, density))
+        l2 = float(trial.suggest_float("l2", 7e-7, 7e-5, log=True))
+        args = {**dict(hp.method_args), "l2": l2}
+        return hp.replace(method_args=tuple(sorted(args.items())))
+
+    def run_levels(self, run: RunContext) -> list[LevelRow]:
+        from ..models import training_recipe
+        from ..training.imp import reset_to
+        from .oneshot import dense_baseline
+
+        rows = [dense_baseline(run)] if run.baseline else []
+        row1, _, mask, init_state = self.find_level(run)
+        rows.append(row1)
+        if not knobs_from_args(run.hp.args, GemMinerKnobs).retrain:  # type: ignore[union-attr]
+            return rows
+        ticket = run.level(2)
+        mask = Mask({n: t.to(run.device) for n, t in mask.items()}, {})
+        if ticket.done():
+            res2 = ticket.result()
+        else:
+            model = copy.deepcopy(run.model)
+            reset_to(model, {k: v.to(run.device) for k, v in init_state.items()}, mask)
+            ticket.save_mask(mask, **run.mask_metadata(level=2, retrained_from="init"))
+            recipe = run.then_train_hp or training_recipe(run.hp.model.model)
+            result = run.train_level(ticket, model, recipe, desc=f"{self.name} ticket ({mask.density:.1%})")
+            cost = row1.result.get("cost_to_find") if isinstance(row1.result, dict) else None
+            res2 = run.finish_level(
+                ticket,
+                model,
+                result,
+                density=mask.density,
+                cost_to_find=cost,
+                untrained_test_acc=row1.result.get("untrained_test_acc"),
+            )
+        rows.append(LevelRow(2, mask.density, str(ticket.mask_path), res2))
+        return rows

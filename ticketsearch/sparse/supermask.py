@@ -1,9 +1,9 @@
-"""Supermask layers: frozen weights, trained per-weight scores, the forward uses the top-k weights by score.
+"""Supermask layers: frozen weights, trained per-weight scores, the forward uses the weights the scores keep.
 
-Two mask rules, both set up by :func:`to_supermask` on a model's masked layers (in place), each a
-:class:`SupermaskVariant` (:class:`EdgePopupVariant`, :class:`BernoulliVariant`) that owns its initial
-scores, effective weight, keep-scores and mask; the :class:`SupermaskController` caches and selects, and
-a third rule is a subclass plus a line in :data:`SUPERMASK_VARIANTS`:
+Three mask rules, all set up by :func:`to_supermask` on a model's masked layers (in place), each a
+:class:`SupermaskVariant` (:class:`EdgePopupVariant`, :class:`BernoulliVariant`, :class:`GemMinerVariant`)
+that owns its initial scores, effective weight, keep-scores and mask; the :class:`SupermaskController`
+caches and selects, and a fourth rule is a subclass plus a line in :data:`SUPERMASK_VARIANTS`:
 
 ``edge_popup`` (Ramanujan et al. 2020, "What's hidden in a randomly weighted neural network?")
     Each layer keeps exactly ``k`` weights: the ``k`` largest ``|scores|`` (per layer, or over all layers with
@@ -20,6 +20,15 @@ a third rule is a subclass plus a line in :data:`SUPERMASK_VARIANTS`:
     ``"expected"`` multiplies the weights by ``p``; ``"binary"`` by the mode ``[s > 0]`` (what Zhou's code
     evaluates with ``--round_mask``, and the Mask ``supermask-bernoulli`` records by default).
     ``rescale`` is Zhou's dynamic weight rescaling: weights × (layer size / number of kept weights).
+
+``gem_miner`` (Sreenivasan et al. 2022, "Rare Gems: Finding Lottery Tickets at Initialization")
+    Scores are keep values in [0, 1], drawn U[0, 1] (the authors' ``score_init=unif``); the mask is
+    ``1[s > 0.5]`` (their ``hc_quantized`` with ``quantize_threshold=0.5``) times the layer's attached mask
+    (the weights the method has frozen out, :class:`ticketsearch.methods.learned.GemMinerSchedule`), with a
+    straight-through gradient ``∂L/∂s = ∂L/∂W_eff ⊙ W`` (a frozen weight is zero, so its score gets none)
+    plus ``2λ s``, the gradient of the L2 penalty ``λ‖s‖²`` (their ``get_regularization_loss``, ``L2``).
+    :meth:`GemMinerVariant.project` clamps the scores to [0, 1] and zeroes those of frozen weights, before
+    every step (their trainer clamps before every forward).
 
 Kernels (``kernel=``): the ``topk`` kernels of :mod:`ticketsearch.sparse.kernels`, all computing bitwise the
 same selection. ``reference`` is the oracle: per layer and per forward, a full stable sort of ``|s|``, then
@@ -62,6 +71,7 @@ __all__ = [
     "SupermaskVariant",
     "EdgePopupVariant",
     "BernoulliVariant",
+    "GemMinerVariant",
     "SUPERMASK_KERNELS",
     "WEIGHT_INITS",
     "SupermaskLinear",
@@ -175,6 +185,11 @@ class SupermaskVariant:
         """The initial scores from edge-popup's Kaiming-uniform draw U(±scale/√fan_in)."""
         return draw
 
+    def from_uniform(self, u: torch.Tensor, bound: float, *, init_logit: float = 0.0) -> torch.Tensor:
+        """The initial scores from ``u`` ~ U[0, 1): by default :meth:`init_scores` of the Kaiming-uniform
+        draw ``(2u − 1)·bound`` (a variant whose scores live in [0, 1] takes ``u`` itself)."""
+        return self.init_scores((2.0 * u - 1.0) * bound, init_logit=init_logit)
+
     def weight(self, ctrl: SupermaskController, layer: SupermaskLayer) -> torch.Tensor:
         """The layer's effective weight in this forward (training or evaluation)."""
         raise NotImplementedError
@@ -286,10 +301,93 @@ class BernoulliVariant(SupermaskVariant):
         return Mask({n: m.scores.detach() > 0 for n, m in zip(ctrl.names, ctrl.layers)})
 
 
+class _GemMinerFn(torch.autograd.Function):
+    """Forward ``W ⊙ 1[s > threshold]``; backward ``∂L/∂s = ∂L/∂W_eff ⊙ W + 2λ s`` (straight through the
+    step function, plus the L2 penalty's gradient, so the loop needs no extra loss term)."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, weight: torch.Tensor, threshold: float, l2: float):
+        ctx.save_for_backward(scores, weight)
+        ctx.l2 = l2
+        return weight * (scores > threshold).to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        scores, weight = ctx.saved_tensors
+        g = grad * weight
+        if ctx.l2:
+            g = g + (2.0 * ctx.l2) * scores
+        return g, None, None, None
+
+
+class GemMinerVariant(SupermaskVariant):
+    """Gem-Miner's scores in [0, 1] and mask ``1[s > 0.5]`` (see the module docstring).
+
+    State: ``l2`` (λ of the penalty λ‖s‖², added to the scores' gradient in every training forward) and
+    ``threshold`` (0.5); ``run_learned`` sets ``l2`` from the method's knob. The frozen weights are the
+    layer's attached mask (``weight_mask``), which the training loop saves with every checkpoint.
+    """
+
+    name = "gem_miner"
+
+    def __init__(self, *, rescale: bool = False, generator: torch.Generator | None = None) -> None:
+        super().__init__(rescale=rescale, generator=generator)
+        self.l2 = 0.0
+        self.threshold = 0.5
+
+    def from_uniform(self, u: torch.Tensor, bound: float, *, init_logit: float = 0.0) -> torch.Tensor:
+        return u  # the authors' score_init=unif: U[0, 1], half the weights start above the threshold
+
+    @staticmethod
+    def _active(layer: SupermaskLayer) -> torch.Tensor | None:
+        return None if layer.weight_mask is None else layer.mask_float()
+
+    def weight(self, ctrl: SupermaskController, layer: SupermaskLayer) -> torch.Tensor:
+        s = layer.scores
+        w: torch.Tensor = layer.weight
+        active = self._active(layer)
+        if active is not None:  # frozen weights are zero already (set_mask); explicit for any other path
+            w = w * active
+        if layer.training and torch.is_grad_enabled():
+            return _GemMinerFn.apply(s, w, self.threshold, self.l2)
+        return w * (s.detach() > self.threshold).to(w.dtype)
+
+    @torch.no_grad()
+    def keep_scores(self, ctrl: SupermaskController) -> dict[str, torch.Tensor]:
+        """Clamped scores; a frozen weight ranks below every live one (−1), however its score ties."""
+        out = {}
+        for n, m in zip(ctrl.names, ctrl.layers):
+            k = m.scores.detach().clamp(0.0, 1.0)
+            if m.weight_mask is not None:
+                k = torch.where(m.weight_mask, k, torch.full_like(k, -1.0))
+            out[n] = k
+        return out
+
+    @torch.no_grad()
+    def current_mask(self, ctrl: SupermaskController) -> Mask:
+        """``s > 0.5`` among the weights not frozen: what the forward uses."""
+        out = {}
+        for n, m in zip(ctrl.names, ctrl.layers):
+            keep = m.scores.detach() > self.threshold
+            if m.weight_mask is not None:
+                keep = keep & m.weight_mask
+            out[n] = keep
+        return Mask(out)
+
+    @torch.no_grad()
+    def project(self, ctrl: SupermaskController) -> None:
+        """Scores back into [0, 1]; a frozen weight's score to exactly 0 (it never comes back)."""
+        for m in ctrl.layers:
+            m.scores.clamp_(0.0, 1.0)
+            if m.weight_mask is not None:
+                m.scores.mul_(m.mask_float())
+
+
 # the variants by name (``to_supermask(kind=...)``): a new one is a class and a line here
 SUPERMASK_VARIANTS: dict[str, type[SupermaskVariant]] = {
     EdgePopupVariant.name: EdgePopupVariant,
     BernoulliVariant.name: BernoulliVariant,
+    GemMinerVariant.name: GemMinerVariant,
 }
 SUPERMASK_KINDS = tuple(SUPERMASK_VARIANTS)
 
@@ -457,7 +555,7 @@ class SupermaskController:
 
     def current_mask(self) -> Mask:
         """The mask the forward uses now (edge-popup: exact top-k by the reference rule; Bernoulli:
-        sigmoid(s) > 0.5, the mode of the sampled mask)."""
+        sigmoid(s) > 0.5, the mode of the sampled mask; Gem-Miner: s > 0.5 among the weights not frozen)."""
         return self.variant.current_mask(self)
 
     @torch.no_grad()
@@ -504,7 +602,7 @@ def init_scores(
         w = m.weight
         bound = scale / math.sqrt(_fan_in(w))
         u = torch.rand(w.shape, generator=generator, dtype=torch.float32).to(device=w.device, dtype=w.dtype)
-        out.append(variant.init_scores((2.0 * u - 1.0) * bound, init_logit=init_logit))
+        out.append(variant.from_uniform(u, bound, init_logit=init_logit))
     return out
 
 
@@ -641,7 +739,8 @@ def raw_scores(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def keep_scores(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Higher = keep: |scores| (edge-popup) or sigmoid(scores) (Bernoulli); ready for ``core.select``."""
+    """Higher = keep: |scores| (edge-popup), sigmoid(scores) (Bernoulli) or the clamped scores with frozen
+    weights at −1 (Gem-Miner); ready for ``core.select``."""
     return supermask_controller(model).keep_scores()
 
 
