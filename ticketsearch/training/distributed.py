@@ -221,6 +221,11 @@ class World:
             else torch.device("cpu")
         )
 
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (a picklable CPU object; ``obj`` itself in one process): a
+        decision every rank must apply the same way, e.g. a mask schedule's new masks."""
+        return self._broadcast(obj) if self.active else obj
+
     def _broadcast(self, obj: Any) -> Any:
         import torch.distributed as dist
 

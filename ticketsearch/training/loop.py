@@ -149,7 +149,7 @@ class _MaskMover:
     def apply(self, new: MaskUpdate | None) -> None:
         if self.world.active:  # rank 0's decision on every rank (each rank called the schedule too)
             mine = None if not new else {n: t.detach().to("cpu", torch.bool) for n, t in new.items()}
-            new = self.world._broadcast(mine)
+            new = self.world.broadcast(mine)
         if not new:
             return
         unknown = sorted(set(new) - set(self.layers))
