@@ -170,3 +170,37 @@ def test_a_sidecar_claiming_a_bad_pattern_is_refused(tmp_path) -> None:
     path = Mask({"w": _b([[1, 0, 1, 0]])}).save(tmp_path / "m.safetensors", pattern="3:2")
     with pytest.raises(DataError, match="'3:2'"):
         Mask.load(path)
+
+
+# -- the run's identity -------------------------------------------------------------------------------------
+def test_pattern_enters_the_hash_only_when_not_default() -> None:
+    from ticketsearch.core.hparams import PruningHparams, RunHparams
+    from ticketsearch.methods import get_method
+
+    method = get_method("magnitude")
+
+    def name(**pruning: object) -> str:
+        return method.canonical(RunHparams(pruning=PruningHparams(method="magnitude", **pruning))).hash()
+
+    base = RunHparams(pruning=PruningHparams(method="magnitude"))
+    assert "pattern" not in base.to_dict()["pruning"]  # runs named before the field keep their names
+    assert name() == name(pattern="unstructured") == name(allow_dense_layers=True)
+    assert name(pattern="2:4", density=0.5) == name(pattern=" 2:4", density=0.5)
+    assert name(pattern="2:4", density=0.5) not in (name(density=0.5), name(pattern="1:2", density=0.5))
+    assert name(pattern="2:4", density=0.5) != name(pattern="2:4", density=0.5, allow_dense_layers=True)
+
+
+def test_find_with_a_pattern_writes_a_mask_that_obeys_it(tmp_path, capsys) -> None:
+    from clitools import run_cli
+
+    root = tmp_path / "runs"
+    args = ["find", "--dataset", "digits", "--no-progress", "--device", "cpu", "--budget", "2it"]
+    r = run_cli(
+        capsys, *args, "--method", "magnitude", "--pattern", "2:4", "--density", "0.25", "--root", str(root)
+    )
+    assert r.returncode == 0, r.stderr
+    (path,) = root.glob("magnitude_*/replicate_0/level_1/mask.safetensors")
+    m = Mask.load(path)  # verifies the claim
+    assert m.metadata["pattern"] == "2:4" and abs(m.density - 0.25) < 1e-9
+    for t in m.values():  # an independent count: no group of 4 along a row keeps more than 2
+        assert int(t.reshape(t.shape[0], -1, 4).sum(-1).max()) <= 2
