@@ -204,3 +204,14 @@ def test_find_with_a_pattern_writes_a_mask_that_obeys_it(tmp_path, capsys) -> No
     assert m.metadata["pattern"] == "2:4" and abs(m.density - 0.25) < 1e-9
     for t in m.values():  # an independent count: no group of 4 along a row keeps more than 2
         assert int(t.reshape(t.shape[0], -1, 4).sum(-1).max()) <= 2
+
+
+def test_a_layer_density_above_n_over_m_is_refused_by_name() -> None:
+    # ERK gives the small layer 'a' more than half at an overall 40%: 2:4 cannot hold that
+    scores = {"a": torch.rand(4, 8, generator=torch.Generator().manual_seed(0)), "b": torch.ones(64, 64)}
+    with pytest.raises(ConfigError, match="2:4 keeps at most 0.5 of a layer, but a would keep 1"):
+        select(scores, 0.4, pattern="2:4", scope="layerwise", distribution="erk")
+    with pytest.raises(ConfigError, match="--min-layer-density would keep 0.6"):
+        select(scores, 0.4, pattern="2:4", min_layer_density=0.6)
+    m = select(scores, 0.4, pattern="2:4", scope="layerwise")
+    assert m.layer_counts() == {"a": 13, "b": 1638}  # round-half-up(0.4 × 32), (0.4 × 4096)

@@ -310,6 +310,9 @@ def select(
         if density >= pat.max_density - 1e-12 and not sub_over and min_layer_density <= pat.max_density:
             picked = allowed  # N of every M: the density is exactly N/M (less where current pruned more)
         else:
+            _check_nm_densities(
+                {n: shapes[n] for n in fit}, density, scope, distribution, sub_over, min_layer_density, pat
+            )
             picked = dict(
                 _select_unstructured(
                     sub_scores, density, scope, distribution, sub_over, allowed, min_layer_density
@@ -330,6 +333,32 @@ def select(
     if unfit:
         meta["dense_layers"] = list(unfit)
     return Mask(out).with_metadata(**meta)
+
+
+def _check_nm_densities(
+    shapes: Mapping[str, Sequence[int]],
+    density: float,
+    scope: str,
+    distribution: str,
+    overrides: Mapping[str, float],
+    min_layer_density: float,
+    pat: Pattern,
+) -> None:
+    """N:M keeps at most N/M of any layer: a per-layer density (ERK, an override, the floor) above that
+    cannot be met, and is refused here by name rather than as a count the top-k cannot fill."""
+    dens = dict(overrides)
+    if scope == "layerwise":
+        dens = {**layer_densities(shapes, density, distribution), **dens}
+    if min_layer_density > pat.max_density + 1e-12:
+        dens["--min-layer-density"] = min_layer_density
+    over = [(n, d) for n, d in dens.items() if d > pat.max_density + 1e-12]
+    if over:
+        n, d = over[0]
+        raise ConfigError(
+            f"pattern {pat} keeps at most {pat.max_density:g} of a layer, but {n} would keep {d:.4g} "
+            f"({scope} {distribution if scope == 'layerwise' else ''} selection); lower --density or use "
+            "--distribution uniform".replace("  ", " ")
+        )
 
 
 def _nm_allowed(score: torch.Tensor, alive: torch.Tensor | None, pat: Pattern) -> torch.Tensor:
