@@ -215,3 +215,10 @@ def test_a_layer_density_above_n_over_m_is_refused_by_name() -> None:
         select(scores, 0.4, pattern="2:4", min_layer_density=0.6)
     m = select(scores, 0.4, pattern="2:4", scope="layerwise")
     assert m.layer_counts() == {"a": 13, "b": 1638}  # round-half-up(0.4 × 32), (0.4 × 4096)
+
+
+def test_a_sidecar_cannot_exempt_a_layer_that_fits(tmp_path) -> None:
+    m = select({"w": SCORES_2x8}, 0.5, scope="layerwise")  # breaks 2:4 (see above)
+    path = m.save(tmp_path / "m.safetensors", pattern="2:4", dense_layers=["w"])
+    with pytest.raises(DataError, match="'w' of shape \\[2, 8\\] is listed as dense"):
+        Mask.load(path)

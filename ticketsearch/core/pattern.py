@@ -132,6 +132,10 @@ def check_pattern(
         return
     exempt = set(dense_layers)
     for name, t in mask.items():
+        if name in exempt and pat.fits(t.shape):  # an exemption is for a shape that cannot hold it, only
+            raise MaskMismatchError(
+                f"layer '{name}' of shape {list(t.shape)} is listed as dense, but its shape holds pattern {pat}"
+            )
         if name in exempt:
             continue
         if not pat.fits(t.shape):
