@@ -190,20 +190,32 @@ def test_pattern_enters_the_hash_only_when_not_default() -> None:
     assert name(pattern="2:4", density=0.5) != name(pattern="2:4", density=0.5, allow_dense_layers=True)
 
 
-def test_find_with_a_pattern_writes_a_mask_that_obeys_it(tmp_path, capsys) -> None:
+@pytest.mark.parametrize(
+    "method,pattern,extra",
+    [
+        ("magnitude", "2:4", []),
+        ("synflow", "2:4", ["--rounds", "3"]),  # the first round makes the groups, later ones prune within
+        ("snip", "block:2x4", []),
+    ],
+)
+def test_find_with_a_pattern_writes_a_mask_that_obeys_it(tmp_path, capsys, method, pattern, extra) -> None:
     from clitools import run_cli
 
     root = tmp_path / "runs"
-    args = ["find", "--dataset", "digits", "--no-progress", "--device", "cpu", "--budget", "2it"]
+    args = ["find", "--dataset", "digits", "--no-progress", "--device", "cpu", "--budget", "2it", *extra]
     r = run_cli(
-        capsys, *args, "--method", "magnitude", "--pattern", "2:4", "--density", "0.25", "--root", str(root)
+        capsys, *args, "--method", method, "--pattern", pattern, "--density", "0.25", "--root", str(root)
     )
     assert r.returncode == 0, r.stderr
-    (path,) = root.glob("magnitude_*/replicate_0/level_1/mask.safetensors")
+    (path,) = root.glob(f"{method}_*/replicate_0/level_1/mask.safetensors")
     m = Mask.load(path)  # verifies the claim
-    assert m.metadata["pattern"] == "2:4" and abs(m.density - 0.25) < 1e-9
-    for t in m.values():  # an independent count: no group of 4 along a row keeps more than 2
-        assert int(t.reshape(t.shape[0], -1, 4).sum(-1).max()) <= 2
+    assert m.metadata["pattern"] == pattern and abs(m.density - 0.25) < 1e-9
+    for t in m.values():  # independent counts on the [out, in] weights of the MLP
+        if pattern == "2:4":  # no group of 4 along a row keeps more than 2
+            assert int(t.reshape(t.shape[0], -1, 4).sum(-1).max()) <= 2
+        else:  # every 2x4 tile is all kept or all pruned
+            tiles = t.reshape(t.shape[0] // 2, 2, -1, 4).sum(dim=(1, 3))
+            assert bool(((tiles == 0) | (tiles == 8)).all())
 
 
 def test_a_layer_density_above_n_over_m_is_refused_by_name() -> None:
