@@ -115,6 +115,14 @@ CASES = [
     (["--resize", "2000"], ["resize", "[0, 1024]", "2000"]),
     (["--dataset", "mnist1d", "--resize", "8"], ["resize", "image datasets", "mnist1d"]),
     (["--backend", "tritn"], ["backend 'tritn'", "auto", "inplace", "triton_bits"]),
+    # sparsity patterns (issue #22)
+    (["--pattern", "2-4"], ["pattern", "'2-4'", "block:RxC"]),
+    (["--method", "magnitude", "--pattern", "2:4", "--density", "0.6"], ["density 0.6", "2:4", "0.5"]),
+    (["--pattern", "2:4"], ["'imp'", "--pattern 2:4", "unstructured"]),
+    (
+        ["--method", "magnitude", "--pattern", "1:3", "--density", "0.3"],
+        ["1:3", "layers.0.weight [128, 64]", "fc.weight [10, 64]", "multiple of 3", "--allow-dense-layers"],
+    ),
     # torchrun (checked in one process too: a bad value is bad before any process group exists)
     (["--dist-timeout", "0"], ["--dist-timeout", "positive", "got 0"]),
     (["--dist-timeout", "nan"], ["--dist-timeout", "positive", "nan"]),

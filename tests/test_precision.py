@@ -53,7 +53,12 @@ def _old_form(hp: RunHparams) -> dict:
         "training": {k: v for k, v in dataclasses.asdict(hp.training).items() if k != "precision"},
         # and the fields PruningHparams held then, before IMP and early-bird declared them as their own
         "pruning": {
-            **dataclasses.asdict(hp.pruning),
+            # (nor the sparsity pattern's fields, added later still)
+            **{
+                k: v
+                for k, v in dataclasses.asdict(hp.pruning).items()
+                if k not in ("pattern", "allow_dense_layers")
+            },
             **{"rate": 0.2, "output_rate": 0.1, "rewind": "0it", "retrain": "reset", "eb_every": "1ep"},
             "eb_eps": 0.1,
         },

@@ -61,6 +61,9 @@ PRUNE_HELP = {
     "score_batches": "data-driven scorers: batches of real data used for scoring (default 1)",
     "score_batch_size": "data-driven scorers: batch size for scoring (0: training batch size)",
     "allow_empty_layers": "accept a mask that keeps no weight of some layer (a disconnected network)",
+    "pattern": "unstructured | N:M (at most N of every M weights along a row's flattened input, e.g. 2:4; "
+    "density at most N/M) | block:RxC (whole RxC blocks); part of the run's hash when not unstructured",
+    "allow_dense_layers": "keep a layer whose shape cannot hold --pattern whole instead of refusing the run",
 }
 
 

@@ -9,6 +9,7 @@ from .errors import (
     UnknownNameError,
 )
 from .mask import Mask
+from .pattern import Pattern, check_pattern, parse_pattern
 from .registry import Registry
 from .select import check_density, layer_densities, select, select_counts, select_global, validate_scores
 
@@ -18,11 +19,14 @@ __all__ = [
     "DivergenceError",
     "Mask",
     "MaskMismatchError",
+    "Pattern",
     "Registry",
     "TicketsearchError",
     "UnknownNameError",
     "check_density",
+    "check_pattern",
     "layer_densities",
+    "parse_pattern",
     "select",
     "select_counts",
     "select_global",

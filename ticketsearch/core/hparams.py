@@ -158,12 +158,25 @@ class PruningHparams:
     score_batches: int = 1  # data-driven scorers: number of batches of real data
     score_batch_size: int = 0  # 0 = training batch size
     allow_empty_layers: bool = False  # a mask that keeps nothing of a layer is an error unless asked for
+    # unstructured | N:M | block:RxC (core.pattern). It changes the mask, so it is hashed, but only when not
+    # the default (as TrainingHparams.precision): every run named before the field existed keeps its name.
+    pattern: str = "unstructured"
+    allow_dense_layers: bool = False  # a layer whose shape cannot hold the pattern is kept whole, not refused
 
     def validate(self) -> None:
         """The values every method shares; a method checks the meaning of its own on top."""
+        from .pattern import parse_pattern
         from .select import DISTRIBUTIONS, SCOPES, check_density
 
         check_density(self.density)
+        pat = parse_pattern(self.pattern)
+        if self.density > pat.max_density + 1e-12:
+            raise ConfigError(
+                f"density {self.density:g} is above what pattern {pat} keeps ({pat.max_density:g}); "
+                f"use --density {pat.max_density:g} or lower"
+            )
+        if not isinstance(self.allow_dense_layers, bool):
+            raise ConfigError(f"allow_dense_layers must be true or false, got {self.allow_dense_layers!r}")
         if self.scope:
             from_choices("scope", self.scope, SCOPES)
         from_choices("distribution", self.distribution, DISTRIBUTIONS)
@@ -215,6 +228,9 @@ class RunHparams:
             d["method_hparams"] = own
         if d["training"]["precision"] == "fp32":  # the default stays out of the hash (see TrainingHparams)
             del d["training"]["precision"]
+        for name, default in PATTERN_DEFAULTS.items():  # likewise for the pattern (see PruningHparams)
+            if d["pruning"].get(name) == default:
+                del d["pruning"][name]
         return d
 
     @classmethod
@@ -256,6 +272,9 @@ class RunHparams:
         self.training.validate()
         self.pruning.validate()
 
+
+# PruningHparams fields left out of the hash at their default, so runs named before them keep their names
+PATTERN_DEFAULTS: dict[str, Any] = {"pattern": "unstructured", "allow_dense_layers": False}
 
 # the vocabularies the training code implements; checked here so a bad value fails before any file exists
 OPTIMIZERS = ("sgd", "adam", "adamw")

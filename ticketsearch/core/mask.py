@@ -2,7 +2,8 @@
 
 Stored as safetensors (no pickle: loading a stranger's mask must not run code) with a JSON sidecar holding
 the metadata a transfer needs: model name and parameter shapes, source dataset, method, density, hparam
-hash and library version. Shapes are checked on every application, with a message naming the layer.
+hash and library version, and the sparsity pattern when the mask was made under one (``"pattern": "2:4"``,
+with ``"dense_layers"`` exempted), which :meth:`Mask.load` verifies against the tensors. Shapes are checked on every application, with a message naming the layer.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 
 import torch
 
-from .errors import DataError, MaskMismatchError
+from .errors import ConfigError, DataError, MaskMismatchError
 from .io import atomic_write, atomic_write_json, json_kind
+from .pattern import check_pattern
 
 __all__ = ["Mask", "layer_seed"]
 
@@ -250,6 +252,14 @@ def _check_metadata(path: Path, side: Path, mask: Mask, meta: dict[str, Any], he
         for n, d in layers.items():
             if n not in actual or not isinstance(d, (int, float)) or abs(d - actual[n]) > 1e-12:
                 raise DataError(f"{lie}: it says layer '{n}' keeps {d}, the file keeps {actual.get(n)}")
+    if "pattern" in meta:  # a claim of structure (2:4, blocks) is what a sparse kernel will rely on
+        try:
+            dense = meta.get("dense_layers") or []
+            if not isinstance(dense, list) or not all(isinstance(n, str) for n in dense):
+                raise MaskMismatchError(f"dense_layers must be a list of layer names, got {dense!r}")
+            check_pattern(mask, str(meta["pattern"]), dense_layers=dense)
+        except (ConfigError, MaskMismatchError) as exc:
+            raise DataError(f"{lie}: it claims pattern {meta['pattern']!r}, but {exc}") from None
 
 
 def layer_seed(seed: int, name: str) -> int:

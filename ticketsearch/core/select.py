@@ -14,9 +14,12 @@ import torch
 
 from .errors import ConfigError, EmptyLayerError, MaskMismatchError
 from .mask import Mask, exact_count
+from .pattern import Pattern, check_pattern, parse_pattern, row_view_shape, unfit_layers
 
 __all__ = [
     "select",
+    "parse_pattern",
+    "check_pattern",
     "select_counts",
     "select_global",
     "layer_densities",
@@ -240,6 +243,8 @@ def select(
     layer_density: Mapping[str, float] | None = None,
     current: Mapping[str, torch.Tensor] | None = None,
     min_layer_density: float = 0.0,
+    pattern: str | Pattern = "unstructured",
+    allow_dense_layers: bool = False,
 ) -> Mask:
     """Make a mask keeping ``density`` of all scored weights.
 
@@ -247,6 +252,14 @@ def select(
     own). ``scope='layerwise'``: each layer keeps its own density, from ``distribution`` (uniform, ERK or
     smart-ratio) unless overridden by ``layer_density``. ``min_layer_density`` is a floor for every layer.
     Densities are fractions of each layer's full size, not of what ``current`` still keeps.
+
+    ``pattern`` (see :mod:`.pattern`): ``N:M`` first keeps, in every group of M consecutive weights of a
+    row, the N best-scored still-alive ones (ties to the lower index); that is the whole mask when
+    ``density`` is N/M, and a lower density then runs the unstructured rule above *within* those
+    weights (a density above N/M is refused). ``block:RxC`` runs the rule above on blocks scored by the
+    sum of their scores, with exact block counts; a block with any weight pruned in ``current`` is pruned.
+    A layer whose shape cannot hold the pattern is an error naming it, unless ``allow_dense_layers``: then
+    it is kept whole (as ``current`` has it) and the density applies to the other layers.
     """
     check_density(density)
     if scope not in SCOPES:
@@ -255,6 +268,7 @@ def select(
         raise ConfigError(f"min_layer_density must be in [0, 1], got {min_layer_density}")
     if not scores:
         raise ConfigError("no prunable parameters to select from (the model has no Linear/Conv weights)")
+    pat = parse_pattern(pattern)
     validate_scores(scores, None)
     shapes = {n: tuple(t.shape) for n, t in scores.items()}
     if current is not None:
@@ -263,6 +277,159 @@ def select(
     unknown = [n for n in overrides if n not in scores]
     if unknown:
         raise ConfigError(f"layer density given for unknown parameter(s): {', '.join(unknown)}")
+    meta = dict(
+        density_requested=float(density),
+        scope=scope,
+        distribution=distribution if scope == "layerwise" else None,
+    )
+    if not pat.structured:
+        mask = _select_unstructured(
+            scores, density, scope, distribution, overrides, current, min_layer_density
+        )
+        return mask.with_metadata(**meta)
+
+    if density > pat.max_density + 1e-12:
+        raise ConfigError(
+            f"density {density:g} is above what pattern {pat} keeps ({pat.max_density:g}); "
+            f"use --density {pat.max_density:g} or lower"
+        )
+    unfit = unfit_layers(shapes, pat)
+    if unfit and not allow_dense_layers:
+        raise ConfigError(
+            f"pattern {pat} does not fit layer(s) {', '.join(f'{n} {list(shapes[n])}' for n in unfit)}: "
+            f"{pat.need()}; pass --allow-dense-layers to keep them dense"
+        )
+    if len(unfit) == len(shapes):
+        raise ConfigError(f"pattern {pat} fits none of the layers ({pat.need()}): nothing to select")
+    fit = [n for n in shapes if n not in unfit]
+    sub_scores = {n: scores[n] for n in fit}
+    sub_current = {n: current[n] for n in fit} if current is not None else None
+    sub_over = {n: d for n, d in overrides.items() if n in fit}
+    if pat.kind == "nm":
+        allowed = {n: _nm_allowed(scores[n], None if current is None else current[n], pat) for n in fit}
+        if density >= pat.max_density - 1e-12 and not sub_over and min_layer_density <= pat.max_density:
+            picked = allowed  # N of every M: the density is exactly N/M (less where current pruned more)
+        else:
+            _check_nm_densities(
+                {n: shapes[n] for n in fit}, density, scope, distribution, sub_over, min_layer_density, pat
+            )
+            picked = dict(
+                _select_unstructured(
+                    sub_scores, density, scope, distribution, sub_over, allowed, min_layer_density
+                )
+            )
+    else:
+        picked = _select_blocks(
+            sub_scores, density, scope, distribution, sub_over, sub_current, min_layer_density, pat
+        )
+    out: dict[str, torch.Tensor] = {}
+    for n, t in scores.items():
+        if n in picked:
+            out[n] = picked[n].to(t.device)
+        else:  # kept dense (allowed): whole, except what current already pruned
+            base = current[n] if current is not None else torch.ones(t.shape, dtype=torch.bool)
+            out[n] = base.to(device=t.device, dtype=torch.bool).clone()
+    meta["pattern"] = str(pat)
+    if unfit:
+        meta["dense_layers"] = list(unfit)
+    return Mask(out).with_metadata(**meta)
+
+
+def _check_nm_densities(
+    shapes: Mapping[str, Sequence[int]],
+    density: float,
+    scope: str,
+    distribution: str,
+    overrides: Mapping[str, float],
+    min_layer_density: float,
+    pat: Pattern,
+) -> None:
+    """N:M keeps at most N/M of any layer: a per-layer density (ERK, an override, the floor) above that
+    cannot be met, and is refused here by name rather than as a count the top-k cannot fill."""
+    dens = dict(overrides)
+    if scope == "layerwise":
+        dens = {**layer_densities(shapes, density, distribution), **dens}
+    if min_layer_density > pat.max_density + 1e-12:
+        dens["--min-layer-density"] = min_layer_density
+    over = [(n, d) for n, d in dens.items() if d > pat.max_density + 1e-12]
+    if over:
+        n, d = over[0]
+        raise ConfigError(
+            f"pattern {pat} keeps at most {pat.max_density:g} of a layer, but {n} would keep {d:.4g} "
+            f"({scope} {distribution if scope == 'layerwise' else ''} selection); lower --density or use "
+            "--distribution uniform".replace("  ", " ")
+        )
+
+
+def _nm_allowed(score: torch.Tensor, alive: torch.Tensor | None, pat: Pattern) -> torch.Tensor:
+    """In every group of M consecutive weights of each row, the N best-scored alive ones (fewer where the
+    group has fewer alive: a pruned weight is never revived). Ties → lower index (stable sort)."""
+    rows, cols = row_view_shape(score.shape)
+    g = score.detach().to(torch.float64).reshape(rows, cols // pat.m, pat.m)
+    if alive is not None:
+        a = alive.to(g.device, torch.bool).reshape(rows, cols // pat.m, pat.m)
+        g = g.masked_fill(~a, -math.inf)  # scores are finite (validated): dead weights sort last
+    order = torch.sort(g, dim=-1, descending=True, stable=True).indices[..., : pat.n]
+    keep = torch.zeros(g.shape, dtype=torch.bool, device=g.device).scatter_(-1, order, True)
+    if alive is not None:
+        keep &= a
+    return keep.reshape(score.shape)
+
+
+def _select_blocks(
+    scores: Mapping[str, torch.Tensor],
+    density: float,
+    scope: str,
+    distribution: str,
+    overrides: Mapping[str, float],
+    current: Mapping[str, torch.Tensor] | None,
+    min_layer_density: float,
+    pat: Pattern,
+) -> dict[str, torch.Tensor]:
+    """Block selection = the unstructured rule on the block grid. A block's score is the sum of its
+    weights' scores (all blocks have R·C weights, so sum and mean rank alike, also across layers); block
+    ties → the lower block index, row-major over the grid. Layerwise densities (ERK, smart-ratio) are
+    computed from the weights' real shapes, not the grid's, then counted in blocks."""
+    grid, alive_grid, dims = {}, {}, {}
+    for n, s in scores.items():
+        rows, cols = row_view_shape(s.shape)
+        dims[n] = (rows, cols)
+        v = s.detach().to(torch.float64).reshape(rows // pat.r, pat.r, cols // pat.c, pat.c)
+        grid[n] = v.sum(dim=(1, 3))
+        if current is not None:
+            a = current[n].to(torch.bool).reshape(rows // pat.r, pat.r, cols // pat.c, pat.c)
+            alive_grid[n] = a.all(dim=3).all(dim=1).to(grid[n].device)
+    over = dict(overrides)
+    if scope == "layerwise":
+        dens = layer_densities({n: tuple(s.shape) for n, s in scores.items()}, density, distribution)
+        over = {**dens, **over}
+    chosen = _select_unstructured(
+        grid,
+        density,
+        scope,
+        distribution,
+        over,
+        alive_grid if current is not None else None,
+        min_layer_density,
+    )
+    out = {}
+    for n, b in chosen.items():
+        full = b.repeat_interleave(pat.r, dim=0).repeat_interleave(pat.c, dim=1)
+        out[n] = full.reshape(scores[n].shape)
+    return out
+
+
+def _select_unstructured(
+    scores: Mapping[str, torch.Tensor],
+    density: float,
+    scope: str,
+    distribution: str,
+    overrides: Mapping[str, float],
+    current: Mapping[str, torch.Tensor] | None,
+    min_layer_density: float,
+) -> Mask:
+    """The element-wise rule of :func:`select` on already validated arguments."""
+    shapes = {n: tuple(t.shape) for n, t in scores.items()}
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     min_counts = {n: min(sizes[n], math.ceil(min_layer_density * sizes[n])) for n in shapes}
 
@@ -270,27 +437,21 @@ def select(
         dens = layer_densities(shapes, density, distribution)
         dens.update(overrides)
         counts = {n: max(exact_count(dens[n], sizes[n]), min_counts[n]) for n in shapes}
-        mask = select_counts(scores, counts, current=current)
-    else:
-        fixed = {n: max(exact_count(d, sizes[n]), min_counts[n]) for n, d in overrides.items()}
-        pooled_total = sum(sizes[n] for n in shapes if n not in fixed)
-        k = (
-            exact_count(density, sum(sizes.values())) - sum(fixed.values())
-            if fixed
-            else exact_count(density, pooled_total)
-        )
-        k = max(0, min(k, pooled_total))
-        mask = select_global(
-            scores,
-            k,
-            current=current,
-            fixed_counts=fixed,
-            min_counts={n: c for n, c in min_counts.items() if n not in fixed},
-        )
-    return mask.with_metadata(
-        density_requested=float(density),
-        scope=scope,
-        distribution=distribution if scope == "layerwise" else None,
+        return select_counts(scores, counts, current=current)
+    fixed = {n: max(exact_count(d, sizes[n]), min_counts[n]) for n, d in overrides.items()}
+    pooled_total = sum(sizes[n] for n in shapes if n not in fixed)
+    k = (
+        exact_count(density, sum(sizes.values())) - sum(fixed.values())
+        if fixed
+        else exact_count(density, pooled_total)
+    )
+    k = max(0, min(k, pooled_total))
+    return select_global(
+        scores,
+        k,
+        current=current,
+        fixed_counts=fixed,
+        min_counts={n: c for n, c in min_counts.items() if n not in fixed},
     )
 
 

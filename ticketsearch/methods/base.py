@@ -30,6 +30,7 @@ from ..core.hparams import (
     parse_duration,
 )
 from ..core.mask import Mask
+from ..core.pattern import parse_pattern
 from ..core.registry import Registry
 from ..training.schedule import MaskSchedule
 
@@ -61,7 +62,14 @@ __all__ = [
 ]
 
 # what every method reads: the target and the selection rule's guard
-SHARED_FIELDS = ("method", "density", "min_layer_density", "allow_empty_layers")
+SHARED_FIELDS = (
+    "method",
+    "density",
+    "min_layer_density",
+    "allow_empty_layers",
+    "pattern",
+    "allow_dense_layers",
+)
 
 
 # -- what a method hands back ---------------------------------------------------------------------------
@@ -340,6 +348,9 @@ class Method(ABC):
     """Frankle et al. 2021's checks that ``bench`` runs for this method: ``reinit`` and ``shuffle`` (the
     controls), ``invert`` (the ranking turned upside down, :meth:`inverted`). Empty: none apply (IMP is
     the reference they are measured against; a supermask's weights are untrained)."""
+    accepts_pattern: ClassVar[bool] = False
+    """Its masks are made under ``--pattern`` (N:M, blocks): every selection it does passes the pattern to
+    ``core.select``. False: a pattern other than unstructured is refused in one line by :meth:`validate`."""
     levels_serve_densities: ClassVar[bool] = False
     """One run's levels answer every density down to the one it ran to (IMP): a caller asking several
     densities runs once at the lowest and takes :meth:`ticket_for` each."""
@@ -413,6 +424,10 @@ class Method(ABC):
         pruning = dataclasses.replace(default, **changes)
         if "scope" in keep:
             pruning = dataclasses.replace(pruning, scope=pruning.scope or self.default_scope)
+        pat = parse_pattern(pruning.pattern)  # "2:4" and " 2:4" name one run; dense layers need a pattern
+        pruning = dataclasses.replace(
+            pruning, pattern=str(pat), allow_dense_layers=pruning.allow_dense_layers and pat.structured
+        )
         knobs = self.parse_knobs(hp.args)
         if self.knobs is not None:  # a knob at its default is the same run as no knob
             knobs = {k: v for k, v in knobs.items() if v != self.knobs[k]}
@@ -455,6 +470,11 @@ class Method(ABC):
     def validate(self, hp: RunHparams) -> None:
         """Check everything that can be checked without data or a model (called before any file exists)."""
         hp.validate()
+        if parse_pattern(hp.pruning.pattern).structured and not self.accepts_pattern:
+            raise ConfigError(
+                f"method '{self.name}' does not support --pattern {hp.pruning.pattern} yet "
+                "(only unstructured); the one-shot scorers do"
+            )
         own = self.own(hp)
         if own is not None and callable(getattr(own, "validate", None)):
             own.validate()

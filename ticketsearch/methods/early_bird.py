@@ -22,6 +22,7 @@ import torch.nn as nn
 from ..core.errors import ConfigError
 from ..core.hparams import RunHparams, finite, parse_duration, to_iterations
 from ..core.mask import Mask
+from ..core.pattern import parse_pattern
 from ..core.select import check_empty_layers, select
 from ..sparse import prunable_parameters
 from ..training.imp import reset_to
@@ -111,6 +112,7 @@ class EarlyBird(Method):
 
     kind = "early"
     sanity_checks = ("reinit", "shuffle")
+    accepts_pattern = True  # the weight structure's draws go through core.select with --pattern
     fields = ("scope", "distribution")
     hparams_cls = EarlyBirdHparams
     knobs = {"window": 5, "structure": "unstructured", "l1": 1e-4}
@@ -123,6 +125,11 @@ class EarlyBird(Method):
         if knobs["structure"] not in ("unstructured", "channel"):
             raise ConfigError(
                 f"unknown early-bird structure {knobs['structure']!r} (choose from: unstructured, channel)"
+            )
+        if knobs["structure"] == "channel" and parse_pattern(hp.pruning.pattern).structured:
+            raise ConfigError(
+                f"--pattern {hp.pruning.pattern} applies to weights; early-bird structure=channel prunes whole "
+                "channels (leave --pattern unstructured, or use structure=unstructured)"
             )
         if not knobs["l1"] >= 0:
             raise ConfigError(f"early-bird l1 must be ≥ 0, got {knobs['l1']!r}")
@@ -168,7 +175,14 @@ class EarlyBird(Method):
             if channel:
                 return channel_mask(model, pairs, p.density)
             scores = {n: w.detach().abs() for n, w in prunable_parameters(model).items()}
-            return select(scores, p.density, scope=p.scope or "layerwise", distribution=p.distribution)
+            return select(
+                scores,
+                p.density,
+                scope=p.scope or "layerwise",
+                distribution=p.distribution,
+                pattern=p.pattern,
+                allow_dense_layers=p.allow_dense_layers,
+            )
 
         def weights(mask: Mask) -> Mask:
             return expand_channels(mask, pairs, run.shapes) if channel else mask
@@ -231,7 +245,8 @@ class EarlyBird(Method):
             res1 = ticket.result()
         else:
             mask = Mask.load(eb_path)
-            mask = Mask({n: t.to(run.device) for n, t in mask.items()}, {})
+            structure = {k: mask.metadata[k] for k in ("pattern", "dense_layers") if k in mask.metadata}
+            mask = Mask({n: t.to(run.device) for n, t in mask.items()}, structure)  # the claim is kept
             reset_to(run.model, start, mask)
             init = "../rewind.safetensors" if rewind_it > 0 else "../init.safetensors"
             ticket.save_mask(mask, **run.mask_metadata(level=1, init=init, eb_iteration=res0["eb_iteration"]))

@@ -59,6 +59,7 @@ class OneShot(Method):
     fields = ("rounds", "scope", "distribution", "score_batches", "score_batch_size")
     distributed = True  # every rank scores the same batches; rank 0's mask is the one kept
     sanity_checks = ("reinit", "shuffle", "invert")
+    accepts_pattern = True  # find_mask passes --pattern to every round's select
 
     def __init__(self, scorer_cls: type[Scorer], *, source: str = "built-in") -> None:
         self.scorer_cls = scorer_cls

@@ -23,6 +23,7 @@ import torch.nn as nn
 from ..core.errors import ConfigError
 from ..core.hparams import RunHparams
 from ..core.mask import Mask
+from ..core.pattern import parse_pattern
 from ..core.select import check_density, select, validate_scores
 from ..sparse import apply_mask, get_mask, masked_layers, prunable_shapes
 from .base import Batch, Scorer, ScoringContext, cost_counter
@@ -90,6 +91,7 @@ def find_mask(
         raise ConfigError(
             f"the model is already pruned to density {start:.4g}; cannot prune it to a higher density {density:.4g}"
         )
+    pat = parse_pattern(p.pattern)
     t0 = time.perf_counter()
     revives = bool(getattr(scorer, "revives", False))
     schedule = [density] if revives else density_schedule(density, rounds, start)
@@ -103,11 +105,13 @@ def find_mask(
             validate_scores(scores, shapes, source=f"scorer '{name}'")
             current = select(
                 scores,
-                d,
+                min(d, pat.max_density),  # N:M: the first round makes the groups, later ones prune within
                 scope=scope_of(scorer, p.scope),
                 distribution=p.distribution,
                 current=current,
                 min_layer_density=p.min_layer_density,
+                pattern=pat,
+                allow_dense_layers=p.allow_dense_layers,
             )
     assert current is not None
     empty = empty_layers(current)
@@ -146,7 +150,13 @@ def first_collapse_density(
         current = _existing_mask(model)
         for d in dens:
             m = select(
-                scores, d, scope=scope_of(scorer, p.scope), distribution=p.distribution, current=current
+                scores,
+                d,
+                scope=scope_of(scorer, p.scope),
+                distribution=p.distribution,
+                current=current,
+                pattern=p.pattern,
+                allow_dense_layers=p.allow_dense_layers,
             )
             if empty_layers(m):
                 return d
