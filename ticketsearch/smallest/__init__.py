@@ -171,40 +171,9 @@ def smallest(
     out_dir: Path | None = None,
     dense_training: TrainingHparams | None = None,
 ) -> SmallestResult:
-    """The smallest ticket of ``hp.pruning.method`` within ``tolerance`` points of the dense network (see
-    :func:`_search`); the result lists the cached levels it reused that other code made (``stale``), and
-    ``opts.rerun_stale`` recomputes them instead. ``out_dir``: where the report goes."""
-    with collect_stale() as stale:
-        result = _search(
-            hp,
-            seeds=seeds,
-            tolerance=tolerance,
-            opts=opts,
-            min_density=min_density,
-            precision=precision,
-            max_probes=max_probes,
-            out_dir=out_dir,
-            dense_training=dense_training,
-        )
-    result.stale = list(stale)
-    if out_dir is not None:
-        write_report(result, out_dir)
-    return result
-
-
-def _search(
-    hp: RunHparams,
-    *,
-    seeds: list[int],
-    tolerance: float,
-    opts: RunOptions,
-    min_density: float = 1e-3,
-    precision: float = 0.1,
-    max_probes: int = 12,
-    out_dir: Path | None = None,
-    dense_training: TrainingHparams | None = None,
-) -> SmallestResult:
-    """The smallest ticket of ``hp.pruning.method`` within ``tolerance`` points of the dense network.
+    """The smallest ticket of ``hp.pruning.method`` within ``tolerance`` points of the dense network; the
+    result lists the cached levels it reused that other code made (``stale``), and ``opts.rerun_stale``
+    recomputes them instead. ``out_dir``: where the report goes.
 
     ``dense_training``: how the dense reference trains its weights when ``hp.training`` trains something
     else (a supermask's scores); default the model's recipe.
@@ -226,13 +195,17 @@ def _search(
     method = get_method(hp.pruning.method)
     method.validate(method.canonical(hp))
     quiet = dataclasses.replace(opts, controls=(), baseline=False, then_train=False)
-    dense_hp = method.dense_baseline(hp, dense_training)
-    dense = _row_probe([run_find(dense_hp, seed=s, opts=quiet).rows[0] for s in seeds], 1.0, "dense")
-    search = _Search(
-        hp, seeds, quiet, within_tolerance(dense, tolerance), min_density, precision, max_probes, out_dir
-    )
-    answer, probes, note = method.smallest(search)  # IMP walks its levels; the rest bisect on density
-    return SmallestResult(method.name, tolerance, dense, answer, probes, note)
+    with collect_stale() as stale:
+        dense_hp = method.dense_baseline(hp, dense_training)
+        dense = _row_probe([run_find(dense_hp, seed=s, opts=quiet).rows[0] for s in seeds], 1.0, "dense")
+        search = _Search(
+            hp, seeds, quiet, within_tolerance(dense, tolerance), min_density, precision, max_probes, out_dir
+        )
+        answer, probes, note = method.smallest(search)  # IMP walks its levels; the rest bisect on density
+    result = SmallestResult(method.name, tolerance, dense, answer, probes, note, stale=list(stale))
+    if out_dir is not None:
+        write_report(result, out_dir)
+    return result
 
 
 @dataclass
