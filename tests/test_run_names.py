@@ -99,6 +99,7 @@ def test_run_names_are_unchanged(case):
 # suite -> (number of cells, hash of every cell's run directory name and hparams hash)
 SUITES = {
     "cifar": (615, "b515f452d1e7"),
+    "dynamic-sparse": (26, "19d489ccdbf3"),
     "moving-masks": (20, "f6c563ae5116"),  # main at 22b561a
     "paper": (426, "e643f24e7b05"),
     "quick": (369, "e4602cc11dfd"),
