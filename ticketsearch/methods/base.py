@@ -580,6 +580,20 @@ class OwnHparam:
         return self.flag.lstrip("-").replace("-", "_")
 
 
+def rewind_field() -> Any:
+    """The ``rewind`` hyperparameter IMP and early-bird both declare: one ``--rewind-iter`` flag, so its
+    default and help are written once (each dataclass needs a field object of its own)."""
+    return dataclasses.field(
+        default="0it",
+        metadata={
+            "help": "IMP and early-bird: rewind kept weights to this point of the dense run (0 = reset to "
+            "init), e.g. 500 or 1ep (a bare number means iterations)",
+            "flag": "--rewind-iter",
+            "duration": True,
+        },
+    )
+
+
 def own_hparams() -> dict[str, OwnHparam]:
     """Every strategy's own hyperparameters by name (built-ins and plugins), first declaration's flag,
     type and help."""

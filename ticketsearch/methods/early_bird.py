@@ -31,6 +31,7 @@ from .base import (
     Method,
     RunContext,
     register_strategy,
+    rewind_field,
     steps_per_epoch,
     suggest_density,
     suggest_duration,
@@ -60,15 +61,7 @@ class EarlyBirdHparams:
             "this (normalised Hamming distance; default 0.1)"
         },
     )
-    rewind: str = field(
-        default="0it",
-        metadata={
-            "help": "IMP and early-bird: rewind kept weights to this point of the dense run (0 = reset to "
-            "init), e.g. 500 or 1ep (a bare number means iterations)",
-            "flag": "--rewind-iter",
-            "duration": True,
-        },
-    )
+    rewind: str = rewind_field()
 
     def validate(self) -> None:
         parse_duration(self.rewind, name="rewind")

@@ -36,6 +36,7 @@ from .base import (
     RunContext,
     SmallestSearch,
     register_strategy,
+    rewind_field,
     steps_per_epoch,
     suggest_density,
     suggest_duration,
@@ -63,15 +64,7 @@ class IMPHparams:
             "negative: same as --rate)"
         },
     )
-    rewind: str = field(
-        default="0it",
-        metadata={
-            "help": "IMP and early-bird: rewind kept weights to this point of the dense run (0 = reset to "
-            "init), e.g. 500 or 1ep (a bare number means iterations)",
-            "flag": "--rewind-iter",
-            "duration": True,
-        },
-    )
+    rewind: str = rewind_field()
     retrain: str = field(
         default="reset",
         metadata={
