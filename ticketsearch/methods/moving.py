@@ -19,8 +19,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from abc import abstractmethod
 from typing import Any, ClassVar
+
+import torch
 
 from ..core.hparams import RunHparams, to_iterations
 from ..core.mask import Mask
@@ -29,7 +30,7 @@ from ..sparse import get_mask
 from ..training.imp import reset_to
 from ..training.loop import TrainResult
 from ..training.schedule import MaskSchedule
-from .base import LevelRow, Method, RunContext, steps_per_epoch
+from .base import LevelRow, LevelStore, Method, RunContext, steps_per_epoch
 
 __all__ = ["MovingMask", "budget_iterations"]
 
@@ -52,7 +53,8 @@ class MovingMask(Method):
     """Base of a method whose mask moves during one training (level 1), then retrained from init (level 2).
 
     Subclasses set ``name``/``kind``/``citation``, extend ``knobs`` (keep ``retrain``), and implement
-    :meth:`schedule`; :meth:`start_mask` defaults to dense.
+    :meth:`schedule` (:meth:`start_mask` defaults to dense), or override :meth:`search` (and
+    :meth:`ticket_start` when the ticket rewinds) for a search that is not one training under a schedule.
     """
 
     knobs: ClassVar[dict[str, Any] | None] = {"retrain": True}
@@ -62,9 +64,10 @@ class MovingMask(Method):
     # mask: whether the moving mask found more than a layerwise density
     sanity_checks = ("reinit", "shuffle")
 
-    @abstractmethod
     def schedule(self, run: RunContext) -> MaskSchedule:
-        """The mask schedule of this run (a pure function of the run's hparams and seed)."""
+        """The mask schedule of this run (a pure function of the run's hparams and seed), which the default
+        :meth:`search` trains under; a subclass implements this or overrides :meth:`search`."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither schedule() nor search()")
 
     def start_mask(self, run: RunContext) -> Mask:
         """The mask training starts from (before the schedule's first move)."""
@@ -82,37 +85,56 @@ class MovingMask(Method):
         """Without ``retrain``: it only says whether level 2 follows, never what level 1 is."""
         return hp.replace(method_args=tuple((k, v) for k, v in hp.method_args if k != "retrain")).hash()
 
-    def run_levels(self, run: RunContext) -> list[LevelRow]:
-        from .oneshot import dense_baseline
-
+    def search(self, run: RunContext, moved: LevelStore) -> tuple[Mask, dict[str, Any]]:
+        """Level 1: find the mask while the weights train, store it in ``moved`` and return it with the
+        level's result (which records what finding it cost: ``wall_time`` and ``passes``). The default
+        trains once under :meth:`schedule`; a method that searches otherwise (several rounds, a soft
+        mask) overrides this and keeps the rest of the level structure."""
         p = run.hp.pruning
         scope = p.scope or self.default_scope
         sched = self.schedule(run)
+        model = run.model
+        reset_to(model, run.init_state, self.start_mask(run))  # a resumed level: its checkpoint's masks
+        trained = run.train_level(moved, model, desc=f"{self.name} ({p.density:.1%})", schedule=sched)
+        result = _best_after(trained, self.settled_at(sched))
+        mask = get_mask(model)
+        check_empty_layers(mask, allow=p.allow_empty_layers, scope=scope)
+        moved.save_mask(mask, **run.mask_metadata(level=1))
+        extra = {self.name: self.describe(sched)} if self.describe(sched) else {}
+        return mask, run.finish_level(moved, model, result, density=mask.density, **extra)
+
+    def ticket_start(self, run: RunContext) -> dict[str, torch.Tensor]:
+        """The weights the ticket (level 2) and its controls train from: the original init by default;
+        a method that rewinds returns its rewind point (available once :meth:`search` has run)."""
+        return run.init_state
+
+    def ticket_start_name(self, run: RunContext) -> str:
+        """What :meth:`ticket_start` is, as level 2's mask sidecar records it (``retrained_from``)."""
+        return "init"
+
+    def run_levels(self, run: RunContext) -> list[LevelRow]:
+        from .oneshot import dense_baseline
+
         rows = [dense_baseline(run)] if run.baseline else []
         moved, ticket = run.level(1), run.level(2)
         if moved.done():
             res1 = moved.result()
             mask = moved.load_mask()
         else:
-            model = run.model
-            reset_to(model, run.init_state, self.start_mask(run))  # a resumed level: its checkpoint's masks
-            trained = run.train_level(moved, model, desc=f"{self.name} ({p.density:.1%})", schedule=sched)
-            result = _best_after(trained, self.settled_at(sched))
-            mask = get_mask(model)
-            check_empty_layers(mask, allow=p.allow_empty_layers, scope=scope)
-            moved.save_mask(mask, **run.mask_metadata(level=1))
-            extra = {self.name: self.describe(sched)} if self.describe(sched) else {}
-            res1 = run.finish_level(moved, model, result, density=mask.density, **extra)
+            mask, res1 = self.search(run, moved)
         rows.append(LevelRow(1, mask.density, str(moved.mask_path), res1))
         if not self.parse_knobs(dict(run.hp.method_args)).get("retrain", True):
             return rows
         mask = Mask({n: t.to(run.device) for n, t in mask.items()}, {})
+        start = self.ticket_start(run)
         if ticket.done():
             res2 = ticket.result()
         else:
             model = copy.deepcopy(run.model)
-            reset_to(model, run.init_state, mask)
-            ticket.save_mask(mask, **run.mask_metadata(level=2, retrained_from="init"))
+            reset_to(model, start, mask)
+            ticket.save_mask(
+                mask, **run.mask_metadata(level=2, retrained_from=self.ticket_start_name(run))
+            )
             result = run.train_level(ticket, model, desc=f"{self.name} ticket ({mask.density:.1%})")
             cost = {
                 "wall_time": res1["wall_time"],
@@ -121,6 +143,6 @@ class MovingMask(Method):
             }
             res2 = run.finish_level(ticket, model, result, density=mask.density, cost_to_find=cost)
         row = LevelRow(2, mask.density, str(ticket.mask_path), res2)
-        row.controls = run.run_controls(2, ticket, mask, run.init_state)
+        row.controls = run.run_controls(2, ticket, mask, start)
         rows.append(row)
         return rows
