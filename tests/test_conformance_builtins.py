@@ -44,6 +44,8 @@ STRATEGIES: dict[str, dict] = {
     # a move every 5 steps, so the mask moves several times within the suite's short budget
     "rigl": {"density": 0.2, "method_args": {"every": 5}},
     "set": {"density": 0.2, "method_args": {"every": 5}},
+    # two rounds (a kill may land in either; the second starts from the first's scores) and a rewind point
+    "cs": {"density": 0.2, "method_args": {"rounds": 2}, "method_hparams": {"rewind": "5it"}},
 }
 
 

@@ -80,7 +80,7 @@ def _entry(suite: Suite, cell: Cell) -> DatasetEntry:
 
 
 def _hparams(entry: DatasetEntry, variant: Variant | None, density: float) -> Any:
-    from ..core.hparams import DatasetHparams, ModelHparams, PruningHparams, RunHparams
+    from ..core.hparams import DatasetHparams, ModelHparams, RunHparams
     from ..methods import dense_hparams, get_method
     from ..models import training_recipe
 
@@ -99,7 +99,7 @@ def _hparams(entry: DatasetEntry, variant: Variant | None, density: float) -> An
     method = get_method(variant.method)
     hp = base.replace(
         training=training,
-        pruning=PruningHparams(method=variant.method, density=density),
+        pruning=method.default_pruning(method=variant.method, density=density),
         method_args=tuple(sorted(variant.args.items())),
     )
     return method.with_hparams(hp, **variant.pruning), weights  # shared fields or the method's own

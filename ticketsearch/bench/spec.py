@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError, DataError
-from ..core.hparams import PruningHparams, RunHparams, TrainingHparams, check_seed
+from ..core.hparams import RunHparams, TrainingHparams, check_seed
 from ..core.select import check_density
 
 __all__ = [
@@ -108,7 +108,7 @@ class Suite:
             raise ConfigError(f"suite '{self.name}' names a method variant twice: {names}")
         for v in self.variants:
             method = get_method(v.method)  # its values by name: shared fields or the method's own
-            hp = method.with_hparams(RunHparams(pruning=PruningHparams(method=v.method)), **v.pruning)
+            hp = method.with_hparams(RunHparams(pruning=method.default_pruning(method=v.method)), **v.pruning)
             hp.pruning.validate()
             own = method.own(hp)
             if own is not None and callable(getattr(own, "validate", None)):

@@ -279,7 +279,7 @@ def resolve_hparams(ns: argparse.Namespace, *, method: str | None = None) -> Run
                 f"{flag} does not apply to method '{method}' ({strategy.kind}); drop it "
                 "(see `ticketsearch find --help`)"
             )
-    prune = dataclass_from_args(PruningHparams, values, PruningHparams(method=method))
+    prune = dataclass_from_args(PruningHparams, values, strategy.default_pruning(method=method))
     args = parse_kv(ns.arg)
     hp = RunHparams(
         model=model_hp,

@@ -12,7 +12,7 @@ third-party strategies register through the entry-point group ``ticketsearch.met
 
 from __future__ import annotations
 
-from . import dst, early_bird, gmp, imp, learned  # noqa: F401  (registers the built-in strategies)
+from . import cs, dst, early_bird, gmp, imp, learned  # noqa: F401  (registers the built-in strategies)
 from .base import (
     METHOD_STRATEGIES,
     SHARED_FIELDS,
@@ -33,6 +33,7 @@ from .base import (
     register_strategy,
     steps_per_epoch,
 )
+from .cs import ContinuousSparsification, CSHparams
 from .dst import SET, DropGrow, RigL
 from .early_bird import EarlyBird, EarlyBirdDetector, EarlyBirdHparams
 from .gmp import GMP, GMPSchedule
@@ -69,6 +70,8 @@ __all__ = [
     "MovingMask",
     "RigL",
     "SET",
+    "ContinuousSparsification",
+    "CSHparams",
     "DropGrow",
     "GMPSchedule",
     "Learned",

@@ -331,6 +331,8 @@ class Method(ABC):
     name in bench suites and studies, and enters this method's run identity only."""
     knobs: ClassVar[dict[str, Any] | None] = {}
     default_scope: ClassVar[str] = "layerwise"
+    default_distribution: ClassVar[str] = "uniform"
+    """The layerwise densities when ``--distribution`` is not given (RigL and SET: the paper's ERK)."""
     citation: ClassVar[str] = ""
     distributed: ClassVar[bool] = False
     source: str = "built-in"
@@ -359,6 +361,12 @@ class Method(ABC):
         """The row that is this method's ticket at ``density``: :func:`nearest_ticket`, the one rule
         every package uses (override only if a level other than the nearest is the ticket)."""
         return nearest_ticket(rows, density)
+
+    def default_pruning(self, **values: Any) -> PruningHparams:
+        """This method's :class:`PruningHparams` at its own defaults (``default_distribution``), under
+        ``values``: what a command, suite or matrix starts from before the user's values. (The dataclass's
+        own defaults stay those of every run named so far.)"""
+        return PruningHparams(**{"method": self.name, "distribution": self.default_distribution, **values})
 
     def dense_baseline(self, hp: RunHparams, weights: TrainingHparams | None = None) -> RunHparams:
         """The run whose level 0 is the dense network this method's tickets are compared with: weights
@@ -586,7 +594,7 @@ def rewind_field() -> Any:
     return dataclasses.field(
         default="0it",
         metadata={
-            "help": "IMP and early-bird: rewind kept weights to this point of the dense run (0 = reset to "
+            "help": "IMP, early-bird and cs: rewind kept weights to this point of the first training (0 = reset to "
             "init), e.g. 500 or 1ep (a bare number means iterations)",
             "flag": "--rewind-iter",
             "duration": True,

@@ -1,6 +1,7 @@
 """Dynamic sparse training: sparse from the first step, the mask moved by drop-and-grow (RigL, SET).
 
-Both start from a random mask at ``--density`` (the papers use ERK layer densities: ``--distribution erk``)
+Both start from a random mask at ``--density`` with the papers' ERK layer densities (the default here;
+``--distribution uniform`` for equal ones)
 and every ΔT steps, until a fraction of the budget, each layer drops the f(t) fraction of its kept weights
 with the smallest magnitude and grows as many elsewhere, so every layer keeps its count:
 
@@ -108,6 +109,7 @@ class _DropGrowMethod(MovingMask):
     default_scope = (
         "layerwise"  # the start mask's rule (with ERK: the papers'); every move keeps layer counts
     )
+    default_distribution = "erk"  # the papers' layer densities (``--distribution uniform`` to compare)
 
     def validate(self, hp: RunHparams) -> None:
         super().validate(hp)
@@ -158,7 +160,7 @@ class _DropGrowMethod(MovingMask):
 )
 class RigL(_DropGrowMethod):
     """RigL (Evci et al., "Rigging the Lottery: Making All Tickets Winners", ICML 2020). The paper's
-    defaults: ERK densities (``--distribution erk``), α 0.3, ΔT 100, T_end 75% of the budget."""
+    defaults: ERK densities (the default ``--distribution``), α 0.3, ΔT 100, T_end 75% of the budget."""
 
     grow = "gradient"
     citation = "Evci et al., ICML 2020"

@@ -132,9 +132,7 @@ class MovingMask(Method):
         else:
             model = copy.deepcopy(run.model)
             reset_to(model, start, mask)
-            ticket.save_mask(
-                mask, **run.mask_metadata(level=2, retrained_from=self.ticket_start_name(run))
-            )
+            ticket.save_mask(mask, **run.mask_metadata(level=2, retrained_from=self.ticket_start_name(run)))
             result = run.train_level(ticket, model, desc=f"{self.name} ticket ({mask.density:.1%})")
             cost = {
                 "wall_time": res1["wall_time"],

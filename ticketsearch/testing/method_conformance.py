@@ -38,6 +38,8 @@ class MethodConformance:
 
     method_name: ClassVar[str] = ""
     method_args: ClassVar[dict[str, Any]] = {}
+    # the method's own hyperparameters (its ``hparams_cls`` fields, e.g. ``rewind``) by name
+    method_hparams: ClassVar[dict[str, Any]] = {}
     density: ClassVar[float] = 0.3
     budget: ClassVar[str] = "2ep"
     # False for methods whose own schedule sets per-level counts (IMP prunes a rate of the survivors)
@@ -63,8 +65,9 @@ class MethodConformance:
             training=TrainingHparams(
                 **{**training.__dict__, "budget": self.budget, "eval_every": "1ep", "batch_size": 64}
             ),
-            pruning=PruningHparams(method=self.name(), density=self.density, **pruning),
+            pruning=method.default_pruning(method=self.name(), density=self.density, **pruning),
             method_args=tuple(sorted(self.method_args.items())),
+            method_hparams=tuple(sorted(self.method_hparams.items())),
         )
 
     def find(
@@ -180,7 +183,10 @@ class MethodConformance:
             assert method.canonical(other).hash() == hp.hash(), f"shared field {name!r} renamed the run"
         for name, spec in own_hparams().items():
             if name not in method.own_fields():
-                other = self.hparams().replace(method_hparams=((name, _another(spec.default)),))
+                mine = dict(self.hparams().method_hparams)
+                other = self.hparams().replace(
+                    method_hparams=tuple(sorted({**mine, name: _another(spec.default)}.items()))
+                )
                 assert method.canonical(other).hash() == hp.hash(), f"{name!r} (of {spec.methods}) renamed it"
         if method.knobs is not None:
             bad = self.hparams().replace(method_args=(("no_such_knob", 1),))

@@ -15,7 +15,10 @@ import torch
 from ..core.errors import ConfigError
 from ..core.hparams import OPTIMIZERS, SCHEDULES, TrainingHparams, to_iterations
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "Optimizer", "make_optimizer", "LRSchedule"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "NO_DECAY", "Optimizer", "make_optimizer", "LRSchedule"]
+
+# a parameter with this attribute set True is left out of weight decay (a soft mask's scores)
+NO_DECAY = "_ticketsearch_no_decay"
 
 
 class Optimizer:
@@ -39,8 +42,14 @@ class Optimizer:
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        no_decay: Iterable[torch.nn.Parameter] = (),
     ) -> None:
         self.params = params
+        # parameters weight decay must not touch (a soft mask's scores: the penalty on them is the method's)
+        skip = {id(p) for p in no_decay}
+        self._decayed: list[int] | None = (
+            [i for i, p in enumerate(params) if id(p) not in skip] if skip else None
+        )
         self.kind = kind
         self.param_groups: list[dict[str, Any]] = [{"lr": lr, "params": params}]
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
@@ -48,6 +57,12 @@ class Optimizer:
         self.steps = 0
         self.buffers: dict[str, list[torch.Tensor]] = {}
         self.grad_masks: list[torch.Tensor | None] = [None] * len(params)
+
+    def _decay_subset(self, *lists: list[torch.Tensor]) -> tuple[list[torch.Tensor], ...]:
+        """The entries of ``lists`` (aligned with :attr:`params`) that weight decay applies to."""
+        if self._decayed is None:
+            return lists
+        return tuple([xs[i] for i in self._decayed] for xs in lists)
 
     def set_grad_masks(self, masks: dict[int, torch.Tensor]) -> None:
         """Masks (0/1, the parameter's dtype) keyed by ``id(param)``: the update uses ``grad ⊙ mask``.
@@ -108,7 +123,7 @@ class Optimizer:
         wd = self.weight_decay
         if not self.momentum:
             if wd:
-                torch._foreach_mul_(ps, 1.0 - lr * wd)
+                torch._foreach_mul_(self._decay_subset(ps)[0], 1.0 - lr * wd)
             torch._foreach_addcmul_(pm, gm, mm, value=-lr)
             if pu:
                 torch._foreach_add_(pu, gu, alpha=-lr)
@@ -123,12 +138,21 @@ class Optimizer:
         if ui:
             torch._foreach_add_([buf[i] for i in ui], gu)
         if wd:
-            torch._foreach_add_(buf, ps, alpha=wd)
+            torch._foreach_add_(*self._decay_subset(buf, ps), alpha=wd)
         torch._foreach_add_(ps, buf, alpha=-lr)
+
+    def _with_decay(self, grads: list[torch.Tensor], ps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``grads + wd·p`` (L2 decay through the gradient) for the parameters decay applies to."""
+        if self._decayed is None:
+            return list(torch._foreach_add(grads, ps, alpha=self.weight_decay))
+        out = list(grads)
+        for i in self._decayed:
+            out[i] = grads[i] + self.weight_decay * ps[i]
+        return out
 
     def _sgd(self, ps, grads, lr: float) -> None:
         if self.weight_decay:
-            grads = torch._foreach_add(grads, ps, alpha=self.weight_decay)
+            grads = self._with_decay(grads, ps)
         if self.momentum:
             if "momentum" not in self.buffers:
                 self.buffers["momentum"] = [g.detach().clone() for g in grads]
@@ -142,9 +166,9 @@ class Optimizer:
     def _adam(self, ps, grads, lr: float) -> None:
         b1, b2 = self.betas
         if self.kind == "adamw" and self.weight_decay:
-            torch._foreach_mul_(ps, 1.0 - lr * self.weight_decay)
+            torch._foreach_mul_(self._decay_subset(ps)[0], 1.0 - lr * self.weight_decay)
         elif self.weight_decay:
-            grads = torch._foreach_add(grads, ps, alpha=self.weight_decay)
+            grads = self._with_decay(grads, ps)
         if "exp_avg" not in self.buffers:
             self.buffers["exp_avg"] = [torch.zeros_like(p) for p in ps]
             self.buffers["exp_avg_sq"] = [torch.zeros_like(p) for p in ps]
@@ -203,6 +227,7 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], hp: TrainingHparams) ->
         momentum=hp.momentum if hp.optimizer == "sgd" else 0.0,
         nesterov=hp.nesterov and hp.momentum > 0,
         weight_decay=hp.weight_decay,
+        no_decay=[p for p in params if getattr(p, NO_DECAY, False)],
     )
 
 

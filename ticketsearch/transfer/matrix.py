@@ -121,7 +121,7 @@ def _hparams(spec: MatrixSpec, dataset: str, method: str, density: float) -> Run
         model=ModelHparams(model=spec.model),
         dataset=DatasetHparams(dataset=dataset, resize=spec.resize),
         training=training,
-        pruning=PruningHparams(method=method, density=density),
+        pruning=strategy.default_pruning(method=method, density=density),
         method_args=tuple(sorted(spec.method_args.get(method, {}).items())),
     )
 
