@@ -220,3 +220,32 @@ def test_accuracy_axis_floor_names_what_it_hides():
     lo, off = _y_floor(rows)
     assert lo == 97.0 - 25.0 and off == ["grasp at 2% (11.3%)"]
     assert _y_floor(rows[:2]) == (None, [])
+
+
+def test_total_cost_adds_what_the_reported_accuracy_took():
+    from ticketsearch.bench.runner import total_cost
+
+    # one-shot: scoring passes, then the ticket's own training
+    row = {"iterations": 1000, "wall_time": 10.0}
+    assert total_cost(row, {"backward_passes": 3, "wall_time": 0.5}, includes_training=False) == {
+        "steps": 1003.0,
+        "wall_time": 10.5,
+    }
+    # IMP: a level's cost_to_find already runs through its own training
+    assert total_cost(row, {"backward": 5000, "wall_time": 50.0}, includes_training=True) == {
+        "steps": 5000.0,
+        "wall_time": 50.0,
+    }
+    # a supermask: untrained weights (its iterations are the search's), then-trained on top
+    sm = {
+        "iterations": 400,
+        "wall_time": 4.0,
+        "weights_trained": False,
+        "then_train": {"iterations": 1000, "wall_time": 9.0},
+    }
+    assert total_cost(sm, {"backward": 400, "wall_time": 4.0}, includes_training=False) == {
+        "steps": 400.0,
+        "wall_time": 4.0,
+        "then_train_steps": 1400.0,
+        "then_train_wall_time": 13.0,
+    }

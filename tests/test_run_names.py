@@ -100,6 +100,7 @@ def test_run_names_are_unchanged(case):
 SUITES = {
     "cifar": (615, "b515f452d1e7"),
     "dynamic-sparse": (26, "19d489ccdbf3"),
+    "frontier": (438, "0726ab8f2d55"),  # its MNIST imp, gmp, rigl and set cells reuse the runs above
     "moving-masks": (20, "f6c563ae5116"),  # main at 22b561a
     "paper": (426, "e643f24e7b05"),
     "quick": (369, "e4602cc11dfd"),

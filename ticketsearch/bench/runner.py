@@ -75,6 +75,25 @@ def cells_of(suite: Suite) -> list[Cell]:
     return out
 
 
+def total_cost(row: Any, cost: dict[str, Any], *, includes_training: bool) -> dict[str, float]:
+    """What the cell's reported accuracy cost in all, so methods compare on one axis (the frontier's
+    Pareto plot): training steps (backward passes over a batch) and wall seconds of the search plus the
+    ticket's own training, unless the method's find cost already counts it or the reported weights are
+    untrained (a supermask: its ``iterations`` are the search's); with a then-train, its whole cost too
+    (``then_train_steps``, ``then_train_wall_time``)."""
+    steps = float(cost.get("backward", cost.get("backward_passes")) or 0)
+    wall = float(cost.get("wall_time") or 0.0)
+    if not includes_training and row.get("weights_trained", True) is not False:
+        steps += float(row.get("iterations") or 0)
+        wall += float(row.get("wall_time") or 0.0)
+    out = {"steps": steps, "wall_time": wall}
+    then = row.get("then_train")
+    if then:
+        out["then_train_steps"] = steps + float(then.get("iterations") or 0)
+        out["then_train_wall_time"] = wall + float(then.get("wall_time") or 0.0)
+    return out
+
+
 def _entry(suite: Suite, cell: Cell) -> DatasetEntry:
     return next(d for d in suite.datasets if (d.dataset, d.model) == (cell.dataset, cell.model))
 
@@ -186,6 +205,7 @@ def _run_cell(
             },
             train_iterations=row.get("iterations"),
             train_wall_time=row.get("wall_time"),
+            total_cost=total_cost(row, cost, includes_training=strategy.find_cost_includes_training),
             run=str(Path(row["mask"]).parent),
             hparams=hp.to_dict(),
         )

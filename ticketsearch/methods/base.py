@@ -353,6 +353,10 @@ class Method(ABC):
     accepts_pattern: ClassVar[bool] = False
     """Its masks are made under ``--pattern`` (N:M, blocks): every selection it does passes the pattern to
     ``core.select``. False: a pattern other than unstructured is refused in one line by :meth:`validate`."""
+    find_cost_includes_training: ClassVar[bool] = False
+    """A ticket's ``cost_to_find`` already counts the training that produced its reported accuracy (IMP:
+    every level through the ticket's own); False: the ticket's own training comes on top of it, which is
+    how ``bench`` adds up a cell's whole cost."""
     levels_serve_densities: ClassVar[bool] = False
     """One run's levels answer every density down to the one it ran to (IMP): a caller asking several
     densities runs once at the lowest and takes :meth:`ticket_for` each."""

@@ -117,6 +117,7 @@ class IMP(Method):
     hparams_cls = IMPHparams
     distributed = True  # ranks train identical weights under DDP; rank 0's pruned mask is shared anyway
     levels_serve_densities = True  # level k does not depend on how many follow
+    find_cost_includes_training = True  # a level's cost_to_find runs through its own training
     default_scope = "layerwise"  # the paper's rule for LeNet and Conv-2/4/6
     citation = "Frankle & Carbin, ICLR 2019; Frankle et al., ICML 2020"
 
