@@ -249,3 +249,46 @@ def test_total_cost_adds_what_the_reported_accuracy_took():
         "then_train_steps": 1400.0,
         "then_train_wall_time": 13.0,
     }
+
+
+def test_pareto_front_keeps_what_nothing_beats():
+    from ticketsearch.bench.report import _pareto_front
+
+    pts = [(1.0, 90.0), (2.0, 89.0), (2.0, 93.0), (4.0, 92.0), (16.0, 98.0), (1.0, 85.0)]
+    assert _pareto_front(pts) == [(1.0, 90.0), (2.0, 93.0), (16.0, 98.0)]
+
+
+def test_the_answer_names_who_wins_and_checks_the_cheap_target(tmp_path):
+    from ticketsearch.bench.report import _answer_section, aggregate
+
+    def rec(variant, method, acc, steps, density=0.036, seed=0):
+        return {
+            "status": "ok",
+            "dataset": "mnist",
+            "model": "lenet",
+            "variant": variant,
+            "method": method,
+            "density": density,
+            "density_kept": density,
+            "test_acc": acc,
+            "seed": seed,
+            "total_cost": {"steps": steps, "wall_time": 1.0},
+        }
+
+    records = [
+        rec("dense", "imp", 0.980, 5000, density=1.0),
+        rec("imp", "imp", 0.981, 80000),
+        rec("gmp-ticket", "gmp", 0.977, 10000),  # -0.4 pt for 12.5% of IMP's steps: meets the target
+        rec("cs-ticket", "cs", 0.979, 20000),  # closer, but 25% of IMP's steps
+        rec("snip", "snip", 0.970, 5001),
+    ]
+    text = "\n".join(_answer_section("mnist/lenet", aggregate(records), tmp_path))
+    assert "| imp ★ | 3.6% |" in text and "| 16.00 | 1.00 |" in text
+    assert "the best ticket is imp (98.10%, 16.0× a dense training)" in text
+    assert "the best other method, cs-ticket, is -0.20 pt from imp for 25% of its cost" in text
+    assert "for ≤ 20% of its cost: gmp-ticket (97.70%)" in text
+    # within 0.5 pt of dense (98.00%) without IMP: cs-ticket (97.90) and gmp-ticket (97.70) are; the sparsest
+    assert (
+        "found without `imp`: cs-ticket at 3.6%" in text or "found without `imp`: gmp-ticket at 3.6%" in text
+    )
+    assert (tmp_path / "pareto_mnist_lenet.png").is_file()

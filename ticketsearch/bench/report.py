@@ -54,6 +54,11 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ),
             "train_iterations": _mean_of(rs, lambda r: r.get("train_iterations")),
             "then_train_mean": _mean_of(rs, lambda r: r.get("then_train_acc")),
+            "method": rs[0].get("method"),
+            # the whole cost of the reported accuracy (search + the ticket's training), and of a then-train
+            "total_steps": _mean_of(rs, lambda r: (r.get("total_cost") or {}).get("steps")),
+            "total_wall_s": _mean_of(rs, lambda r: (r.get("total_cost") or {}).get("wall_time")),
+            "then_total_steps": _mean_of(rs, lambda r: (r.get("total_cost") or {}).get("then_train_steps")),
         }
         for check in ("reinit", "shuffle", "invert"):
             vals = [r["sanity"][check] for r in rs if (r.get("sanity") or {}).get(check) is not None]
@@ -91,6 +96,8 @@ def write_report(records: list[dict[str, Any]], out_dir: Path, suite: Suite | No
     ]
     for ds in sorted({r["dataset"] for r in rows}):
         lines += _dataset_section(ds, [r for r in rows if r["dataset"] == ds], out_dir)
+    for ds in sorted({r["dataset"] for r in rows}):
+        lines += _answer_section(ds, [r for r in rows if r["dataset"] == ds], out_dir)
     if suite is not None and suite.anchors:
         lines += _anchors(rows, suite)
     small = _smallest_records(out_dir)
@@ -182,6 +189,148 @@ def _dataset_section(ds: str, rows: list[dict[str, Any]], out_dir: Path) -> list
     if sanity:
         out += [f"![sanity checks](sanity_{slug}.png)", ""]
     return out
+
+
+# the frontier's question: a method other than the reference within this many points of it ...
+CLOSE_POINTS = 0.5
+# ... for at most this fraction of its training steps
+CHEAP_FRACTION = 0.2
+
+
+def _answer_section(ds: str, rows: list[dict[str, Any]], out_dir: Path) -> list[str]:
+    """Which method wins at each density and at what cost, against the dense network and the reference.
+
+    The reference is the method whose level 0 is the suite's dense network (the dense cells' method: IMP),
+    so no method is named here. Cost is each cell's whole cost (``total_cost``: the search and the
+    ticket's own training) in training steps, relative to one dense training of the same budget. Written
+    only when the records carry that cost (suites run since it was recorded)."""
+    dense = next((r for r in rows if r["variant"] == DENSE), None)
+    if dense is None or not dense.get("total_steps"):
+        return []
+    ref_method, unit = dense.get("method"), float(dense["total_steps"])
+    cells = [r for r in rows if r["variant"] != DENSE and r.get("total_steps") is not None]
+    if not cells:
+        return []
+    densities = sorted({r["density"] for r in cells}, reverse=True)
+    out = [
+        f"## {ds}: who wins, at what cost",
+        "",
+        f"Cost: the whole training a cell's accuracy took (the search plus the ticket's own training, in steps), "
+        f"in units of one dense training ({unit:,.0f} steps); the reference is the method that trained the "
+        f"dense network (`{ref_method}`: its variants are marked ★). Wall seconds are as measured, cached "
+        "cells included (their machine load may differ).",
+        "",
+        "| method | density | test acc | Δ vs best ★ (pt) | cost (× dense) | cost (× best ★) | wall (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    answers: list[str] = []
+    for d in densities:
+        at = [r for r in cells if r["density"] == d]
+        refs = [r for r in at if r.get("method") == ref_method]
+        best_ref = max(refs, key=lambda r: r["acc_mean"], default=None)
+        for r in sorted(at, key=lambda r: -r["acc_mean"]):
+            star = " ★" if r.get("method") == ref_method else ""
+            delta = "-" if best_ref is None else f"{100 * (r['acc_mean'] - best_ref['acc_mean']):+.2f}"
+            rel = "-" if best_ref is None else f"{r['total_steps'] / best_ref['total_steps']:.2f}"
+            out.append(
+                f"| {r['variant']}{star} | {100 * d:g}% | {_pct(r['acc_mean'], r['acc_std'])} | {delta} | "
+                f"{r['total_steps'] / unit:.2f} | {rel} | {_num(r['total_wall_s'], '.0f')} |"
+            )
+        best = max(at, key=lambda r: r["acc_mean"])
+        line = (
+            f"- **{100 * d:g}%**: the best ticket is {best['variant']} ({_pct(best['acc_mean'])}%, "
+            f"{best['total_steps'] / unit:.1f}× a dense training)"
+        )
+        if best_ref is not None:
+            others = [r for r in at if r.get("method") != ref_method]
+            cheap = [r for r in others if r["total_steps"] <= CHEAP_FRACTION * best_ref["total_steps"]]
+            top = max(others, key=lambda r: r["acc_mean"], default=None)
+            if top is not None:
+                gap = 100 * (top["acc_mean"] - best_ref["acc_mean"])
+                line += (
+                    f"; the best other method, {top['variant']}, is {gap:+.2f} pt from {best_ref['variant']} "
+                    f"for {top['total_steps'] / best_ref['total_steps']:.0%} of its cost"
+                )
+            close = [r for r in cheap if 100 * (best_ref["acc_mean"] - r["acc_mean"]) <= CLOSE_POINTS]
+            line += (
+                f"; within {CLOSE_POINTS} pt of {best_ref['variant']} for ≤ {CHEAP_FRACTION:.0%} of its cost: "
+                + (", ".join(f"{r['variant']} ({_pct(r['acc_mean'])}%)" for r in close) or "**none**")
+            )
+        answers.append(line + ".")
+    near_dense = [
+        r
+        for r in cells
+        if r.get("method") != ref_method and 100 * (dense["acc_mean"] - r["acc_mean"]) <= CLOSE_POINTS
+    ]
+    lowest = min(near_dense, key=lambda r: (r["density"], -r["acc_mean"]), default=None)
+    answers.append(
+        f"- Dense reaches {_pct(dense['acc_mean'])}%. The sparsest ticket within {CLOSE_POINTS} pt of it "
+        f"found without `{ref_method}`: "
+        + (
+            f"{lowest['variant']} at {100 * lowest['density']:g}% ({_pct(lowest['acc_mean'])}%)."
+            if lowest is not None
+            else "none at these densities."
+        )
+    )
+    slug = ds.replace("/", "_")
+    _plot_pareto(ds, cells, densities, unit, ref_method, out_dir / f"pareto_{slug}.png")
+    return out + ["", *answers, "", f"![accuracy against cost](pareto_{slug}.png)", ""]
+
+
+def _pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both cost (lower) and accuracy (higher), by cost."""
+    front: list[tuple[float, float]] = []
+    for c, a in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or a > front[-1][1]:
+            front.append((c, a))
+    return front
+
+
+def _plot_pareto(
+    ds: str, cells: list[dict[str, Any]], densities: list[float], unit: float, ref: Any, path: Path
+) -> None:
+    plt = _fig()
+    n = len(densities)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2), squeeze=False, sharey=False)
+    variants = sorted({r["variant"] for r in cells})
+    colors = {v: plt.get_cmap("tab20")(i % 20) for i, v in enumerate(variants)}
+    for ax, d in zip(axes[0], densities):
+        at = [r for r in cells if r["density"] == d]
+        pts = []
+        for r in at:
+            x, y = r["total_steps"] / unit, 100 * r["acc_mean"]
+            marker = "*" if r.get("method") == ref else "o"
+            ax.scatter(
+                [x],
+                [y],
+                color=colors[r["variant"]],
+                marker=marker,
+                s=70 if marker == "*" else 30,
+                label=r["variant"],
+            )
+            pts.append((x, y))
+            if r.get("then_total_steps") and r.get("then_train_mean") is not None:
+                tx, ty = r["then_total_steps"] / unit, 100 * r["then_train_mean"]
+                ax.scatter([tx], [ty], color=colors[r["variant"]], marker="x", s=40)
+                pts.append((tx, ty))
+        front = _pareto_front(pts)
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="0.4", lw=1, ls="--", zorder=0)
+        lo = max(min(p[1] for p in pts), max(p[1] for p in pts) - 15)
+        ax.set_ylim(lo - 0.5, max(p[1] for p in pts) + 0.5)
+        ax.set_xscale("log")
+        ax.set_title(f"{100 * d:g}% kept")
+        ax.set_xlabel("cost (dense trainings, log)")
+    axes[0][0].set_ylabel("test accuracy (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7, bbox_to_anchor=(0.5, -0.2)
+    )
+    fig.suptitle(
+        f"{ds}: accuracy against cost (★ reference, × then-trained, dashed: Pareto front; "
+        "axes cut 15 pt under the best)",
+        fontsize=9,
+    )
+    _save(fig, path)
 
 
 def _smallest_records(out_dir: Path) -> list[dict[str, Any]]:
