@@ -29,7 +29,7 @@ from ..core.errors import DataError, TicketsearchError
 from ..core.io import append_jsonl, atomic_write_json
 from ..core.provenance import collect_stale, current, stale_reason
 from ..training import progress_bar
-from .spec import DatasetEntry, Suite, Variant
+from .spec import VARIANT_CONTROLS, DatasetEntry, Suite, Variant, suite_dict, variant_densities
 
 __all__ = [
     "Cell",
@@ -69,7 +69,7 @@ def cells_of(suite: Suite) -> list[Cell]:
         for seed in suite.seeds:
             out.append(Cell(d.dataset, d.model, DENSE, 1.0, seed))
         for v in suite.variants:
-            for p in suite.densities:
+            for p in variant_densities(suite, v):
                 for seed in suite.seeds:
                     out.append(Cell(d.dataset, d.model, v.name, p, seed))
     return out
@@ -115,6 +115,8 @@ def _hparams(entry: DatasetEntry, variant: Variant | None, density: float) -> An
     own = get_method(variant.method).recipe(entry.model, entry.dataset)
     if own is not None:  # learned methods train scores with their own recipe
         training = dataclasses.replace(own, budget=entry.score_budget) if entry.score_budget else own
+    if variant.training:  # the variant's own budget or optimizer, on whatever it trains
+        training = dataclasses.replace(training, **variant.training)
     method = get_method(variant.method)
     hp = base.replace(
         training=training,
@@ -122,9 +124,6 @@ def _hparams(entry: DatasetEntry, variant: Variant | None, density: float) -> An
         method_args=tuple(sorted(variant.args.items())),
     )
     return method.with_hparams(hp, **variant.pruning), weights  # shared fields or the method's own
-
-
-_CHECK_CONTROLS = (("reinit", "reinit"), ("shuffle", "random_mask"))
 
 
 def run_cell(
@@ -165,8 +164,10 @@ def _run_cell(
         strategy = get_method(hp.pruning.method)
         label = "dense" if variant is None else strategy.kind  # a display label in the record, nothing more
         checks_of = strategy.sanity_checks if variant is not None and suite.sanity else ()
-        # the reinit and shuffle checks are the runner's controls of the same names
-        controls = tuple(c for check, c in _CHECK_CONTROLS if check in checks_of)
+        # the reinit and shuffle checks are the runner's controls of the same names; a variant may ask for
+        # controls itself (IMP's reinit control, which the sanity checks leave out for the reference)
+        asked = variant.controls if variant is not None else ()
+        controls = tuple(c for c, check in VARIANT_CONTROLS.items() if check in checks_of or c in asked)
         opts = RunOptions(
             root=root,
             data_root=data_root,
@@ -209,17 +210,22 @@ def _run_cell(
             run=str(Path(row["mask"]).parent),
             hparams=hp.to_dict(),
         )
+        if variant is not None and variant.metrics:  # what the report's tables leave out, kept by name
+            record["metrics"] = {m: row.get(m) for m in variant.metrics}
         checks = {}
+        checks_es = {}
         controls = row.get("controls") or {}
-        if "reinit" in controls:
-            checks["reinit"] = controls["reinit"].get("test_acc")
-        if "random_mask" in controls:
-            checks["shuffle"] = controls["random_mask"].get("test_acc")
+        for control, check in VARIANT_CONTROLS.items():
+            if control in controls:
+                checks[check] = controls[control].get("test_acc")
+                checks_es[check] = controls[control].get("es_test_acc")
         if "invert" in checks_of:
             inv = strategy.inverted(hp)
             quiet = dataclasses.replace(opts, controls=())
             checks["invert"] = run_find(inv, seed=cell.seed, opts=quiet).rows[-1].get("test_acc")
         record["sanity"] = checks
+        if checks_es:  # the controls' accuracy at their early-stopping iteration, beside es_test_acc
+            record["sanity_es"] = checks_es
     except TicketsearchError as exc:
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     record["wall_time"] = time.perf_counter() - t0
@@ -351,7 +357,7 @@ def run_suite(
     suite.validate()
     check_data(suite, data_root)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "suite.json", dataclasses.asdict(suite))
+    atomic_write_json(out_dir / "suite.json", suite_dict(suite))
     results = out_dir / "results.jsonl"
     warn = lambda m: print(m, file=sys.stderr)  # noqa: E731
     done = {
@@ -509,7 +515,7 @@ def smallest_search(
     entry = next(e for e in suite.datasets if f"{e.dataset}/{e.model}" == ds)
     variant = next(v for v in suite.variants if v.name == name)
     opts = RunOptions(root=root, data_root=data_root, device=device, progress=False, rerun_stale=rerun_stale)
-    hp, weights = _hparams(entry, variant, min(suite.densities))
+    hp, weights = _hparams(entry, variant, min(variant_densities(suite, variant)))
     rec: dict[str, Any] = {"key": key, "dataset": entry.dataset, "model": entry.model, "variant": name}
     try:
         r = smallest(

@@ -6,6 +6,16 @@ it). A method entry is a name (``"snip"``) or a variant::
 
     {"name": "imp-rewind", "method": "imp", "pruning": {"rewind": "1ep"}}
     {"name": "supermask", "method": "supermask", "then_train": true}
+    {"name": "imp", "method": "imp", "controls": ["reinit"]}
+    {"name": "supermask-300ep", "method": "supermask", "training": {"budget": "300ep"}}
+    {"name": "bernoulli", "method": "supermask-bernoulli", "densities": [0.5], "metrics": ["learned_density"]}
+
+A variant's optional fields let one suite hold a grid that a one-off script used to: ``densities`` (its own,
+instead of the suite's), ``training`` (overrides of the recipe it trains with: the weights', or a learned
+method's scores'), ``controls`` (the runner's controls beside each ticket, asked of any method that
+``accepts_controls``, with or without ``sanity``) and ``metrics`` (fields of the ticket's result kept in
+each cell's record). At their defaults they are left out of :func:`suite_dict`, so a suite written before
+they existed keeps its queue name (``bench --storage``) and its saved form.
 
 Every variant of a method with scores also gets the sanity checks of Frankle et al. 2021 when the suite
 asks for them (``"sanity": true``): the ticket's mask on a fresh init (``reinit``), the mask shuffled
@@ -14,6 +24,7 @@ within each layer (``shuffle``) and, for one-shot scorers, the inverted ranking 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +45,9 @@ __all__ = [
     "suite_from_dict",
     "suite_from_saved",
     "SUITES_DIR",
+    "suite_dict",
+    "variant_densities",
+    "VARIANT_CONTROLS",
 ]
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -49,6 +63,10 @@ class DatasetEntry:
     requires: str = ""  # a sentence shown when the data is missing (CIFAR-10)
 
 
+# a variant's ``controls`` (the names ``find --controls`` takes) -> the sanity check its record holds them as
+VARIANT_CONTROLS = {"reinit": "reinit", "random_mask": "shuffle"}
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -56,6 +74,14 @@ class Variant:
     pruning: dict[str, Any] = field(default_factory=dict)
     args: dict[str, Any] = field(default_factory=dict)
     then_train: bool = False
+    # added later: at their defaults they are not in suite_dict (queue names and suite.json stay as they were)
+    densities: tuple[float, ...] = ()  # this variant's own densities; () = the suite's
+    training: dict[str, Any] = field(default_factory=dict)  # overrides of the recipe it trains with
+    controls: tuple[str, ...] = ()  # controls beside each ticket (VARIANT_CONTROLS), besides any sanity
+    metrics: tuple[str, ...] = ()  # result fields of the ticket kept in each cell's record
+
+
+_LATER_VARIANT_FIELDS = ("densities", "training", "controls", "metrics")
 
 
 @dataclass(frozen=True)
@@ -102,7 +128,7 @@ class Suite:
         for d in self.datasets:
             DATASETS.entry(d.dataset)
             MODELS.entry(d.model)
-            TrainingHparams(**{**TrainingHparams().__dict__, **d.training}).validate()
+            _training(d.training, f"suite '{self.name}' dataset '{d.dataset}'").validate()
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ConfigError(f"suite '{self.name}' names a method variant twice: {names}")
@@ -114,6 +140,7 @@ class Suite:
             if own is not None and callable(getattr(own, "validate", None)):
                 own.validate()
             method.parse_knobs(v.args)
+            _check_variant_extras(self.name, v, method)
         for p in self.densities:
             check_density(p, name="suite density")
         for s in self.seeds:
@@ -162,12 +189,73 @@ class Suite:
         )
 
 
+def _training(values: dict[str, Any], where: str) -> TrainingHparams:
+    """Training overrides as hparams (on the dataclass defaults, to check them): an unknown key is one line
+    naming the allowed ones, not a TypeError."""
+    allowed = {f.name for f in dataclasses.fields(TrainingHparams)}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown training key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
+    return dataclasses.replace(TrainingHparams(), **values)
+
+
+def _check_variant_extras(suite: str, v: Variant, method: Any) -> None:
+    """A variant's optional fields (densities, training, controls, metrics), by the method's capabilities."""
+    where = f"suite '{suite}' method '{v.name}'"
+    for p in v.densities:
+        check_density(p, name=f"{where} density")
+    if len(set(v.densities)) != len(v.densities):
+        raise ConfigError(f"{where} lists a density twice: {list(v.densities)}")
+    _training(v.training, where).validate()
+    unknown = [c for c in v.controls if c not in VARIANT_CONTROLS]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown control(s) {', '.join(map(repr, unknown))} "
+            f"(choose from: {', '.join(VARIANT_CONTROLS)})"
+        )
+    if v.controls and not method.accepts_controls:
+        raise ConfigError(
+            f"{where}: controls do not apply to method '{method.name}' (its ticket is learned on untrained "
+            "weights, which a control would retrain); drop its controls"
+        )
+    if not all(isinstance(m, str) and m for m in v.metrics):
+        raise ConfigError(f"{where}: metrics are names of result fields, got {list(v.metrics)!r}")
+
+
+def variant_densities(suite: Suite, v: Variant) -> tuple[float, ...]:
+    """The densities ``v`` runs at: its own, or the suite's."""
+    return v.densities or suite.densities
+
+
+def suite_dict(suite: Suite) -> dict[str, Any]:
+    """The suite as plain data (``dataclasses.asdict``) without the variant fields added later while they
+    hold their defaults: what names a suite's queue (``bench --storage``) and what ``suite.json`` holds, so
+    adding a field renames no existing suite's queue."""
+    d = dataclasses.asdict(suite)
+    defaults = {f.name: f for f in dataclasses.fields(Variant)}
+    for v in d["variants"]:
+        for name in _LATER_VARIANT_FIELDS:
+            f = defaults[name]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if v[name] == default or (isinstance(default, tuple) and tuple(v[name]) == default):
+                del v[name]
+    return d
+
+
+def _listed(value: Any, key: str) -> tuple[Any, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"suite method key '{key}' must be a list, got {value!r}")
+    return tuple(value)
+
+
 def _variant(entry: Any) -> Variant:
     if isinstance(entry, str):
         return Variant(name=entry, method=entry)
     if not isinstance(entry, dict) or "name" not in entry:
         raise ConfigError(f"a suite method is a name or an object with a 'name', got {entry!r}")
-    allowed = {"name", "method", "pruning", "args", "then_train"}
+    allowed = {"name", "method", "pruning", "args", "then_train", *_LATER_VARIANT_FIELDS}
     extra = sorted(set(entry) - allowed)
     if extra:
         raise ConfigError(
@@ -179,6 +267,10 @@ def _variant(entry: Any) -> Variant:
         pruning=dict(entry.get("pruning", {})),
         args=dict(entry.get("args", {})),
         then_train=bool(entry.get("then_train", False)),
+        densities=tuple(float(x) for x in _listed(entry.get("densities", ()), "densities")),
+        training=dict(entry.get("training", {})),
+        controls=tuple(str(x) for x in _listed(entry.get("controls", ()), "controls")),
+        metrics=tuple(str(x) for x in _listed(entry.get("metrics", ()), "metrics")),
     )
 
 
@@ -209,9 +301,8 @@ def suite_from_saved(d: dict[str, Any], *, source: str = "suite.json") -> Suite:
     """The suite back from its saved dataclass form (``suite.json``, a queue's study): that form holds
     ``variants``, where a spec file holds ``methods``."""
     d = dict(d)
-    d["methods"] = [
-        {k: v[k] for k in ("name", "method", "pruning", "args", "then_train")} for v in d.pop("variants")
-    ]
+    keys = ("name", "method", "pruning", "args", "then_train", *_LATER_VARIANT_FIELDS)
+    d["methods"] = [{k: v[k] for k in keys if k in v} for v in d.pop("variants")]
     d["seeds"] = list(d["seeds"])
     return suite_from_dict(d, source=source)
 
