@@ -165,19 +165,64 @@ def test_a_bad_dataset_training_key_is_one_line() -> None:
         suite_from_dict(spec, source="t").validate()
 
 
-def test_a_suite_with_variant_fields_runs_and_records(tmp_path: Path) -> None:
-    """On digits, 1 epoch: IMP's reinit control asked by the variant (no sanity checks), a supermask at its
-    own density and budget, Bernoulli's extra metrics."""
+def test_suite_command_names_every_flag_that_changes_the_run() -> None:
+    from ticketsearch.bench.runner import suite_command
+
+    assert suite_command("quick", root="runs", out="out dir") == (
+        "python -m ticketsearch bench --suite quick --root runs --out 'out dir' --workers 1"
+    )
+    assert suite_command(
+        "my.json",
+        root="r",
+        out="o",
+        data_root="../d",
+        workers=2,
+        device="cuda",
+        methods=["imp", "snip"],
+        seeds=3,
+    ) == (
+        "python -m ticketsearch bench --suite my.json --root r --out o --data-root ../d --device cuda "
+        "--workers 2 --methods imp,snip --seeds 3"
+    )
+
+
+def test_report_prints_the_recorded_command_and_nothing_without_one(tmp_path: Path) -> None:
+    from ticketsearch.bench import write_report
+    from ticketsearch.bench.runner import write_command
+
+    rec = {
+        "key": "d/m|dense|1|0", "dataset": "d", "model": "m", "variant": "dense", "density": 1.0, "seed": 0,
+        "status": "ok", "test_acc": 0.9, "density_kept": 1.0,
+    }  # fmt: skip
+    write_report([rec], tmp_path)
+    assert "Reproduce:" not in (tmp_path / "report.md").read_text()
+    (tmp_path / "command.json").write_text("{not json")
+    write_report([rec], tmp_path)  # an unreadable command.json: no command, no failure
+    assert "Reproduce:" not in (tmp_path / "report.md").read_text()
+    write_command(tmp_path, "python -m ticketsearch bench --suite smoke --root r --out o --workers 1")
+    write_report([rec], tmp_path)
+    head = (tmp_path / "report.md").read_text().splitlines()[:4]
+    assert "Reproduce: `python -m ticketsearch bench --suite smoke --root r --out o --workers 1`" in head
+
+
+def test_a_suite_with_variant_fields_runs_records_and_prints_its_command(tmp_path: Path) -> None:
+    """On digits, 1 epoch: IMP's reinit control asked by the variant (no sanity checks), SNIP at its own
+    density and budget keeping extra result fields; the folder's command.json and report header. (No
+    supermask here: its compiled kernel would be built first; the score recipe's override is checked above.)"""
     from ticketsearch.bench import read_records
     from ticketsearch.cli import main
 
     spec = _spec(method="imp", controls=["reinit"])
     spec["densities"] = [0.8]  # IMP's first level: one ticket and one control
-    spec["datasets"][0]["score_budget"] = "1ep"
-    spec["methods"] += [
-        {"name": "sm", "method": "supermask", "densities": [0.3], "training": {"budget": "2ep"}},
-        {"name": "bern", "method": "supermask-bernoulli", "metrics": ["expected_mask_test_acc", "nothing"]},
-    ]
+    spec["methods"].append(
+        {
+            "name": "sn",
+            "method": "snip",
+            "densities": [0.3],
+            "training": {"budget": "2ep"},
+            "metrics": ["es_iteration", "nothing"],
+        }
+    )
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(spec))
     out, root = tmp_path / "out", tmp_path / "runs"
@@ -187,9 +232,33 @@ def test_a_suite_with_variant_fields_runs_and_records(tmp_path: Path) -> None:
     assert all(r["status"] == "ok" for r in recs.values()), recs
     assert set(recs["v"]["sanity"]) == {"reinit"} and set(recs["v"]["sanity_es"]) == {"reinit"}
     assert 0 <= recs["v"]["sanity"]["reinit"] <= 1
-    assert recs["sm"]["density"] == 0.3 and recs["sm"]["hparams"]["training"]["budget"] == "2ep"
-    assert recs["sm"]["sanity"] == {} and "metrics" not in recs["sm"]
-    metrics = recs["bern"]["metrics"]
-    assert 0 <= metrics["expected_mask_test_acc"] <= 1 and metrics["nothing"] is None
+    assert "metrics" not in recs["v"] and "sanity_es" not in recs["sn"]
+    assert recs["sn"]["density"] == 0.3 and recs["sn"]["hparams"]["training"]["budget"] == "2ep"
+    assert recs["sn"]["sanity"] == {}  # no sanity checks in this suite, no controls asked
+    assert recs["sn"]["metrics"] == {"es_iteration": recs["sn"]["es_iteration"], "nothing": None}
+    assert recs["dense"]["hparams"]["training"]["budget"] == "1ep"  # the dataset's, not the variant's
+    command = f"python -m ticketsearch bench --suite {path} --root {root} --out {out} --workers 1"
+    assert json.loads((out / "command.json").read_text())["command"] == command
+    assert f"Reproduce: `{command}`" in (out / "report.md").read_text()
     saved = suite_from_saved(json.loads((out / "suite.json").read_text()))
     assert saved == load_suite(str(path))
+
+
+def test_a_queue_run_records_the_local_command_that_reproduces_it(tmp_path: Path) -> None:
+    """``bench --storage``: the same cells run locally reproduce the folder, so its command needs no
+    database (and never holds the storage URL, which may carry a password)."""
+    from ticketsearch.cli import main
+
+    spec = _spec(method="snip")
+    spec["methods"] = ["snip"]
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(spec))
+    out, root = tmp_path / "out", tmp_path / "runs"
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    argv = ["bench", "--suite", str(path), "--root", str(root), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--storage", url]) == 0
+    text = (out / "command.json").read_text()
+    assert "sqlite" not in text and "q.db" not in text
+    command = json.loads(text)["command"]
+    assert command == f"python -m ticketsearch bench --suite {path} --root {root} --out {out} --workers 1"
+    assert f"Reproduce: `{command}`" in (out / "report.md").read_text()

@@ -88,6 +88,11 @@ def write_report(records: list[dict[str, Any]], out_dir: Path, suite: Suite | No
     lines = [f"# Benchmark report: {suite.name if suite else out_dir.name}", ""]
     if suite is not None and suite.description:
         lines += [suite.description, ""]
+    from .runner import read_command  # the command that reproduces this folder, recorded when it ran
+
+    command = read_command(out_dir)
+    if command is not None:
+        lines += [f"Reproduce: `{command}`", ""]
     lines += [
         "Test accuracy (%), mean ± std over seeds; **bold**: the best method at each density (dense excluded). "
         "Each density column holds the tickets nearest that density (IMP: its level nearest it). Supermask: "

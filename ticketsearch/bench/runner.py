@@ -43,6 +43,9 @@ __all__ = [
     "latest_records",
     "stale_records",
     "check_data",
+    "suite_command",
+    "write_command",
+    "read_command",
     "DENSE",
 ]
 
@@ -321,6 +324,57 @@ def _provenance() -> dict[str, Any]:
     }
 
 
+COMMAND_FILE = "command.json"
+
+
+def suite_command(
+    suite: str,
+    *,
+    root: str | Path,
+    out: str | Path,
+    data_root: str | None = None,
+    workers: int = 1,
+    device: str = "cpu",
+    methods: list[str] | None = None,
+    seeds: int | None = None,
+) -> str:
+    """The one ``bench`` command that reproduces a suite's folder: the suite as it was named (a built-in
+    name or a spec file's path) and every flag that changes what runs or where it goes, in a fixed order,
+    so a record's header can say how it was made and a reader can make it again."""
+    import shlex
+
+    argv = ["python", "-m", "ticketsearch", "bench", "--suite", suite, "--root", str(root), "--out", str(out)]
+    if data_root is not None:
+        argv += ["--data-root", str(data_root)]
+    if device != "cpu":
+        argv += ["--device", device]
+    argv += ["--workers", str(workers)]
+    if methods:
+        argv += ["--methods", ",".join(methods)]
+    if seeds is not None:
+        argv += ["--seeds", str(seeds)]
+    return shlex.join(argv)
+
+
+def write_command(out_dir: Path, command: str) -> None:
+    """``command.json``: the command that reproduces ``out_dir`` (the last one that ran into it), for the
+    report's header. Only the rebuilt command, never the command line as typed: a ``--storage`` URL may
+    carry a password."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / COMMAND_FILE, {"command": command})
+
+
+def read_command(out_dir: Path) -> str | None:
+    """The reproducing command recorded in ``out_dir`` (None for a folder made before it was recorded, or
+    whose ``command.json`` is unreadable: the report then prints no command rather than failing)."""
+    try:
+        data = json.loads((out_dir / COMMAND_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    command = data.get("command") if isinstance(data, dict) else None
+    return command if isinstance(command, str) and command else None
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
@@ -342,11 +396,13 @@ def run_suite(
     workers: int = 1,
     progress: bool | str = "auto",
     rerun_stale: bool = False,
+    command: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell not yet recorded as done in ``out_dir/results.jsonl``; returns the newest record of
     every key. Done: recorded ``ok`` (a failed cell runs again) and, with ``rerun_stale``, made by the
     code running now (a stale cell runs again, recomputing the levels other code made). The suite's data
-    are checked first: a missing file is one DataError and nothing is written.
+    are checked first: a missing file is one DataError and nothing is written. ``command``: the one
+    command that reproduces this folder (:func:`suite_command`), kept in ``command.json`` for the report.
 
     ``timing.json`` states this invocation's wall time and how much of the workers' time went to training
     steps, so the suite's overhead (start-up, data, evaluation, scoring, writing) is measured, not guessed.
@@ -358,6 +414,8 @@ def run_suite(
     check_data(suite, data_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "suite.json", suite_dict(suite))
+    if command is not None:
+        write_command(out_dir, command)
     results = out_dir / "results.jsonl"
     warn = lambda m: print(m, file=sys.stderr)  # noqa: E731
     done = {

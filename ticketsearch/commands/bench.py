@@ -116,6 +116,18 @@ class Bench(Command):
             suite = load_suite(ns.suite).with_overrides(methods=methods, seeds=ns.seeds)
             suite.validate()
             out = Path(ns.out) if ns.out else Path(ns.root) / f"bench_{suite.name}"
+            from ..bench.runner import suite_command
+
+            command = suite_command(
+                ns.suite,
+                root=ns.root,
+                out=out,
+                data_root=ns.data_root,
+                workers=ns.workers,
+                device=ns.device,
+                methods=methods,
+                seeds=ns.seeds,
+            )
             if ns.storage:
                 from ..bench.runner import check_data
 
@@ -135,6 +147,9 @@ class Bench(Command):
                     progress=False if ns.no_progress else "auto",
                     db_wait=db_wait,
                 )
+                from ..bench.runner import write_command
+
+                write_command(out, command)  # the same cells, run locally: no database needed to reproduce
             else:
                 records = run_suite(
                     suite,
@@ -145,6 +160,7 @@ class Bench(Command):
                     workers=ns.workers,
                     progress=False if ns.no_progress else "auto",
                     rerun_stale=ns.rerun_stale,
+                    command=command,
                 )
             write_report(records, out, suite)
         print(f"report: {out / 'report.md'}")
