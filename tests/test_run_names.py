@@ -101,11 +101,17 @@ SUITES = {
     "cifar": (615, "b515f452d1e7"),
     "dynamic-sparse": (26, "19d489ccdbf3"),
     "frontier": (438, "0726ab8f2d55"),  # its MNIST imp, gmp, rigl and set cells reuse the runs above
+    # the grids of the removed one-off scripts (issue 21), computed at their introduction
+    "imp-lenet": (10, "6c71b05a33cd"),  # its IMP run is the one benchmarks/imp_lenet_mnist.py named
     "moving-masks": (20, "f6c563ae5116"),  # main at 22b561a
     "paper": (426, "e643f24e7b05"),
     "quick": (369, "e4602cc11dfd"),
+    "smallest-lenet": (14, "46392092f112"),  # the runs benchmarks/smallest_mnist.py named
     "smoke": (5, "b5693baafb8e"),
     "snip-paper": (48, "2b3d5d44a670"),
+    "snip-paper-adam": (6, "712e073123f9"),
+    "supermask-lenet": (24, "ceb2d907bdef"),
+    "supermask-mnist1d": (52, "1fe92059afd4"),
 }
 
 

@@ -262,3 +262,82 @@ def test_a_queue_run_records_the_local_command_that_reproduces_it(tmp_path: Path
     command = json.loads(text)["command"]
     assert command == f"python -m ticketsearch bench --suite {path} --root {root} --out {out} --workers 1"
     assert f"Reproduce: `{command}`" in (out / "report.md").read_text()
+
+
+def _identities(name: str) -> dict[str, str]:
+    """variant -> the run identity of its cells (one per variant in these suites: IMP's is density-free)."""
+    from ticketsearch.bench.runner import DENSE, _entry, _hparams
+    from ticketsearch.methods import get_method
+
+    suite = load_suite(name)
+    out: dict[str, str] = {}
+    for cell in cells_of(suite):
+        if cell.variant == DENSE:
+            continue
+        variant = next(v for v in suite.variants if v.name == cell.variant)
+        hp, _ = _hparams(_entry(suite, cell), variant, cell.density)
+        method = get_method(hp.pruning.method)
+        out[cell.variant] = f"{hp.pruning.method}_{method.identity(method.canonical(hp))}"
+    return out
+
+
+def test_imp_lenet_mnist_is_the_removed_scripts_setup() -> None:
+    """benchmarks/imp_lenet_mnist.py (removed at issue 21) trained this very IMP run (Frankle & Carbin's
+    Adam 1.2e-3, batch 60, 20% / 10% per level, layerwise, 10K iterations, eval every 500): the suite
+    reuses its levels under the same --root; its reinit control is now the variant's control."""
+    suite = load_suite("imp-lenet")
+    assert _identities("imp-lenet") == {"imp": "imp_ea612be40c21"}
+    (imp,) = suite.variants
+    assert imp.controls == ("reinit",) and not suite.sanity
+    assert suite.densities == (0.512, 0.211, 0.07, 0.036) and suite.seeds == (0, 1)
+
+
+def test_smallest_mnist_names_the_removed_scripts_runs() -> None:
+    """benchmarks/smallest_mnist.py's runs, by name (the IMP run is also moving-masks' own)."""
+    assert _identities("smallest-lenet") == {
+        "imp": "imp_347195445e08",
+        "imp-lr-rewind": "imp_21fcdea10638",
+        "snip": "snip_fc4ed7d144af",
+        "synflow": "synflow_ce26cd4c6992",
+        "supermask": "supermask_f2dc488cdaa4",
+        "early-bird": "early-bird_3206bf73bac7",
+    }
+    small = load_suite("smallest-lenet").smallest
+    assert small is not None and (small.tolerance, small.min_density, small.precision) == (0.5, 1e-3, 0.1)
+
+
+def test_supermask_suites_hold_the_scripts_grid() -> None:
+    """Edge-popup at the script's k, Bernoulli at 0.5 with its expected mask kept, the MNIST-1D budgets."""
+    from ticketsearch.bench.runner import DENSE
+
+    mnist = load_suite("supermask-lenet")
+    grid = {(c.dataset, c.variant, c.density) for c in cells_of(mnist) if c.variant != DENSE}
+    for ds in ("mnist", "fashion_mnist"):
+        assert {(ds, "edge-popup", k) for k in (0.1, 0.3, 0.5, 0.7)} | {(ds, "bernoulli", 0.5)} == {
+            g for g in grid if g[0] == ds
+        }
+    one_d = load_suite("supermask-mnist1d")
+    budgets = {v.name: v.training.get("budget") for v in one_d.variants}
+    assert budgets == {
+        "edge-popup": None, "edge-popup-100ep": "100ep", "edge-popup-300ep": "300ep",
+        "bernoulli": None, "bernoulli-100ep": "100ep", "bernoulli-300ep": "300ep",
+    }  # fmt: skip
+    assert {d.model for d in one_d.datasets} == {"mlp_mnist1d", "cnn_mnist1d"}
+    for v in (*mnist.variants, *one_d.variants):
+        if v.method == "supermask-bernoulli":
+            assert v.densities == (0.5,) and "expected_mask_test_acc" in v.metrics
+
+
+def test_snip_paper_adam_is_snips_adam_row() -> None:
+    suite = load_suite("snip-paper-adam")
+    (entry,) = suite.datasets
+    t = entry.training
+    assert (t["optimizer"], t["lr"], t["batch_size"], t["budget"]) == ("adam", 1e-3, 100, "40ep")
+    sgd = load_suite("snip-paper").datasets[0].training
+    assert {k: t[k] for k in ("schedule", "milestones", "gamma", "eval_every")} == {
+        k: sgd[k] for k in ("schedule", "milestones", "gamma", "eval_every")
+    }
+    assert (
+        suite.densities == (0.1,)
+        and suite.variants[0].pruning == load_suite("snip-paper").variants[0].pruning
+    )
