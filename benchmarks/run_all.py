@@ -1,4 +1,5 @@
-"""`make bench`: the quick speed benchmarks (minutes on 2 cores). The long accuracy runs are listed, not run.
+"""`make bench-speed`: the quick speed benchmarks (minutes on 2 cores). The accuracy grids are bench suites,
+listed here, not run.
 
 Runs either way, from anywhere (standard library only, so it needs no import path set up):
 
@@ -23,11 +24,14 @@ QUICK = [
     ["supermask_speed", "--models", "lenet_300_100", "--threads", "2"],
 ]
 OPENLTH = Path("/tmp/open_lth")  # a checkout of facebookresearch/open_lth (see openlth_speed.py's docstring)
+# the accuracy grids are suites of `ticketsearch bench` (the one-off scripts that ran them were removed)
 LONG = {
-    "imp_lenet_mnist": "IMP on LeNet-300-100/MNIST, 16 levels × 2 seeds + reinit controls (about 1 h on 2 cores)",
-    "scorers_mnist": "SNIP/GraSP/SynFlow/magnitude/random at SNIP's setup, 3 seeds, SGD and Adam rows "
-    "(the SGD grid is also the suite: ticketsearch bench --suite snip-paper)",
-    "supermask_mnist": "edge-popup at 10-70% and Bernoulli on MNIST, 2 seeds (about 4 min)",
+    "imp-lenet": "IMP on LeNet-300-100/MNIST, 15 levels × 2 seeds, each beside its reinit control",
+    "snip-paper": "SNIP/GraSP/SynFlow/magnitude/random at SNIP's setup, SGD, 3 seeds, sanity checks",
+    "snip-paper-adam": "SNIP's Adam row at 90% sparsity, 3 seeds",
+    "supermask-lenet": "edge-popup at 10-70% and Bernoulli on MNIST and Fashion-MNIST, 2 seeds",
+    "supermask-mnist1d": "edge-popup and Bernoulli on MNIST-1D (MLP, CNN) at 10, 100 and 300 epochs",
+    "smallest-lenet": "smallest tickets within 0.5 points of dense, early-bird beside IMP at 20%",
 }
 
 
@@ -53,10 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         if r.returncode != 0:
             return r.returncode
     print(
-        "\nLonger accuracy benchmarks (run them by hand from the repository root; they resume if interrupted):"
+        "\nAccuracy grids (bench suites; run them by hand from the repository root, they resume if "
+        "interrupted; each record's report.md prints its exact command):"
     )
     for name, what in LONG.items():
-        print(f"  python -m benchmarks.{name}  # {what}")
+        out = f"benchmarks/results/{name.replace('-', '_')}"
+        print(
+            f"  python -m ticketsearch bench --suite {name} --root benchmarks/runs --out {out} "
+            f"--data-root ../shared/datasets --workers 2  # {what}"
+        )
     return 0
 
 

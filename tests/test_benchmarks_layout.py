@@ -1,9 +1,11 @@
 """benchmarks/: the results layout, provenance in every result, the one writer, scripts that import cleanly.
 
 Layout: ``benchmarks/results/<benchmark>/<variant>.{json,md}`` (figures of a result beside it as
-``<variant>_<what>.png``), ``<benchmark>`` a script
-``benchmarks/<benchmark>.py``, every result indexed in ``benchmarks/results/README.md``. Scripts run as
+``<variant>_<what>.png``), ``<benchmark>`` a script ``benchmarks/<benchmark>.py`` (or one removed at issue
+21, whose records stay marked), every result indexed in ``benchmarks/results/README.md``. Scripts run as
 ``python -m benchmarks.<name>``; importing one does no work, and nothing in benchmarks/ edits sys.path.
+One benchmark system: an accuracy grid is a bench suite, so benchmarks/ keeps only the scripts listed in
+:data:`SCRIPTS`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,24 @@ PROVENANCE_KEYS = {
 VERSION_KEYS = {"python", "torch", "numpy", "ticketsearch"}
 DEVICE_KEYS = {"cpu_model", "cpu_count", "cpus_usable", "torch_threads", "cuda_device", "platform"}
 LEGACY_KEYS = {"legacy", "benchmark", "variant", "git_commit", "old_path"}
+# What benchmarks/ keeps: what is not a grid of runs (speed, size, the open_lth and queue timings) and the two
+# Optuna studies that check their best trial against the defaults. An accuracy grid is a bench suite
+# (ticketsearch/bench/suites/*.json): a new grid script here fails this list on purpose.
+SCRIPTS = {
+    "bench_queue",
+    "export_size",
+    "loop_overhead",
+    "masking_overhead",
+    "openlth_speed",
+    "pareto_mnist",
+    "run_all",
+    "speed",
+    "study_supermask_digits",
+    "supermask_speed",
+}
+# the one-off accuracy scripts removed at issue 21 (their grids became suites): their records stay, marked
+REMOVED = {"imp_lenet_mnist", "scorers_mnist", "supermask_mnist", "smallest_mnist", "transfer_mnist"}
+REMOVED_MARK = "> **Record of a removed script.** Made by the removed script `benchmarks/{}.py`"
 UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -128,7 +148,9 @@ def test_results_are_benchmark_variant_pairs():
     for p in files:
         rel = p.relative_to(RESULTS)
         assert len(rel.parts) == 2, f"{rel}: results live at <benchmark>/<variant>.{{json,md}}"
-        assert rel.parts[0] in scripts, f"{rel}: no script benchmarks/{rel.parts[0]}.py"
+        assert rel.parts[0] in scripts or rel.parts[0] in REMOVED, (
+            f"{rel}: no script benchmarks/{rel.parts[0]}.py"
+        )
         assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", p.name.split(".")[0]), f"{rel}: variant name"
         if p.suffix == ".png":  # a figure of a result: <variant>_<what>.png beside <variant>.{json,md}
             figures.append(p)
@@ -174,6 +196,39 @@ def test_index_links_every_result():
         assert f"]({benchmark}/{variant}.md)" in index, f"{benchmark}/{variant} missing from {INDEX.name}"
     for link in re.findall(r"\]\(([^)]+\.md)\)", index):
         assert (RESULTS / link).is_file(), f"{INDEX.name} links {link}, which does not exist"
+
+
+def test_benchmarks_keeps_no_grid_script():
+    """One benchmark system: no script of an accuracy grid is left beside the suites."""
+    assert set(script_names()) == SCRIPTS
+    assert not SCRIPTS & REMOVED
+
+
+@pytest.mark.parametrize("pair", [p for p in result_pairs() if p[0] in REMOVED], ids="/".join)
+def test_records_of_removed_scripts_say_what_runs_their_grid_now(pair: tuple[str, str]):
+    """Each says which script made it, then the command of the same grid now or that the current code cannot
+    reproduce it; every suite it names exists, and the index lists it in its removed-scripts table."""
+    from ticketsearch.bench.spec import list_suites
+
+    benchmark, variant = pair
+    md = (RESULTS / benchmark / f"{variant}.md").read_text()
+    note = md.split("\n\n", 1)[0]
+    assert note.startswith(REMOVED_MARK.format(benchmark)), f"{benchmark}/{variant}: not marked"
+    assert re.search(r"at commit `[0-9a-f]{7,40}`", note), "the note names the commit that made the record"
+    assert "The same grid is" in note or "cannot be reproduced by the current code" in note.lower()
+    named = re.findall(r"--suite (\S+)", note)
+    assert named or "ticketsearch transfer-matrix" in note
+    assert set(named) <= set(list_suites()), f"{benchmark}/{variant} names a suite that does not exist"
+    index = INDEX.read_text()
+    section = index.split("## Records of removed scripts", 1)[1]
+    assert f"]({benchmark}/{variant}.md) | `benchmarks/{benchmark}.py` at" in section
+
+
+def test_the_index_names_only_suites_that_exist():
+    from ticketsearch.bench.spec import list_suites
+
+    named = set(re.findall(r"--suite ([a-z0-9-]+)", INDEX.read_text()))
+    assert named and named <= set(list_suites()), sorted(named - set(list_suites()))
 
 
 # -- scripts ------------------------------------------------------------------------------------------
