@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -70,7 +71,9 @@ def _exactly_once(url: str, suite, name: str | None = None) -> list:
 
 
 def _without_timing(md: str) -> str:
-    """The report less its "Where the time went" section (machine-local: this command's workers)."""
+    """The report less what is machine-local: its "Where the time went" section (this command's workers)
+    and its "Reproduce:" line (this machine's --root and --out)."""
+    md = re.sub(r"^Reproduce: `[^\n]*`\n\n", "", md, flags=re.M)
     head, sep, rest = md.partition("## Where the time went")
     return head + (rest[rest.find("\n## ") :] if sep and "\n## " in rest else "")
 
@@ -130,6 +133,7 @@ def test_two_machines_run_the_smoke_suite_once_and_any_machine_reports_it(postgr
     assert (c / "summary.csv").read_text() == (local / "summary.csv").read_text()
     assert _without_timing((a / "out" / "report.md").read_text()) == (c / "report.md").read_text()
     assert "## Where the time went" in (a / "out" / "report.md").read_text()
+    assert f"--root {a / 'runs'} --out {a / 'out'} --workers 1`" in (a / "out" / "report.md").read_text()
 
 
 def run_cli_report(folder: Path) -> int:
