@@ -105,14 +105,20 @@ class MethodConformance:
 
         if not self.exact_density or "scope" not in get_method(self.name()).fields:
             pytest.skip("the method's own schedule decides its counts")
-        row = self.find(tmp_path, scope=scope).rows[-1]
+        from ..core.select import layer_densities
+
+        summary = self.find(tmp_path, scope=scope)
+        row = summary.rows[-1]
         mask = Mask.load(row["mask"])
         sizes = {n: t.numel() for n, t in mask.items()}
         if scope == "global":
             assert mask.num_kept == exact_count(self.density, sum(sizes.values()))
-        else:
+        else:  # each layer at the density its distribution (uniform, ERK, ...) gives it
+            hp = get_method(self.name()).canonical(self.hparams(scope=scope))
+            shapes = {n: tuple(t.shape) for n, t in mask.items()}
+            dens = layer_densities(shapes, self.density, hp.pruning.distribution)
             for n, c in mask.layer_counts().items():
-                assert c == exact_count(self.density, sizes[n]), (n, c)
+                assert c == exact_count(dens[n], sizes[n]), (n, c)
         assert row["density"] == pytest.approx(mask.density)
 
     def test_deterministic_under_a_seed(
