@@ -128,6 +128,7 @@ def test_edge_popup_below_n_over_m_is_topk_within_the_groups() -> None:
 _FIND = ["find", "--dataset", "digits", "--no-progress", "--device", "cpu", "--json"]
 METHOD_RUNS = {
     "imp": ["--budget", "2it", "--rate", "0.5", "--output-rate", "-1"],  # 1/2 = 2:4, then 1/4
+    "early-bird": ["--budget", "6it", "--eb-every", "2it"],
     "gmp": ["--budget", "8it", "--arg", "every=1"],
     "rigl": ["--budget", "8it", "--arg", "every=2"],
     "set": ["--budget", "8it", "--arg", "every=2", "--scope", "global"],
@@ -205,3 +206,31 @@ def test_a_pattern_a_method_cannot_meet_is_one_line_and_writes_nothing(
     r = run_cli(capsys, *args, *extra, "--root", str(root))
     assert_one_line_error(r, *needles)
     assert nothing_left(root) == []
+
+
+def test_every_built_in_strategy_that_accepts_a_pattern_is_run_here() -> None:
+    from ticketsearch.methods import METHOD_STRATEGIES, get_method
+
+    accepting = {
+        e.name
+        for e in METHOD_STRATEGIES.entries()
+        if e.source == "built-in" and get_method(e.name).accepts_pattern
+    }
+    assert accepting <= set(METHOD_RUNS)  # the one-shot scorers: tests/test_pattern.py
+
+
+def test_a_method_that_declares_no_pattern_refuses_one_in_one_line() -> None:
+    from ticketsearch.core.errors import ConfigError
+    from ticketsearch.core.hparams import PruningHparams, RunHparams
+    from ticketsearch.methods.base import Method
+
+    class Fixed(Method):  # a plugin that never said its masks obey a pattern
+        name = "fixed"
+
+        def run_levels(self, run):  # pragma: no cover - never reached
+            raise AssertionError
+
+    hp = RunHparams(pruning=PruningHparams(method="fixed", pattern="2:4", density=0.5))
+    with pytest.raises(ConfigError, match="method 'fixed' does not support --pattern 2:4") as e:
+        Fixed().validate(hp)
+    assert "\n" not in str(e.value)

@@ -484,8 +484,8 @@ class Method(ABC):
         hp.validate()
         if parse_pattern(hp.pruning.pattern).structured and not self.accepts_pattern:
             raise ConfigError(
-                f"method '{self.name}' does not support --pattern {hp.pruning.pattern} yet "
-                "(only unstructured); the one-shot scorers do"
+                f"method '{self.name}' does not support --pattern {hp.pruning.pattern} (its masks are not "
+                "made by core.select under a pattern); leave --pattern unstructured"
             )
         own = self.own(hp)
         if own is not None and callable(getattr(own, "validate", None)):
