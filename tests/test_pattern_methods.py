@@ -130,7 +130,7 @@ METHOD_RUNS = {
     "imp": ["--budget", "2it", "--rate", "0.5", "--output-rate", "-1"],  # 1/2 = 2:4, then 1/4
     "early-bird": ["--budget", "6it", "--eb-every", "2it"],
     "gmp": ["--budget", "8it", "--arg", "every=1"],
-    "rigl": ["--budget", "8it", "--arg", "every=2"],
+    "rigl": ["--budget", "8it", "--arg", "every=2", "--distribution", "uniform"],  # ERK: fc above 1/2
     "set": ["--budget", "8it", "--arg", "every=2", "--scope", "global"],
     "supermask": ["--budget", "3it"],
     "supermask-bernoulli": ["--budget", "3it", "--arg", "select=topk"],
