@@ -103,6 +103,7 @@ SUITES = {
     "frontier": (438, "0726ab8f2d55"),  # its MNIST imp, gmp, rigl and set cells reuse the runs above
     "moving-masks": (20, "f6c563ae5116"),  # main at 22b561a
     "paper": (426, "e643f24e7b05"),
+    "patterns": (58, "b4b2e8cebd43"),  # branch patterns (issue 22), computed when the suite was added
     "quick": (369, "e4602cc11dfd"),
     "smoke": (5, "b5693baafb8e"),
     "snip-paper": (48, "2b3d5d44a670"),

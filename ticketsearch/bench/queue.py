@@ -86,7 +86,7 @@ def items_of(suite: Suite) -> list[str]:
 
 
 def spec_hash(suite: Suite) -> str:
-    return stable_hash(dataclasses.asdict(suite), 10)
+    return stable_hash(suite.saved(), 10)
 
 
 def default_name(suite: Suite) -> str:
@@ -138,7 +138,7 @@ def _check_identity(attrs: dict[str, Any], suite: Suite, name: str, shown: str) 
         raise _not_a_queue(attrs, name, shown)
     if ident.get("spec") != spec_hash(suite):
         stored = ident.get("suite") or {}
-        diff = _differences(stored, json.loads(json.dumps(dataclasses.asdict(suite))))
+        diff = _differences(stored, json.loads(json.dumps(suite.saved())))
         raise ConfigError(
             f"study '{name}' in '{shown}' queues suite '{stored.get('name', '?')}' with another spec "
             f"(spec {ident.get('spec')}, this command's {spec_hash(suite)}; they differ in: "
@@ -213,7 +213,7 @@ def open_queue(
     except optuna.exceptions.DuplicatedStudyError:
         study = None
     ident = {
-        "suite": json.loads(json.dumps(dataclasses.asdict(suite))),
+        "suite": json.loads(json.dumps(suite.saved())),
         "spec": spec_hash(suite),
         "items": len(items),
         "version": __version__,

@@ -69,7 +69,7 @@ def cells_of(suite: Suite) -> list[Cell]:
         for seed in suite.seeds:
             out.append(Cell(d.dataset, d.model, DENSE, 1.0, seed))
         for v in suite.variants:
-            for p in suite.densities:
+            for p in suite.densities_of(v):
                 for seed in suite.seeds:
                     out.append(Cell(d.dataset, d.model, v.name, p, seed))
     return out
@@ -509,7 +509,7 @@ def smallest_search(
     entry = next(e for e in suite.datasets if f"{e.dataset}/{e.model}" == ds)
     variant = next(v for v in suite.variants if v.name == name)
     opts = RunOptions(root=root, data_root=data_root, device=device, progress=False, rerun_stale=rerun_stale)
-    hp, weights = _hparams(entry, variant, min(suite.densities))
+    hp, weights = _hparams(entry, variant, min(suite.densities_of(variant)))
     rec: dict[str, Any] = {"key": key, "dataset": entry.dataset, "model": entry.model, "variant": name}
     try:
         r = smallest(

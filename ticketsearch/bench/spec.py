@@ -6,6 +6,11 @@ it). A method entry is a name (``"snip"``) or a variant::
 
     {"name": "imp-rewind", "method": "imp", "pruning": {"rewind": "1ep"}}
     {"name": "supermask", "method": "supermask", "then_train": true}
+    {"name": "snip-1:4", "method": "snip", "pruning": {"pattern": "1:4"}, "densities": [0.25, 0.1]}
+
+``pruning`` sets shared fields (``pattern``, ``scope``, ...) and the method's own by name; ``densities``
+replaces the suite's densities for that variant (an N:M variant cannot be asked for more than N/M: a suite
+that does is refused in one line, naming the variant, before anything runs or is queued).
 
 Every variant of a method with scores also gets the sanity checks of Frankle et al. 2021 when the suite
 asks for them (``"sanity": true``): the ticket's mask on a fresh init (``reinit``), the mask shuffled
@@ -14,6 +19,7 @@ within each layer (``shuffle``) and, for one-shot scorers, the inverted ranking 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +27,7 @@ from typing import Any
 
 from ..core.errors import ConfigError, DataError
 from ..core.hparams import RunHparams, TrainingHparams, check_seed
+from ..core.pattern import parse_pattern
 from ..core.select import check_density
 
 __all__ = [
@@ -56,6 +63,7 @@ class Variant:
     pruning: dict[str, Any] = field(default_factory=dict)
     args: dict[str, Any] = field(default_factory=dict)
     then_train: bool = False
+    densities: tuple[float, ...] = ()  # its own densities; () = the suite's
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,19 @@ class Suite:
     anchors: tuple[Anchor, ...] = ()
     smallest: SmallestSpec | None = None
 
+    def densities_of(self, variant: Variant) -> tuple[float, ...]:
+        """The densities a variant's cells ask: its own, else the suite's."""
+        return variant.densities or self.densities
+
+    def saved(self) -> dict[str, Any]:
+        """The suite as saved and hashed (a queue's spec): a variant without densities of its own has no
+        ``densities`` key, so every suite written before the key existed keeps its spec hash."""
+        d = dataclasses.asdict(self)
+        for v in d["variants"]:
+            if not v["densities"]:
+                del v["densities"]
+        return d
+
     def validate(self) -> None:
         """Every name and value, before any training."""
         from ..data import DATASETS
@@ -106,16 +127,39 @@ class Suite:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ConfigError(f"suite '{self.name}' names a method variant twice: {names}")
+        for p in self.densities:
+            check_density(p, name="suite density")
         for v in self.variants:
+            dens = self.densities_of(v)
+            for p in v.densities:
+                check_density(p, name=f"density of suite method {v.name!r}")
             method = get_method(v.method)  # its values by name: shared fields or the method's own
-            hp = method.with_hparams(RunHparams(pruning=method.default_pruning(method=v.method)), **v.pruning)
+            base = RunHparams(pruning=method.default_pruning(method=v.method, density=min(dens)))
+            hp = method.with_hparams(base, **v.pruning)
+            pat = parse_pattern(hp.pruning.pattern)
+            over = [p for p in dens if p > pat.max_density + 1e-12]
+            if over:  # a density sweep stops at N/M: say so before anything is queued
+                raise ConfigError(
+                    f"suite '{self.name}': method {v.name!r} asks density {over[0]:g}, above what pattern {pat} "
+                    f'keeps ({pat.max_density:g}); give it its own "densities" (≤ {pat.max_density:g})'
+                )
             hp.pruning.validate()
+            if pat.structured:  # the method's own refusals of a pattern (none, or a knob that cannot keep it)
+                method.validate(method.canonical(hp.replace(method_args=tuple(sorted(v.args.items())))))
             own = method.own(hp)
             if own is not None and callable(getattr(own, "validate", None)):
                 own.validate()
             method.parse_knobs(v.args)
-        for p in self.densities:
-            check_density(p, name="suite density")
+            if (
+                pat.structured
+                and self.smallest is not None
+                and v.name in self.smallest.variants
+                and self.smallest.min_density >= pat.max_density
+            ):
+                raise ConfigError(
+                    f"suite '{self.name}': smallest min_density {self.smallest.min_density:g} is not below "
+                    f"{pat.max_density:g}, the most pattern {pat} of method {v.name!r} keeps"
+                )
         for s in self.seeds:
             check_seed(s)
         if self.smallest is not None:
@@ -167,7 +211,7 @@ def _variant(entry: Any) -> Variant:
         return Variant(name=entry, method=entry)
     if not isinstance(entry, dict) or "name" not in entry:
         raise ConfigError(f"a suite method is a name or an object with a 'name', got {entry!r}")
-    allowed = {"name", "method", "pruning", "args", "then_train"}
+    allowed = {"name", "method", "pruning", "args", "then_train", "densities"}
     extra = sorted(set(entry) - allowed)
     if extra:
         raise ConfigError(
@@ -179,6 +223,7 @@ def _variant(entry: Any) -> Variant:
         pruning=dict(entry.get("pruning", {})),
         args=dict(entry.get("args", {})),
         then_train=bool(entry.get("then_train", False)),
+        densities=tuple(float(x) for x in entry.get("densities", ())),
     )
 
 
@@ -210,7 +255,8 @@ def suite_from_saved(d: dict[str, Any], *, source: str = "suite.json") -> Suite:
     ``variants``, where a spec file holds ``methods``."""
     d = dict(d)
     d["methods"] = [
-        {k: v[k] for k in ("name", "method", "pruning", "args", "then_train")} for v in d.pop("variants")
+        {k: v[k] for k in ("name", "method", "pruning", "args", "then_train", "densities") if k in v}
+        for v in d.pop("variants")
     ]
     d["seeds"] = list(d["seeds"])
     return suite_from_dict(d, source=source)
