@@ -210,6 +210,7 @@ def test_unknown_suite_suggests():
         (["--seeds", "0"], "--seeds"),
         (["--device", "tpu"], "device 'tpu'"),
         (["--methods", "imp,snp"], "'snp'"),
+        (["--datasets", "mnist"], "no dataset 'mnist'"),
         (["--report", "nowhere"], "results.jsonl"),
     ],
 )
@@ -350,3 +351,17 @@ def test_a_pattern_above_n_over_m_is_refused_before_anything_is_queued(tmp_path,
     )  # fmt: skip
     assert_one_line_error(r, "'snip-2of4' asks density 0.75", "2:4 keeps (0.5)")
     assert not db.exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_suite_cut_to_one_dataset_runs_only_its_cells():
+    from ticketsearch.bench.runner import cells_of
+
+    full = load_suite("frontier")
+    part = full.with_overrides(datasets=["mnist"], methods=["imp", "cs-ticket"])
+    assert {c.dataset for c in cells_of(part)} == {"mnist"}
+    assert {c.variant for c in cells_of(part)} == {"dense", "imp", "cs-ticket"}
+    # the cells it keeps are the full suite's, under the same keys
+    assert {c.key for c in cells_of(part)} <= {c.key for c in cells_of(full)}
+    assert (
+        full.with_overrides(datasets=["fashion_mnist/lenet_300_100"]).datasets[0].dataset == "fashion_mnist"
+    )

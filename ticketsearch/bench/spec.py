@@ -172,7 +172,21 @@ class Suite:
                     f"suite '{self.name}': smallest names unknown method(s) {unknown} (choose from: {names})"
                 )
 
-    def with_overrides(self, *, methods: list[str] | None = None, seeds: int | None = None) -> Suite:
+    def with_overrides(
+        self, *, methods: list[str] | None = None, seeds: int | None = None, datasets: list[str] | None = None
+    ) -> Suite:
+        """The suite cut to some of its methods or datasets (``dataset`` or ``dataset/model``; a suite is
+        resumable, so running it in parts fills the same records), or with another number of seeds."""
+        entries = self.datasets
+        if datasets:
+            names = {n for d in self.datasets for n in (d.dataset, f"{d.dataset}/{d.model}")}
+            unknown = [d for d in datasets if d not in names]
+            if unknown:
+                raise ConfigError(
+                    f"suite '{self.name}' has no dataset {', '.join(map(repr, unknown))} "
+                    f"(choose from: {', '.join(sorted(names))})"
+                )
+            entries = tuple(d for d in self.datasets if {d.dataset, f"{d.dataset}/{d.model}"} & set(datasets))
         variants = self.variants
         if methods:
             known = {v.name for v in self.variants}
@@ -189,7 +203,7 @@ class Suite:
         return Suite(
             self.name,
             self.description,
-            self.datasets,
+            entries,
             variants,
             self.densities,
             seed_list,
