@@ -635,7 +635,7 @@ def sparsify_ticket_model(model: nn.Module, ticket: Ticket, *, policy: str = "au
         and ticket.pattern is not None  # no build for a ticket without a structured pattern
         and structured_available()
     )
-    if policy == "nm" and not structured:
+    if policy == "nm" and not structured and ticket.pattern is not None and ticket.pattern.kind == "nm":
         reason = compiled_structured.structured_unavailable_reason(build=False)
         raise ConfigError(f"policy 'nm': the compiled N:M kernel is unavailable here ({reason})")
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]

@@ -19,6 +19,7 @@ whatever exists against dense and keeps dense unless it wins by its margin.
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -210,12 +211,14 @@ def bsr_dense(w: BsrWeight) -> torch.Tensor:
 
 class TorchBsrLinear:
     """The pure-PyTorch block-sparse Linear: ``torch.sparse`` BSR, what :func:`bsr_linear` falls back to
-    without the extension (slower than the kernel; timed against dense like every path)."""
+    without the extension (slower than the kernel; timed against dense like every path). Its blocks are
+    gcd(r, c) squares (MKL's BSR takes square blocks only; an r×c block is whole squares of that size)."""
 
     def __init__(self, w: BsrWeight, bias: torch.Tensor | None, relu: bool) -> None:
+        side = math.gcd(w.r, w.c)
         with warnings.catch_warnings():  # "sparse BSR support is in beta": the ops we use are tested
             warnings.simplefilter("ignore")
-            self.weight = bsr_dense(w).to_sparse_bsr((w.r, w.c))
+            self.weight = bsr_dense(w).to_sparse_bsr((side, side))
         self.bias = None if bias is None else bias.detach().to(torch.float32).contiguous()
         self.relu = bool(relu)
 
