@@ -258,6 +258,16 @@ def test_two_four_stores_two_bit_indices(tmp_path):
     assert result.bytes <= bm.bytes * 1.01
 
 
+def test_a_ticket_re_exported_stays_packed(tmp_path):
+    """What ``finetune`` does with its result: ``ticket.mask()`` carries the pattern, so it is written packed."""
+    _, _, result = lenet_ticket(tmp_path, "block:4x4", 0.5)
+    t = read_ticket(result.path)
+    again = export_ticket(t.state_dict(), t.mask(), out=tmp_path / "again.ticket", metadata=LENET)
+    assert again.layers["layers.0.weight"]["encoding"] == "bsr"
+    t2 = read_ticket(again.path)
+    assert t2.header["pattern"] == "block:4x4" and t2.dense_layers == ["fc.weight"]
+
+
 def test_unstructured_tickets_keep_their_header(tmp_path):
     _, _, result = lenet_ticket(tmp_path, "unstructured", 0.2)
     header, _ = read_container(result.path)

@@ -254,7 +254,7 @@ class SparseLinear(nn.Module):
             self.packed = compiled_spmm.CsrWeight(fn(p.rowptr), fn(p.cols), fn(p.vals), p.in_features)
         if self.nm is not None:
             w = self.nm
-            self.nm = compiled_structured.NmWeight(fn(w.vals), w.idx, w.n, w.m, w.in_features)
+            self.nm = compiled_structured.NmWeight(fn(w.vals), fn(w.idx), w.n, w.m, w.in_features)
         if self.bsr is not None:
             s = self.bsr
             self.bsr = compiled_structured.BsrWeight(

@@ -176,7 +176,10 @@ class Ticket:
         return out
 
     def mask(self) -> Mask:
+        """The ticket's mask, with the metadata an export needs again (its pattern too, so a fine-tuned
+        structured ticket is written packed and loads with its structured kernels)."""
         meta = {k: self.header.get(k) for k in ("model", "input_shape", "num_classes")}
+        meta.update({k: self.header[k] for k in ("pattern", "dense_layers") if k in self.header})
         return Mask(self.masks, meta)
 
     def build(self) -> nn.Module:
