@@ -1,7 +1,8 @@
 """Model registry and the built-in models (every Linear/Conv2d is a masked layer).
 
 Built-ins: ``lenet_300_100``, ``lenet5``, ``conv2``, ``conv4``, ``conv6``, ``vgg16``, ``resnet20``,
-``mlp_digits``, ``mlp_mnist1d``, ``cnn_mnist1d``, ``vit_mnist``. Each model names its output layer in ``model.output_layer``
+``mlp_digits``, ``mlp_mnist1d``, ``cnn_mnist1d``, ``vit_mnist``; the source ``hf:`` builds any Hugging Face
+``transformers`` model from a config (the ``hf`` extra; no weights). Each model names its output layer in ``model.output_layer``
 (always ``"fc"`` for the built-ins). torchvision and transformers are never imported here.
 
 >>> from ticketsearch.models import create_model, list_models
@@ -10,7 +11,7 @@ Built-ins: ``lenet_300_100``, ``lenet5``, ``conv2``, ``conv4``, ``conv6``, ``vgg
 
 from __future__ import annotations
 
-from . import conv, lenet, mlp, mnist1d, resnet, torchvision_models, vgg, vit  # noqa: F401  (registers the built-ins)
+from . import conv, hf, lenet, mlp, mnist1d, resnet, torchvision_models, vgg, vit  # noqa: F401  (registers the built-ins)
 from .conv import ConvNet
 from .init import INITS, init_weights
 from .lenet import LeNet5
