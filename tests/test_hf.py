@@ -278,3 +278,16 @@ def test_tied_weights_are_refused() -> None:
 
     with pytest.raises(ConfigError, match="emb.weight and head.weight are one tied weight"):
         _check_untied(sparsify(Tied()), "hf:toy")
+
+
+@pytest.mark.parametrize(
+    "model,needles",
+    [("hf", ["family of models", "hf:<model_type>"]), ("nope:x", ["unknown model source 'nope'", "hf:..."])],
+)
+def test_cli_source_alone_or_unknown_is_one_error_line(tmp_path, capsys, model, needles) -> None:
+    from clitools import assert_one_line_error, nothing_left, run_cli
+
+    root = tmp_path / "runs"
+    r = run_cli(capsys, "find", "--method", "snip", "--model", model, "--root", str(root))
+    assert_one_line_error(r, *needles)
+    assert nothing_left(root) == []

@@ -313,3 +313,11 @@ class TestViTConformance(MethodConformance):
 def test_vit_is_a_builtin_with_metadata() -> None:
     model = vit()
     assert isinstance(model, ViT) and model.model_name == "vit_mnist" and model.default_dataset == "mnist"
+
+
+def test_cli_unfit_image_size_is_one_error_line(tmp_path, capsys) -> None:
+    from clitools import assert_one_line_error, nothing_left
+
+    r = run_find(capsys, tmp_path / "runs", "--method", "snip", "--resize", "6", "--budget", "2it")
+    assert_one_line_error(r, "vit_mnist", "(1, 6, 6)", "multiples of 4")
+    assert nothing_left(tmp_path / "runs") == []
