@@ -298,16 +298,16 @@ class TestViTConformance(MethodConformance):
 
     # model-agnostic parts of the contract, already checked on mlp_digits for every method: slow here
     @pytest.mark.slow
-    def test_deterministic_under_a_seed(self, tmp_path: Path) -> None:
-        super().test_deterministic_under_a_seed(tmp_path)
+    def test_deterministic_under_a_seed(
+        self, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        super().test_deterministic_under_a_seed(tmp_path, tmp_path_factory)
 
     @pytest.mark.slow
-    def test_finished_levels_are_never_recomputed(self, tmp_path: Path) -> None:
-        super().test_finished_levels_are_never_recomputed(tmp_path)
-
-    @pytest.mark.slow
-    def test_mask_file_trains_elsewhere(self, tmp_path: Path) -> None:
-        super().test_mask_file_trains_elsewhere(tmp_path)
+    def test_mask_file_trains_elsewhere(
+        self, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        super().test_mask_file_trains_elsewhere(tmp_path, tmp_path_factory)
 
 
 def test_vit_is_a_builtin_with_metadata() -> None:
