@@ -14,6 +14,8 @@ the model's own recipe (the method's, if it declares one), shortened to ``budget
     class TestMyMethod(MethodConformance):
         method_name = "my-method"
         method_args = {"knob": 1}
+
+``model`` (default ``mlp_digits``) names the network: any registered model that takes digits' (1, 8, 8).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class MethodConformance:
     method_args: ClassVar[dict[str, Any]] = {}
     # the method's own hyperparameters (its ``hparams_cls`` fields, e.g. ``rewind``) by name
     method_hparams: ClassVar[dict[str, Any]] = {}
+    # the network the contract is checked on (a model plugin runs the suite on its own model this way)
+    model: ClassVar[str] = "mlp_digits"
     density: ClassVar[float] = 0.3
     budget: ClassVar[str] = "2ep"
     # False for methods whose own schedule sets per-level counts (IMP prunes a rate of the survivors)
@@ -62,9 +66,9 @@ class MethodConformance:
         from ..models import training_recipe
 
         method = get_method(self.name())
-        training = method.recipe("mlp_digits", "digits") or training_recipe("mlp_digits")
+        training = method.recipe(self.model, "digits") or training_recipe(self.model)
         return RunHparams(
-            model=ModelHparams(model="mlp_digits"),
+            model=ModelHparams(model=self.model),
             dataset=DatasetHparams(dataset="digits"),
             training=TrainingHparams(
                 **{**training.__dict__, "budget": self.budget, "eval_every": "1ep", "batch_size": 64}
@@ -187,7 +191,7 @@ class MethodConformance:
         row = self.reference(tmp_path_factory)[0].rows[-1]
         mask = Mask.load(row["mask"])
         meta = mask.metadata
-        assert (meta["model"], meta["dataset"], meta["method"]) == ("mlp_digits", "digits", self.name())
+        assert (meta["model"], meta["dataset"], meta["method"]) == (self.model, "digits", self.name())
         hp = self.hparams().replace(pruning=PruningHparams(method="train"))
         t = train_mask(
             Path(row["mask"]), hp, seed=0, opts=RunOptions(root=tmp_path / "t", device="cpu", progress=False)
