@@ -200,9 +200,8 @@ class ContinuousSparsification(MovingMask):
                             layer.cs_scores.copy_(next_round_scores(layer.cs_scores, final, ctrl.s0))
 
                 def on_step(it: int, m: torch.nn.Module, first: bool = r == 1) -> None:
-                    ctrl.beta = cs_temperature(
-                        it, final, budget, spe
-                    )  # a function of the step: resumes exactly
+                    # β is a function of the step alone, so a resumed round computes the same
+                    ctrl.beta = cs_temperature(it, final, budget, spe)
                     if first and rewind_it > 0 and it == rewind_it:
                         state = {n: t for n, t in m.state_dict().items() if n in plain_keys}
                         run.save_state(rewind_path, state, keep=True)  # kept if a killed run saved it
