@@ -10,7 +10,10 @@
 # ticketsearch/sparse/layers.py; tests/test_triton_backend.py checks the two agree), and only then may the
 # README call the CUDA tests measured. With MNIST under build/data (carried), it also times the open_lth-sized
 # experiment (`find --method imp`, 2 epochs) on the GPU (with --graph, then eager steps) and on the CPU
-# (olt.log).
+# (appended to speed.log). It also times a 4096x4096 fp16 Linear with a 2:4 weight, dense vs
+# torch.sparse.to_sparse_semi_structured (the path load_ticket takes on CUDA): $OUT/export_patterns/cuda.
+# {json,md} -> benchmarks/results/export_patterns/ (its log is appended to speed.log; the install log goes
+# into env.txt: 8 files at most come back).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -27,8 +30,8 @@ stage env
 # no network on the device machine: install without dependencies (the image holds torch, numpy,
 # scikit-learn, safetensors, tqdm, pytest); if that fails, `python -m` from the repo root still imports it
 stage install
-$PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
-  || echo "install failed (install.log): running from the source tree" | tee -a "$OUT/install.log"
+$PY -m pip install -q --no-deps --no-build-isolation -e . >>"$OUT/env.txt" 2>&1 \
+  || echo "install failed (its output is above): running from the source tree" | tee -a "$OUT/env.txt"
 
 # the gpu-marked tests (CUDA vs CPU, Triton kernels in fp32 and bf16, auto backend, population, the
 # CUDA-graph step against the eager step: test_graphs.py)
@@ -46,6 +49,11 @@ stage "speed benchmark"
 timeout 200 $PY -m benchmarks.speed --device cuda --rounds 3 --repeats 20 --results-dir "$OUT" 2>&1 \
   | tee "$OUT/speed.log"
 
+# issue 22: a 2:4 fp16 Linear on the sparse tensor cores vs dense, batch 64 and 1024
+stage "2:4 semi-structured vs dense"
+timeout 60 $PY -m benchmarks.export_patterns --device cuda --rounds 5 --results-dir "$OUT" 2>&1 \
+  | tee -a "$OUT/speed.log"
+
 if [ -d build/data/mnist ]; then
   stage "open_lth-sized find (cuda, cpu)"
   for run in cuda cuda_nograph cpu; do
@@ -58,6 +66,6 @@ if [ -d build/data/mnist ]; then
     $PY -c "import glob, json, sys
 for p in sorted(glob.glob(sys.argv[1] + '/**/result.json', recursive=True)):
     r = json.load(open(p)); print(p.split('/')[-2], 'graph', r.get('graph'), r.get('eager_reason'), 'test_acc', r.get('test_acc'))" "/tmp/olt_$run"
-  done 2>&1 | tee "$OUT/olt.log"
+  done 2>&1 | tee -a "$OUT/speed.log"
 fi
 stage done

@@ -118,7 +118,12 @@ CASES = [
     # sparsity patterns (issue #22)
     (["--pattern", "2-4"], ["pattern", "'2-4'", "block:RxC"]),
     (["--method", "magnitude", "--pattern", "2:4", "--density", "0.6"], ["density 0.6", "2:4", "0.5"]),
-    (["--pattern", "2:4"], ["'imp'", "--pattern 2:4", "unstructured"]),
+    (["--pattern", "1:3", "--rounds", "1"], ["1:3", "fc.weight [10, 64]", "--allow-dense-layers"]),  # IMP
+    (
+        ["--method", "early-bird", "--arg", "structure=channel", "--pattern", "2:4"],
+        ["--pattern 2:4", "structure=channel"],
+    ),
+    (["--method", "supermask-bernoulli", "--pattern", "2:4"], ["select=threshold", "--arg select=topk"]),
     (
         ["--method", "magnitude", "--pattern", "1:3", "--density", "0.3"],
         ["1:3", "layers.0.weight [128, 64]", "fc.weight [10, 64]", "multiple of 3", "--allow-dense-layers"],

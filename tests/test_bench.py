@@ -148,6 +148,29 @@ def test_report_from_fixed_records_matches_hand_computation(tmp_path):
         ({"densities": [0.0]}, "density"),
         ({"methods": [{"name": "x", "method": "imp", "colour": "red"}]}, "unknown key"),
         ({"methods": [{"name": "s", "method": "snip", "args": {"temprature": 1}}]}, "temprature"),
+        # a density sweep stops at N/M: smoke's 0.5 is above 1:4's quarter
+        (
+            {"methods": [{"name": "s14", "method": "snip", "pruning": {"pattern": "1:4"}}]},
+            r"method 's14' asks density 0.5, above what pattern 1:4 keeps \(0.25\); give it its own",
+        ),
+        (
+            {"methods": [{"name": "s", "method": "snip", "pruning": {"pattern": "1:4"}, "densities": [0.3]}]},
+            "asks density 0.3, above what pattern 1:4",
+        ),
+        ({"methods": [{"name": "s", "method": "snip", "densities": [0.0]}]}, "density of suite method 's'"),
+        (
+            {"methods": [{"name": "sb", "method": "supermask-bernoulli", "pruning": {"pattern": "2:4"}}]},
+            "select=threshold",
+        ),
+        (
+            {
+                "methods": [
+                    {"name": "s", "method": "snip", "pruning": {"pattern": "2:4"}, "densities": [0.2]}
+                ],
+                "smallest": {"variants": ["s"], "min_density": 0.5},
+            },
+            "smallest min_density 0.5 is not below 0.5",
+        ),
     ],
 )
 def test_a_bad_spec_fails_before_any_training(change, match, tmp_path, capsys):
@@ -187,6 +210,7 @@ def test_unknown_suite_suggests():
         (["--seeds", "0"], "--seeds"),
         (["--device", "tpu"], "device 'tpu'"),
         (["--methods", "imp,snp"], "'snp'"),
+        (["--datasets", "mnist"], "no dataset 'mnist'"),
         (["--report", "nowhere"], "results.jsonl"),
     ],
 )
@@ -290,3 +314,54 @@ def test_the_answer_names_who_wins_and_checks_the_cheap_target(tmp_path):
     # within 0.5 pt of dense (98.00%) without IMP: cs-ticket (97.90) and gmp-ticket (97.70); on a density tie the more accurate
     assert "found without `imp`: cs-ticket at 3.6% (97.90%)" in text
     assert (tmp_path / "pareto_mnist_lenet.png").is_file()
+
+
+def test_a_variant_with_its_own_densities_asks_only_those() -> None:
+    base = json.loads((REPO / "ticketsearch" / "bench" / "suites" / "smoke.json").read_text())
+    spec = {
+        **base,
+        "methods": [
+            "imp",
+            {"name": "snip-1of4", "method": "snip", "pruning": {"pattern": "1:4"}, "densities": [0.2]},
+        ],
+        "smallest": None,
+    }
+    suite = suite_from_dict(spec, source="test")
+    suite.validate()
+    cells = [(c.variant, c.density) for c in cells_of(suite)]
+    assert cells == [("dense", 1.0), ("imp", 0.5), ("imp", 0.2), ("snip-1of4", 0.2)]
+    from ticketsearch.bench.spec import suite_from_saved
+
+    assert suite_from_saved(json.loads(json.dumps(suite.saved()))) == suite  # a queue's stored form
+    assert "densities" not in suite.saved()["variants"][0]  # older suites keep their spec hash
+
+
+def test_a_pattern_above_n_over_m_is_refused_before_anything_is_queued(tmp_path, capsys) -> None:
+    base = json.loads((REPO / "ticketsearch" / "bench" / "suites" / "smoke.json").read_text())
+    spec = {**base, "methods": [{"name": "snip-2of4", "method": "snip", "pruning": {"pattern": "2:4"}}],
+            "densities": [0.75, 0.5]}  # fmt: skip
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps(spec))
+    from clitools import assert_one_line_error, run_cli
+
+    db = tmp_path / "q.db"
+    r = run_cli(
+        capsys, "bench", "--suite", str(path), "--root", str(tmp_path / "runs"), "--no-progress",
+        "--storage", f"sqlite:///{db}",
+    )  # fmt: skip
+    assert_one_line_error(r, "'snip-2of4' asks density 0.75", "2:4 keeps (0.5)")
+    assert not db.exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_suite_cut_to_one_dataset_runs_only_its_cells():
+    from ticketsearch.bench.runner import cells_of
+
+    full = load_suite("frontier")
+    part = full.with_overrides(datasets=["mnist"], methods=["imp", "cs-ticket"])
+    assert {c.dataset for c in cells_of(part)} == {"mnist"}
+    assert {c.variant for c in cells_of(part)} == {"dense", "imp", "cs-ticket"}
+    # the cells it keeps are the full suite's, under the same keys
+    assert {c.key for c in cells_of(part)} <= {c.key for c in cells_of(full)}
+    assert (
+        full.with_overrides(datasets=["fashion_mnist/lenet_300_100"]).datasets[0].dataset == "fashion_mnist"
+    )

@@ -182,6 +182,7 @@ def _retried(trials, killed_number: int):
     return retry
 
 
+@pytest.mark.slow  # the same retry as a killed worker process, which the default suite covers
 def test_a_killed_machine_s_cell_is_retried_by_the_other_on_postgres(postgres_url, tmp_path):
     spec, suite = _slow_suite(tmp_path)
     a, b = tmp_path / "a", tmp_path / "b"
@@ -242,6 +243,7 @@ def test_a_killed_worker_process_is_replaced_and_its_cell_retried_at_once(postgr
     assert Path(retry.user_attrs["record"]["run"]).is_relative_to(a / "runs")
 
 
+@pytest.mark.slow  # 13 s; the SQLite queue itself is tested in the default suite
 def test_sqlite_rerun_after_a_kill_retries_the_cell_and_resumes_it(tmp_path):
     spec, suite = _slow_suite(tmp_path)
     url = f"sqlite:///{tmp_path / 'queue.db'}"

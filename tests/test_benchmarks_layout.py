@@ -49,6 +49,7 @@ LEGACY_KEYS = {"legacy", "benchmark", "variant", "git_commit", "old_path"}
 # (ticketsearch/bench/suites/*.json): a new grid script here fails this list on purpose.
 SCRIPTS = {
     "bench_queue",
+    "export_patterns",
     "export_size",
     "loop_overhead",
     "masking_overhead",

@@ -148,7 +148,8 @@ def test_imps_and_early_birds_fields_are_their_own():
     assert set(get_method("imp").own_fields()) == {"rate", "output_rate", "rewind", "retrain"}
     assert set(get_method("early-bird").own_fields()) == {"eb_every", "eb_eps", "rewind"}
     flags = own_hparams()
-    assert flags["rewind"].flag == "--rewind-iter" and flags["rewind"].methods == ("early-bird", "imp")
+    assert set(get_method("cs").own_fields()) == {"rewind"}
+    assert flags["rewind"].flag == "--rewind-iter" and flags["rewind"].methods == ("cs", "early-bird", "imp")
     assert flags["rate"].methods == ("imp",) and flags["rate"].help.startswith("IMP:")
     # an IMP rate never reaches a SNIP run: not its field, so not its identity
     snip = get_method("snip")

@@ -126,22 +126,12 @@ def test_weight_decay_skips_parameters_marked_no_decay(kind):
 
 
 # -- the method end to end (digits, short budgets) ---------------------------------------------------------
+# cs on digits with a short budget (the method's own knobs come after)
+CS = ("find", "--method", "cs", "--dataset", "digits", "--budget", "60it")
+
+
 def _find(capsys, tmp_path: Path, *args: str) -> Path:
-    r = run_cli(
-        capsys,
-        "find",
-        "--method",
-        "cs",
-        "--dataset",
-        "digits",
-        "--root",
-        str(tmp_path),
-        "--budget",
-        "60it",
-        "--eval-every",
-        "30it",
-        *args,
-    )
+    r = run_cli(capsys, *CS, "--root", str(tmp_path), "--eval-every", "30it", *args)
     assert r.returncode == 0, r.stderr
     (run,) = list(tmp_path.glob("cs_*/replicate_0"))
     return run
@@ -220,18 +210,6 @@ def test_ticket_trains_from_the_rewind_point_of_round_one(capsys, tmp_path):
     ],
 )
 def test_bad_knobs_are_one_line_before_any_file(capsys, tmp_path, arg, needle):
-    r = run_cli(
-        capsys,
-        "find",
-        "--method",
-        "cs",
-        "--dataset",
-        "digits",
-        "--root",
-        str(tmp_path),
-        "--budget",
-        "60it",
-        *arg,
-    )
+    r = run_cli(capsys, *CS, "--root", str(tmp_path), *arg)
     assert_one_line_error(r, needle)
     assert not nothing_left(tmp_path)

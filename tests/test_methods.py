@@ -25,7 +25,9 @@ def test_every_method_resolves_with_its_kind():
     assert kinds["snip"] == kinds["grasp"] == kinds["magnitude"] == kinds["random"] == "oneshot"
     assert kinds["supermask"] == kinds["supermask-bernoulli"] == kinds["gem-miner"] == "learned"
     assert isinstance(get_method("snip"), OneShot)
+    assert kinds["cs"] == "continuous"
     assert set(METHOD_STRATEGIES.names()) == {
+        "cs",
         "imp",
         "early-bird",
         "gmp",

@@ -10,7 +10,14 @@ import torch
 from ticketsearch.core.errors import ConfigError, DataError, MaskMismatchError
 from ticketsearch.core.mask import Mask
 from ticketsearch.core.pattern import Pattern, check_pattern, parse_pattern
-from ticketsearch.core.select import select
+from ticketsearch.core.select import (
+    check_selection,
+    claim_pattern,
+    select,
+    select_counts,
+    select_global,
+    select_growth,
+)
 
 
 def _b(rows: list[list[int]]) -> torch.Tensor:
@@ -234,3 +241,98 @@ def test_a_sidecar_cannot_exempt_a_layer_that_fits(tmp_path) -> None:
     path = m.save(tmp_path / "m.safetensors", pattern="2:4", dense_layers=["w"])
     with pytest.raises(DataError, match="'w' of shape \\[2, 8\\] is listed as dense"):
         Mask.load(path)
+
+
+# -- a schedule walking down to the pattern (descent) and the count-based selections -------------------------
+def test_descent_above_n_over_m_keeps_every_groups_n_best_first() -> None:
+    # 75% of 16 = 12. The groups' 2 best: {4,3 | 5,5} and {1,0 | 9,8} (8 weights); then the best 4 of the
+    # rest: 5, 5 (row 0, columns 6, 7), 7 (row 1, column 5), 2 (row 0, column 3).
+    m = select({"w": SCORES_2x8}, 0.75, pattern="2:4", scope="layerwise", descent=True)
+    assert torch.equal(m["w"], _b([[0, 1, 1, 1, 1, 1, 1, 1], [1, 0, 1, 0, 1, 1, 1, 0]]))
+    assert "pattern" not in m.metadata  # it keeps 4 of a group: no claim of 2:4
+    # plain top-12 would keep only one weight (the 1) of row 1's first group
+    plain = select({"w": SCORES_2x8}, 0.75, scope="layerwise")
+    assert int(plain["w"][1, :4].sum()) == 1
+
+
+@pytest.mark.parametrize("density", [0.5, 0.25])
+@pytest.mark.parametrize("scope", ["layerwise", "global"])
+def test_descent_at_or_below_n_over_m_is_the_plain_pattern_rule(density: float, scope: str) -> None:
+    scores = {"w": SCORES_2x8, "v": torch.arange(16.0).reshape(2, 8).flip(1)}
+    a = select(scores, density, pattern="2:4", scope=scope, descent=True)
+    b = select(scores, density, pattern="2:4", scope=scope)
+    assert all(torch.equal(a[n], b[n]) for n in scores)
+    assert a.metadata["pattern"] == "2:4"
+
+
+def test_select_counts_under_n_m_is_the_floor_rule_then_the_cap() -> None:
+    # count 12: the floor rule (as above); count 8: the groups' 2 best; count 3: the best 3 of those
+    m12 = select_counts({"w": SCORES_2x8}, {"w": 12}, pattern="2:4")
+    assert torch.equal(m12["w"], _b([[0, 1, 1, 1, 1, 1, 1, 1], [1, 0, 1, 0, 1, 1, 1, 0]]))
+    m8 = select_counts({"w": SCORES_2x8}, {"w": 8}, current=m12, pattern="2:4")
+    assert torch.equal(m8["w"], _b([[0, 1, 1, 0, 1, 1, 0, 0], [1, 0, 1, 0, 1, 0, 1, 0]]))
+    m3 = select_counts({"w": SCORES_2x8}, {"w": 3}, current=m8, pattern="2:4")
+    assert torch.equal(
+        m3["w"],
+        _b([[0, 0, 0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 1, 0, 1, 0]]),
+    )  # 9, 8, then the first of the two 5s
+
+
+def test_select_counts_in_blocks_must_be_whole_blocks() -> None:
+    m = select_counts({"w": SCORES_4x4}, {"w": 8}, pattern="block:2x2")
+    assert torch.equal(m["w"], _b([[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]))
+    with pytest.raises(ConfigError, match="not a whole number of 2x2 blocks"):
+        select_counts({"w": SCORES_4x4}, {"w": 6}, pattern="block:2x2")
+    with pytest.raises(ConfigError, match="does not fit"):
+        select_counts({"w": torch.zeros(3, 4)}, {"w": 4}, pattern="block:2x2")
+
+
+def test_select_global_under_n_m_floors_every_group() -> None:
+    # 1:4 over a = [4, 3, 2, 1] and b = [.5, .6, .7, .8]: k = 4 keeps each group's best (4, .8), then 3, 2
+    scores = {"a": torch.tensor([[4.0, 3.0, 2.0, 1.0]]), "b": torch.tensor([[0.5, 0.6, 0.7, 0.8]])}
+    m = select_global(scores, 4, pattern="1:4")
+    assert m["a"].tolist() == [[True, True, True, False]] and m["b"].tolist() == [[False, False, False, True]]
+    m2 = select_global(scores, 2, current=m, pattern="1:4")
+    assert m2["a"].tolist() == [[True, False, False, False]] and m2["b"].tolist() == [
+        [False, False, False, True]
+    ]
+
+
+def test_growth_fills_only_the_room_the_pattern_leaves() -> None:
+    kept = {"w": _b([[1, 0, 0, 0, 1, 1, 0, 0]])}  # 2:4: room for 1 in the first group, none in the second
+    score = {"w": torch.tensor([[0.0, 5.0, 9.0, 1.0, 0.0, 0.0, 8.0, 7.0]])}
+    g = select_growth(score, {"w": 1}, kept=kept, pattern="2:4")
+    assert g["w"].tolist() == [[False, False, True, False, False, False, False, False]]
+    with pytest.raises(
+        ConfigError, match="cannot grow 2 weights of 'w' under pattern 2:4: its groups have room for 1"
+    ):
+        select_growth(score, {"w": 2}, kept=kept, pattern="2:4")
+    plain = select_growth(score, {"w": 2}, kept=kept)  # unstructured: the best two not kept, 9 and 8
+    assert plain["w"].tolist() == [[False, False, True, False, False, False, True, False]]
+
+
+def test_block_growth_takes_whole_empty_blocks() -> None:
+    kept = {"w": _b([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]])}
+    # empty 2x2 blocks: (0, 1) sum 9, (1, 1) sum 3; (1, 0) holds a kept weight
+    g = select_growth({"w": SCORES_4x4}, {"w": 4}, kept=kept, pattern="block:2x2")
+    assert torch.equal(g["w"], _b([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]))
+
+
+def test_check_selection_refuses_what_select_would_without_scores() -> None:
+    shapes = {"a": (4, 8), "b": (64, 64)}
+    with pytest.raises(ConfigError, match="2:4 keeps at most 0.5 of a layer, but a would keep 1"):
+        check_selection(shapes, 0.4, pattern="2:4", scope="layerwise", distribution="erk")
+    with pytest.raises(ConfigError, match=r"above what pattern 1:4 keeps \(0.25\)"):
+        check_selection(shapes, 0.5, pattern="1:4")
+    with pytest.raises(ConfigError, match=r"c \[2, 3\].*--allow-dense-layers"):
+        check_selection({**shapes, "c": (2, 3)}, 0.25, pattern="2:4")
+    assert check_selection({**shapes, "c": (2, 3)}, 0.25, pattern="2:4", allow_dense_layers=True) == ["c"]
+    assert check_selection(shapes, 0.9) == []
+
+
+def test_claim_pattern_refuses_a_broken_mask_or_drops_the_claim() -> None:
+    bad = Mask({"w": _b([[1, 1, 1, 0]])}, {"pattern": "2:4"})
+    with pytest.raises(MaskMismatchError):
+        claim_pattern(bad, "2:4")
+    assert "pattern" not in claim_pattern(bad, "2:4", strict=False).metadata
+    assert claim_pattern(Mask({"w": _b([[1, 1, 0, 0]])}), "2:4").metadata["pattern"] == "2:4"

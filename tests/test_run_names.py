@@ -100,11 +100,12 @@ def test_run_names_are_unchanged(case):
 SUITES = {
     "cifar": (615, "b515f452d1e7"),
     "dynamic-sparse": (26, "19d489ccdbf3"),
-    "frontier": (438, "0726ab8f2d55"),  # its MNIST imp, gmp, rigl and set cells reuse the runs above
+    "frontier": (462, "1626f987545a"),  # its MNIST imp, gmp, rigl and set cells reuse the runs above
     # the grids of the removed one-off scripts (issue 21), computed at their introduction
     "imp-lenet": (10, "6c71b05a33cd"),  # its IMP run is the one benchmarks/imp_lenet_mnist.py named
     "moving-masks": (20, "f6c563ae5116"),  # main at 22b561a
     "paper": (426, "e643f24e7b05"),
+    "patterns": (58, "b4b2e8cebd43"),  # branch patterns (issue 22), computed when the suite was added
     "quick": (369, "e4602cc11dfd"),
     "smallest-lenet": (14, "46392092f112"),  # the runs benchmarks/smallest_mnist.py named
     "smoke": (5, "b5693baafb8e"),

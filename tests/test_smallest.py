@@ -112,3 +112,92 @@ def test_a_density_that_empties_a_layer_is_out_of_tolerance_not_an_error(tmp_pat
     first = r.probes[0]
     assert first.density == 1e-4 and first.source.startswith("collapsed") and first.val == [0.0]
     assert r.answer is not None and r.answer.kept > 1e-4
+
+
+def _planted_runs(monkeypatch, tmp_path, threshold: float) -> list[float]:
+    """run_find replaced by a planted curve: validation 98% at densities ≥ threshold, 50% below; returns
+    the densities asked, in order."""
+    from types import SimpleNamespace
+
+    import ticketsearch.smallest as sm
+
+    asked: list[float] = []
+
+    def fake_run_find(hp, *, seed, opts):
+        d = hp.pruning.density
+        asked.append(d)
+        acc = 0.98 if d >= threshold else 0.5
+        row = {"level": 0 if d == 1.0 else 1, "density": d, "val_acc": acc, "test_acc": acc}
+        return SimpleNamespace(rows=[{**row, "mask": str(tmp_path / f"{d}" / "mask.safetensors")}])
+
+    monkeypatch.setattr(sm, "run_find", fake_run_find)
+    return asked
+
+
+def test_a_pattern_caps_the_search_at_n_over_m(monkeypatch, tmp_path):
+    from ticketsearch.core.hparams import PruningHparams, RunHparams
+    from ticketsearch.experiments.runner import RunOptions
+    from ticketsearch.smallest import smallest
+
+    asked = _planted_runs(monkeypatch, tmp_path, threshold=0.1)
+    hp = RunHparams(pruning=PruningHparams(method="snip", pattern="2:4", density=0.25))
+    r = smallest(hp, seeds=[0], tolerance=0.5, opts=RunOptions(root=tmp_path), min_density=0.01)
+    # the dense reference, min_density, then N/M (never above it), then bisection between 0.5 and 0.01
+    assert asked[:3] == [1.0, 0.01, 0.5] and max(asked[1:]) == 0.5
+    assert asked[3] == pytest.approx(math.sqrt(0.5 * 0.01))
+    assert r.answer is not None and 0.1 <= r.answer.density <= 0.11
+
+    asked = _planted_runs(monkeypatch, tmp_path, threshold=0.6)  # not even N/M is good enough
+    r = smallest(hp, seeds=[0], tolerance=0.5, opts=RunOptions(root=tmp_path), min_density=0.01)
+    assert asked == [1.0, 0.01, 0.5] and r.answer is None and "even density 0.5" in r.note
+
+    with pytest.raises(ConfigError, match="min_density 0.5 is not below 0.5, the most pattern 2:4 keeps"):
+        smallest(hp, seeds=[0], tolerance=0.5, opts=RunOptions(root=tmp_path), min_density=0.5)
+
+
+class _PlantedIMPSearch:
+    """What IMP's walk sees: levels 1, .75, .5625, then .5 and .375 obeying 2:4 (as a 2:4 run's levels
+    are, the third stopped at N/M), validation 98% down to ``threshold``."""
+
+    DENSITIES = [1.0, 0.75, 0.5625, 0.5, 0.375, 0.28125]
+
+    def __init__(self, threshold: float) -> None:
+        from ticketsearch.core.hparams import PruningHparams, RunHparams
+
+        self.hp = RunHparams(pruning=PruningHparams(method="imp", pattern="2:4", density=0.25))
+        self.seeds, self.min_density, self.max_density, self.out_dir = [0], 1e-3, 0.5, None
+        self.threshold = threshold
+
+    def runs(self, hp):
+        from types import SimpleNamespace
+
+        rows = []
+        for k in range(hp.pruning.rounds + 1):
+            d = self.DENSITIES[k]
+            acc = 0.98 if d >= self.threshold else 0.5
+            rows.append({"level": k, "density": d, "val_acc": acc, "test_acc": acc, "mask": f"/x/{k}/m"})
+            if d <= 0.5:
+                rows[-1]["pattern"] = "2:4"
+        return [SimpleNamespace(rows=rows)]
+
+    def probe(self, rows, density, source):
+        return Probe(
+            density=density, kept=rows[0]["density"], val=[rows[0]["val_acc"]], test=[0.0], source=source
+        )
+
+    def accept(self, probe):
+        return probe.val_mean >= 0.975
+
+
+def test_imp_under_a_pattern_counts_only_the_levels_that_obey_it():
+    from ticketsearch.methods import get_method
+
+    imp = get_method("imp")
+    answer, probes, note = imp.smallest(_PlantedIMPSearch(threshold=0.4))
+    # levels 1 and 2 pass but are the way down to 2:4; level 3 (N/M) is the first ticket, level 4 fails
+    assert [p.source for p in probes] == ["level 1", "level 2", "level 3", "level 4"]
+    assert answer is probes[2] and answer.kept == 0.5 and "no bisection" in note
+    answer, probes, note = imp.smallest(_PlantedIMPSearch(threshold=0.55))  # fails at N/M itself
+    assert (
+        answer is None and len(probes) == 3 and note == "no IMP level under pattern 2:4 is within tolerance"
+    )

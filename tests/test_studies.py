@@ -81,7 +81,13 @@ EXPECTED_PARAMS = {
     "supermask": {"density", "lr"},
     "supermask-bernoulli": {"lr"},
     "early-bird": {"eb_eps", "eb_every"},
+    # --arg knobs (a scorer's own space through Scorer.search_space; inner_lr sets ProsPr's knob lr)
+    "prospr": {"lr", "score_batches", "steps", "inner_lr"},
+    "gmp": {"lr", "start", "end"},
+    "rigl": {"lr", "alpha", "every"},
+    "cs": {"lr", "l1", "s0", "final_temp"},
 }
+KNOB_OF_PARAM = {"inner_lr": "lr"}
 
 
 def _base(method: str) -> RunHparams:
@@ -113,6 +119,10 @@ def test_every_builtin_method_declares_a_space_of_valid_hparams(method):
             want = EXPECTED_PARAMS[method] | ({"density"} if pareto else set())
             assert set(trial.params) == want
             for name, value in trial.params.items():  # what was drawn is what the run gets
+                knobs = dict(hp.method_args)
+                if KNOB_OF_PARAM.get(name, name) in knobs and name != "lr":
+                    assert knobs[KNOB_OF_PARAM.get(name, name)] == pytest.approx(value)
+                    continue
                 own = m.own(hp)  # a method's own hyperparameter, or a shared PruningHparams field
                 where = hp.training if name == "lr" else own if name in m.own_fields() else hp.pruning
                 field = getattr(where, name)

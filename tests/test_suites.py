@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ticketsearch.bench import cells_of, load_suite
-from ticketsearch.bench.spec import list_suites, suite_dict, suite_from_dict, suite_from_saved
+from ticketsearch.bench.spec import list_suites, suite_from_dict, suite_from_saved
 from ticketsearch.core.errors import ConfigError
 
 
@@ -41,13 +41,15 @@ def test_snip_paper_is_snips_setup() -> None:
 # -- the variant fields that let a suite hold a one-off script's grid (issue 21) -------------------------------
 
 # spec hashes (the queue names of `bench --storage`) computed on main at 797600b, before the variant fields
-# densities / training / controls / metrics existed: a field added at its default renames no queue
+# densities / training / controls / metrics existed (frontier and patterns: on main at 9f5f516, before the
+# fields training / controls / metrics were merged): a field added at its default renames no queue
 SPEC_HASHES = {
     "cifar": "b16bea6ed5",
     "dynamic-sparse": "b4e6ba9f1d",
-    "frontier": "317745219e",
+    "frontier": "22a02eef0b",
     "moving-masks": "52f479307e",
     "paper": "bab02e286b",
+    "patterns": "b9cd7c9c55",
     "quick": "fa9501231f",
     "smoke": "98d1612cc1",
     "snip-paper": "da47ec0ed6",
@@ -81,7 +83,7 @@ def _spec(**variant: Any) -> dict[str, Any]:
 
 def test_suite_dict_leaves_out_later_fields_at_their_defaults_and_reads_back() -> None:
     plain = suite_from_dict(_spec(method="imp"), source="t")
-    assert set(suite_dict(plain)["variants"][0]) == {"name", "method", "pruning", "args", "then_train"}
+    assert set(plain.saved()["variants"][0]) == {"name", "method", "pruning", "args", "then_train"}
     full = suite_from_dict(
         _spec(
             method="supermask-bernoulli",
@@ -91,13 +93,13 @@ def test_suite_dict_leaves_out_later_fields_at_their_defaults_and_reads_back() -
         ),
         source="t",
     )
-    saved = suite_dict(full)["variants"][0]
+    saved = full.saved()["variants"][0]
     assert saved["densities"] == (0.5, 0.3) and saved["training"] == {"budget": "2ep"}
     assert "controls" not in saved
     # suite.json (and a queue's stored suite) read back into the same suite, new fields included
-    roundtrip = json.loads(json.dumps(suite_dict(full)))
+    roundtrip = json.loads(json.dumps(full.saved()))
     assert suite_from_saved(roundtrip) == full
-    assert suite_from_saved(json.loads(json.dumps(suite_dict(plain)))) == plain
+    assert suite_from_saved(json.loads(json.dumps(plain.saved()))) == plain
 
 
 def test_variant_densities_training_and_cells() -> None:

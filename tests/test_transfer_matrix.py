@@ -51,6 +51,7 @@ def test_matrix_end_to_end(tmp_path, shared_datasets):
     assert "matrix:" in r.stdout and "minus own" in r.stdout
 
 
+@pytest.mark.slow  # 24 s; the matrix's cells resume like every run (test_runner's kill tests)
 def test_matrix_resumes_after_kill_9(tmp_path, shared_datasets):
     out = tmp_path / "matrix"
     cmd = _cmd(tmp_path / "runs", out, shared_datasets, methods="imp,snip")

@@ -58,7 +58,7 @@ from ..core.hparams import stable_hash
 from ..core.io import atomic_write_json, atomic_write_text
 from ..studies.storage import DatabaseLost, _say
 from .runner import Cell, cells_of, run_cell, smallest_keys, smallest_search, write_timing
-from .spec import Suite, suite_dict, suite_from_saved
+from .spec import Suite, suite_from_saved
 
 __all__ = [
     "QUEUE_ATTR",
@@ -86,7 +86,7 @@ def items_of(suite: Suite) -> list[str]:
 
 
 def spec_hash(suite: Suite) -> str:
-    return stable_hash(suite_dict(suite), 10)
+    return stable_hash(suite.saved(), 10)
 
 
 def default_name(suite: Suite) -> str:
@@ -138,7 +138,7 @@ def _check_identity(attrs: dict[str, Any], suite: Suite, name: str, shown: str) 
         raise _not_a_queue(attrs, name, shown)
     if ident.get("spec") != spec_hash(suite):
         stored = ident.get("suite") or {}
-        diff = _differences(stored, json.loads(json.dumps(suite_dict(suite))))
+        diff = _differences(stored, json.loads(json.dumps(suite.saved())))
         raise ConfigError(
             f"study '{name}' in '{shown}' queues suite '{stored.get('name', '?')}' with another spec "
             f"(spec {ident.get('spec')}, this command's {spec_hash(suite)}; they differ in: "
@@ -213,7 +213,7 @@ def open_queue(
     except optuna.exceptions.DuplicatedStudyError:
         study = None
     ident = {
-        "suite": json.loads(json.dumps(suite_dict(suite))),
+        "suite": json.loads(json.dumps(suite.saved())),
         "spec": spec_hash(suite),
         "items": len(items),
         "version": __version__,
@@ -478,7 +478,7 @@ def write_records(
     """``results.jsonl``, ``smallest.jsonl`` and ``suite.json`` of ``out_dir`` from the shared records,
     written whole and atomically (this folder's copy of what the database holds)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "suite.json", suite_dict(suite))
+    atomic_write_json(out_dir / "suite.json", suite.saved())
     atomic_write_text(out_dir / "results.jsonl", _jsonl(cells))
     if suite.smallest is not None and suite.smallest.variants:
         atomic_write_text(out_dir / "smallest.jsonl", _jsonl(small))
@@ -511,7 +511,7 @@ def run_queue(
     t_start, since = time.perf_counter(), time.time()
     q = open_queue(suite, url, study_name=study_name, heartbeat=heartbeat, db_wait=db_wait)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "suite.json", suite_dict(suite))
+    atomic_write_json(out_dir / "suite.json", suite.saved())
     bar = progress_bar(
         len(q.items), initial=_finished(q), enabled=progress, desc=f"queue {q.name}", unit="item", leave=True
     )

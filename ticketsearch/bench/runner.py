@@ -29,7 +29,7 @@ from ..core.errors import DataError, TicketsearchError
 from ..core.io import append_jsonl, atomic_write_json
 from ..core.provenance import collect_stale, current, stale_reason
 from ..training import progress_bar
-from .spec import VARIANT_CONTROLS, DatasetEntry, Suite, Variant, suite_dict, variant_densities
+from .spec import VARIANT_CONTROLS, DatasetEntry, Suite, Variant
 
 __all__ = [
     "Cell",
@@ -72,7 +72,7 @@ def cells_of(suite: Suite) -> list[Cell]:
         for seed in suite.seeds:
             out.append(Cell(d.dataset, d.model, DENSE, 1.0, seed))
         for v in suite.variants:
-            for p in variant_densities(suite, v):
+            for p in suite.densities_of(v):
                 for seed in suite.seeds:
                     out.append(Cell(d.dataset, d.model, v.name, p, seed))
     return out
@@ -413,7 +413,7 @@ def run_suite(
     suite.validate()
     check_data(suite, data_root)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "suite.json", suite_dict(suite))
+    atomic_write_json(out_dir / "suite.json", suite.saved())
     if command is not None:
         write_command(out_dir, command)
     results = out_dir / "results.jsonl"
@@ -573,7 +573,7 @@ def smallest_search(
     entry = next(e for e in suite.datasets if f"{e.dataset}/{e.model}" == ds)
     variant = next(v for v in suite.variants if v.name == name)
     opts = RunOptions(root=root, data_root=data_root, device=device, progress=False, rerun_stale=rerun_stale)
-    hp, weights = _hparams(entry, variant, min(variant_densities(suite, variant)))
+    hp, weights = _hparams(entry, variant, min(suite.densities_of(variant)))
     rec: dict[str, Any] = {"key": key, "dataset": entry.dataset, "model": entry.model, "variant": name}
     try:
         r = smallest(

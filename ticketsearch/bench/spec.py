@@ -9,13 +9,18 @@ it). A method entry is a name (``"snip"``) or a variant::
     {"name": "imp", "method": "imp", "controls": ["reinit"]}
     {"name": "supermask-300ep", "method": "supermask", "training": {"budget": "300ep"}}
     {"name": "bernoulli", "method": "supermask-bernoulli", "densities": [0.5], "metrics": ["learned_density"]}
+    {"name": "snip-1:4", "method": "snip", "pruning": {"pattern": "1:4"}, "densities": [0.25, 0.1]}
+
+``pruning`` sets shared fields (``pattern``, ``scope``, ...) and the method's own by name.
 
 A variant's optional fields let one suite hold a grid that a one-off script used to: ``densities`` (its own,
 instead of the suite's), ``training`` (overrides of the recipe it trains with: the weights', or a learned
 method's scores'), ``controls`` (the runner's controls beside each ticket, asked of any method that
 ``accepts_controls``, with or without ``sanity``) and ``metrics`` (fields of the ticket's result kept in
-each cell's record). At their defaults they are left out of :func:`suite_dict`, so a suite written before
-they existed keeps its queue name (``bench --storage``) and its saved form.
+each cell's record). An N:M variant cannot be asked for more than N/M: a suite that does is refused in one
+line, naming the variant, before anything runs or is queued. At their defaults the optional fields are left
+out of :meth:`Suite.saved`, so a suite written before they existed keeps its queue name (``bench
+--storage``) and its saved form.
 
 Every variant of a method with scores also gets the sanity checks of Frankle et al. 2021 when the suite
 asks for them (``"sanity": true``): the ticket's mask on a fresh init (``reinit``), the mask shuffled
@@ -32,6 +37,7 @@ from typing import Any
 
 from ..core.errors import ConfigError, DataError
 from ..core.hparams import RunHparams, TrainingHparams, check_seed
+from ..core.pattern import parse_pattern
 from ..core.select import check_density
 
 __all__ = [
@@ -45,8 +51,6 @@ __all__ = [
     "suite_from_dict",
     "suite_from_saved",
     "SUITES_DIR",
-    "suite_dict",
-    "variant_densities",
     "VARIANT_CONTROLS",
 ]
 
@@ -74,7 +78,7 @@ class Variant:
     pruning: dict[str, Any] = field(default_factory=dict)
     args: dict[str, Any] = field(default_factory=dict)
     then_train: bool = False
-    # added later: at their defaults they are not in suite_dict (queue names and suite.json stay as they were)
+    # added later: at their defaults they are not in Suite.saved (queue names and suite.json stay as they were)
     densities: tuple[float, ...] = ()  # this variant's own densities; () = the suite's
     training: dict[str, Any] = field(default_factory=dict)  # overrides of the recipe it trains with
     controls: tuple[str, ...] = ()  # controls beside each ticket (VARIANT_CONTROLS), besides any sanity
@@ -117,6 +121,21 @@ class Suite:
     anchors: tuple[Anchor, ...] = ()
     smallest: SmallestSpec | None = None
 
+    def densities_of(self, variant: Variant) -> tuple[float, ...]:
+        """The densities a variant's cells ask: its own, else the suite's."""
+        return variant.densities or self.densities
+
+    def saved(self) -> dict[str, Any]:
+        """The suite as saved and hashed (a queue's spec, ``suite.json``): a variant field added later is
+        left out while it holds its default, so every suite written before it existed keeps its spec hash
+        and its saved form."""
+        d = dataclasses.asdict(self)
+        for v in d["variants"]:
+            for name in _LATER_VARIANT_FIELDS:
+                if not v[name]:  # every later field's default is empty
+                    del v[name]
+        return d
+
     def validate(self) -> None:
         """Every name and value, before any training."""
         from ..data import DATASETS
@@ -132,17 +151,38 @@ class Suite:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ConfigError(f"suite '{self.name}' names a method variant twice: {names}")
+        for p in self.densities:
+            check_density(p, name="suite density")
         for v in self.variants:
+            dens = self.densities_of(v)
             method = get_method(v.method)  # its values by name: shared fields or the method's own
-            hp = method.with_hparams(RunHparams(pruning=method.default_pruning(method=v.method)), **v.pruning)
+            base = RunHparams(pruning=method.default_pruning(method=v.method, density=min(dens)))
+            hp = method.with_hparams(base, **v.pruning)
+            pat = parse_pattern(hp.pruning.pattern)
+            over = [p for p in dens if p > pat.max_density + 1e-12]
+            if over:  # a density sweep stops at N/M: say so before anything is queued
+                raise ConfigError(
+                    f"suite '{self.name}': method {v.name!r} asks density {over[0]:g}, above what pattern {pat} "
+                    f'keeps ({pat.max_density:g}); give it its own "densities" (≤ {pat.max_density:g})'
+                )
             hp.pruning.validate()
+            if pat.structured:  # the method's own refusals of a pattern (none, or a knob that cannot keep it)
+                method.validate(method.canonical(hp.replace(method_args=tuple(sorted(v.args.items())))))
             own = method.own(hp)
             if own is not None and callable(getattr(own, "validate", None)):
                 own.validate()
             method.parse_knobs(v.args)
             _check_variant_extras(self.name, v, method)
-        for p in self.densities:
-            check_density(p, name="suite density")
+            if (
+                pat.structured
+                and self.smallest is not None
+                and v.name in self.smallest.variants
+                and self.smallest.min_density >= pat.max_density
+            ):
+                raise ConfigError(
+                    f"suite '{self.name}': smallest min_density {self.smallest.min_density:g} is not below "
+                    f"{pat.max_density:g}, the most pattern {pat} of method {v.name!r} keeps"
+                )
         for s in self.seeds:
             check_seed(s)
         if self.smallest is not None:
@@ -155,7 +195,21 @@ class Suite:
                     f"suite '{self.name}': smallest names unknown method(s) {unknown} (choose from: {names})"
                 )
 
-    def with_overrides(self, *, methods: list[str] | None = None, seeds: int | None = None) -> Suite:
+    def with_overrides(
+        self, *, methods: list[str] | None = None, seeds: int | None = None, datasets: list[str] | None = None
+    ) -> Suite:
+        """The suite cut to some of its methods or datasets (``dataset`` or ``dataset/model``; a suite is
+        resumable, so running it in parts fills the same records), or with another number of seeds."""
+        entries = self.datasets
+        if datasets:
+            names = {n for d in self.datasets for n in (d.dataset, f"{d.dataset}/{d.model}")}
+            unknown = [d for d in datasets if d not in names]
+            if unknown:
+                raise ConfigError(
+                    f"suite '{self.name}' has no dataset {', '.join(map(repr, unknown))} "
+                    f"(choose from: {', '.join(sorted(names))})"
+                )
+            entries = tuple(d for d in self.datasets if {d.dataset, f"{d.dataset}/{d.model}"} & set(datasets))
         variants = self.variants
         if methods:
             known = {v.name for v in self.variants}
@@ -172,7 +226,7 @@ class Suite:
         return Suite(
             self.name,
             self.description,
-            self.datasets,
+            entries,
             variants,
             self.densities,
             seed_list,
@@ -222,26 +276,6 @@ def _check_variant_extras(suite: str, v: Variant, method: Any) -> None:
         )
     if not all(isinstance(m, str) and m for m in v.metrics):
         raise ConfigError(f"{where}: metrics are names of result fields, got {list(v.metrics)!r}")
-
-
-def variant_densities(suite: Suite, v: Variant) -> tuple[float, ...]:
-    """The densities ``v`` runs at: its own, or the suite's."""
-    return v.densities or suite.densities
-
-
-def suite_dict(suite: Suite) -> dict[str, Any]:
-    """The suite as plain data (``dataclasses.asdict``) without the variant fields added later while they
-    hold their defaults: what names a suite's queue (``bench --storage``) and what ``suite.json`` holds, so
-    adding a field renames no existing suite's queue."""
-    d = dataclasses.asdict(suite)
-    defaults = {f.name: f for f in dataclasses.fields(Variant)}
-    for v in d["variants"]:
-        for name in _LATER_VARIANT_FIELDS:
-            f = defaults[name]
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            if v[name] == default or (isinstance(default, tuple) and tuple(v[name]) == default):
-                del v[name]
-    return d
 
 
 def _listed(value: Any, key: str) -> tuple[Any, ...]:

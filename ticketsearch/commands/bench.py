@@ -31,6 +31,11 @@ class Bench(Command):
             "--suite", default="smoke", help=" | ".join([*list_suites(), "a .json/.toml file"])
         )
         parser.add_argument("--methods", default=None, help="comma-separated subset of the suite's methods")
+        parser.add_argument(
+            "--datasets",
+            default=None,
+            help="comma-separated subset of the suite's datasets (e.g. mnist); the records fill the same --out",
+        )
         parser.add_argument("--seeds", type=int, default=None, help="replicates (default: the suite's)")
         parser.add_argument("--workers", type=int, default=1, help="processes running cells (default 1)")
         parser.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
@@ -113,7 +118,8 @@ class Bench(Command):
 
             resolve_device(ns.device)
             methods = [m.strip() for m in ns.methods.split(",") if m.strip()] if ns.methods else None
-            suite = load_suite(ns.suite).with_overrides(methods=methods, seeds=ns.seeds)
+            datasets = [d.strip() for d in ns.datasets.split(",") if d.strip()] if ns.datasets else None
+            suite = load_suite(ns.suite).with_overrides(methods=methods, seeds=ns.seeds, datasets=datasets)
             suite.validate()
             out = Path(ns.out) if ns.out else Path(ns.root) / f"bench_{suite.name}"
             from ..bench.runner import suite_command
@@ -175,6 +181,7 @@ def _suite_hint(ns: argparse.Namespace) -> Suite | None:
 
     try:
         methods = [m.strip() for m in ns.methods.split(",") if m.strip()] if ns.methods else None
-        return load_suite(ns.suite).with_overrides(methods=methods, seeds=ns.seeds)
+        datasets = [d.strip() for d in ns.datasets.split(",") if d.strip()] if ns.datasets else None
+        return load_suite(ns.suite).with_overrides(methods=methods, seeds=ns.seeds, datasets=datasets)
     except TicketsearchError:
         return None

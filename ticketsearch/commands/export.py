@@ -16,7 +16,8 @@ class Export(Command):
     description = (
         "Export the weights a ticket keeps: --run DIR [--level K] (a run or replicate directory written by "
         "`find`; default the last finished level) or --mask FILE --weights FILE. Formats: bitmask, csr "
-        "(narrowest index ints), auto (per layer the smaller of the two), dense (for comparison) — "
+        "(narrowest index ints), auto (per layer the smaller of the two; for a mask made under --pattern, the "
+        "packed nm or bsr layout), dense (for comparison) — "
         "safetensors with a checksummed JSON header, loaded by ticketsearch.load_ticket — or onnx. Values "
         "in fp32 or fp16; biases and BatchNorm are stored dense."
     )
@@ -37,7 +38,8 @@ class Export(Command):
             "--format",
             required=True,
             choices=FORMATS,
-            help="auto: per layer the smaller of bitmask and csr; dense: for comparison; onnx: needs onnx",
+            help="auto: per layer the smaller of bitmask and csr, or nm / bsr (packed) for a mask made under "
+            "--pattern N:M / block:RxC; dense: for comparison; onnx: needs onnx",
         )
         parser.add_argument(
             "--dtype", default="fp32", choices=tuple(VALUE_DTYPES), help="stored values (default: fp32)"

@@ -25,10 +25,11 @@ class List(Command):
             for m in list_methods():
                 print(f"{m.name:<22} {m.kind:<10} {m.scope:<10} {m.source:<24} {m.error or m.description}")
         elif ns.what == "models":
-            from ..models import MODELS
+            from ..models import MODELS, ModelSource
 
-            for e in MODELS.entries():
-                print(f"{e.name:<16} {e.description}")
+            for e in MODELS.entries():  # a source is a family: shown as the names it takes
+                name = e.obj.usage if isinstance(e.obj, ModelSource) else e.name
+                print(f"{name:<16} {e.description}")
         elif ns.what == "datasets":
             from ..data import DATASETS
 

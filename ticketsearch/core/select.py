@@ -3,6 +3,14 @@
 Higher score = keep. Counts are exact (``round-half-up(density × n)``) and ties are broken
 deterministically: among equal scores the weight with the lower flat index (in the order of the score
 dict, then row-major) is kept. Weights pruned in ``current`` are never revived.
+
+Under a pattern (:mod:`.pattern`) the same rule runs inside what the pattern allows. A schedule that walks
+down to an N:M pattern (IMP's levels, GMP's steps, Gem-Miner's freezes) passes densities above N/M on the
+way; those are selections with a *floor*: every group of M keeps its N best alive weights first, then the
+rest of the count goes to the best remaining weights, so the step that reaches N/M can always keep exactly
+N of every M (``select(..., descent=True)``, and the count-based :func:`select_counts` / :func:`select_global`
+under a pattern). One rule for both sides of N/M: with B the N best alive weights of every group, a count
+c ≤ |B| keeps the c best of B, a count c > |B| keeps B and the c − |B| best of the other alive weights.
 """
 
 from __future__ import annotations
@@ -22,6 +30,10 @@ __all__ = [
     "check_pattern",
     "select_counts",
     "select_global",
+    "select_growth",
+    "check_selection",
+    "check_fits",
+    "claim_pattern",
     "layer_densities",
     "check_density",
     "validate_scores",
@@ -94,18 +106,99 @@ def _topk_indices(values: torch.Tensor, alive: torch.Tensor | None, k: int) -> t
     return idx_alive[order] if idx_alive is not None else order
 
 
+def _fit_or_raise(shapes: Mapping[str, Sequence[int]], pat: Pattern) -> None:
+    unfit = unfit_layers(shapes, pat)
+    if unfit:
+        raise ConfigError(
+            f"pattern {pat} does not fit layer(s) {', '.join(f'{n} {list(shapes[n])}' for n in unfit)}: "
+            f"{pat.need()}"
+        )
+
+
+def _nm_floors(
+    scores: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor] | None, pat: Pattern
+) -> dict[str, torch.Tensor]:
+    return {n: _nm_allowed(s, None if current is None else current[n], pat) for n, s in scores.items()}
+
+
+def _block_units(count: int, pat: Pattern, name: str) -> int:
+    unit = pat.r * pat.c
+    if count % unit:
+        raise ConfigError(
+            f"cannot keep {count} weights of '{name}' under pattern {pat}: not a whole number of "
+            f"{pat.r}x{pat.c} blocks"
+        )
+    return count // unit
+
+
+def _block_grid(
+    scores: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor] | None, pat: Pattern
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """Block sums and (with ``current``) which blocks are whole, on the row view's block grid."""
+    grid, alive = {}, {}
+    for n, s in scores.items():
+        rows, cols = row_view_shape(s.shape)
+        v = s.detach().to(torch.float64).reshape(rows // pat.r, pat.r, cols // pat.c, pat.c)
+        grid[n] = v.sum(dim=(1, 3))
+        if current is not None:
+            a = current[n].to(torch.bool).reshape(rows // pat.r, pat.r, cols // pat.c, pat.c)
+            alive[n] = a.all(dim=3).all(dim=1).to(grid[n].device)
+    return grid, (alive if current is not None else None)
+
+
+def _expand_blocks(chosen: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor], pat: Pattern):
+    return {
+        n: b.repeat_interleave(pat.r, dim=0).repeat_interleave(pat.c, dim=1).reshape(scores[n].shape)
+        for n, b in chosen.items()
+    }
+
+
 def select_counts(
     scores: Mapping[str, torch.Tensor],
     counts: Mapping[str, int],
     *,
     current: Mapping[str, torch.Tensor] | None = None,
+    pattern: str | Pattern = "unstructured",
 ) -> Mask:
-    """Layerwise top-k with an exact count per layer."""
+    """Layerwise top-k with an exact count per layer.
+
+    ``pattern``: ``N:M`` applies the floor rule of the module docstring per layer (a count at most N per
+    group's worth keeps the best of each group's N best; a larger one keeps those first), so a schedule
+    stepping down through these counts reaches exactly N of M; ``block:RxC`` selects whole blocks, and each
+    count must be a whole number of blocks. Every layer must fit the pattern (the caller keeps unfit layers
+    out).
+    """
+    pat = parse_pattern(pattern)
+    if not pat.structured:
+        return _select_counts(scores, counts, current, None)
+    _fit_or_raise({n: tuple(t.shape) for n, t in scores.items()}, pat)
+    if pat.kind == "nm":
+        return _select_counts(scores, counts, current, _nm_floors(scores, current, pat))
+    grid, alive = _block_grid(scores, current, pat)
+    chosen = _select_counts(grid, {n: _block_units(int(counts[n]), pat, n) for n in scores}, alive, None)
+    return Mask(_expand_blocks(chosen, scores, pat))
+
+
+def _select_counts(
+    scores: Mapping[str, torch.Tensor],
+    counts: Mapping[str, int],
+    current: Mapping[str, torch.Tensor] | None,
+    floor: Mapping[str, torch.Tensor] | None,
+) -> Mask:
     out = {}
     for name, t in scores.items():
         k = int(counts[name])
         values, alive = _masked_flat(scores, current, name)
         m = torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
+        if floor is not None:
+            base = floor[name].flatten().to(values.device)
+            nb = int(base.sum())
+            if k <= nb:  # the best k of the groups' N best
+                alive, nb = base, 0
+            else:  # the groups' N best, then the best of the rest
+                m |= base
+                alive = (alive if alive is not None else torch.ones_like(base)) & ~base
+                k -= nb
         if k > 0:
             m[_topk_indices(values, alive, k)] = True
         out[name] = m.reshape(t.shape)
@@ -119,19 +212,51 @@ def select_global(
     current: Mapping[str, torch.Tensor] | None = None,
     fixed_counts: Mapping[str, int] | None = None,
     min_counts: Mapping[str, int] | None = None,
+    pattern: str | Pattern = "unstructured",
 ) -> Mask:
     """Keep the ``k`` highest scores across all layers (one threshold).
 
     ``fixed_counts`` layers are selected on their own with that count and excluded from the global pool
     (``k`` counts only the pooled layers). ``min_counts`` guarantees each layer at least that many weights
     (its best ones) before the rest of the budget is spent globally: the guard against emptying a layer.
+    ``pattern``: as :func:`select_counts`, with the N:M floor taken over the whole pool (blocks: ``k``, the
+    fixed and the minimum counts in whole blocks).
     """
+    pat = parse_pattern(pattern)
+    if not pat.structured:
+        return _select_global(scores, k, current, fixed_counts, min_counts, None)
+    _fit_or_raise({n: tuple(t.shape) for n, t in scores.items()}, pat)
+    if pat.kind == "nm":
+        return _select_global(scores, k, current, fixed_counts, min_counts, _nm_floors(scores, current, pat))
+    grid, alive = _block_grid(scores, current, pat)
+    unit = pat.r * pat.c
+    chosen = _select_global(
+        grid,
+        _block_units(int(k), pat, "the pooled layers"),
+        alive,
+        {n: _block_units(int(c), pat, n) for n, c in (fixed_counts or {}).items()},
+        {n: -(-int(c) // unit) for n, c in (min_counts or {}).items()},
+        None,
+    )
+    return Mask(_expand_blocks(chosen, scores, pat))
+
+
+def _select_global(
+    scores: Mapping[str, torch.Tensor],
+    k: int,
+    current: Mapping[str, torch.Tensor] | None,
+    fixed_counts: Mapping[str, int] | None,
+    min_counts: Mapping[str, int] | None,
+    floor: Mapping[str, torch.Tensor] | None,
+) -> Mask:
     fixed_counts = dict(fixed_counts or {})
     min_counts = dict(min_counts or {})
     pooled = [n for n in scores if n not in fixed_counts]
     out: dict[str, torch.Tensor] = {}
     if fixed_counts:
-        out.update(select_counts({n: scores[n] for n in fixed_counts}, fixed_counts, current=current))
+        fixed_scores = {n: scores[n] for n in fixed_counts}
+        fixed_floor = {n: floor[n] for n in fixed_counts} if floor is not None else None
+        out.update(_select_counts(fixed_scores, fixed_counts, current, fixed_floor))
     if not pooled:
         return Mask({n: out[n] for n in scores})
     flats, alives, sizes = [], [], []
@@ -143,13 +268,22 @@ def select_global(
     values = torch.cat(flats)
     alive = torch.cat(alives)
     keep = torch.zeros(values.numel(), dtype=torch.bool)
-    # the guard: each layer's best min_counts[n] weights first
+    if floor is not None:
+        base = torch.cat([floor[n].flatten().cpu() for n in pooled])
+        if k <= int(base.sum()):  # the best k of the groups' N best
+            alive = base
+            alives = list(torch.split(base, sizes))
+        else:  # the groups' N best first
+            keep |= base
+    # the guard: each layer's best min_counts[n] weights first (counting what is already kept)
     offset = 0
     for n, size, a in zip(pooled, sizes, alives):
-        m = int(min_counts.get(n, 0))
-        if m > 0:
+        m = min(int(min_counts.get(n, 0)), int(a.sum()))
+        have = int(keep[offset : offset + size].sum())
+        if m > have:
             seg = values[offset : offset + size]
-            keep[offset + _topk_indices(seg, a, min(m, int(a.sum())))] = True
+            free = a & ~keep[offset : offset + size]
+            keep[offset + _topk_indices(seg, free, m - have)] = True
         offset += size
     remaining = k - int(keep.sum())
     if remaining < 0:
@@ -165,6 +299,45 @@ def select_global(
         out[n] = keep[offset : offset + size].reshape(scores[n].shape).to(scores[n].device)
         offset += size
     return Mask({n: out[n] for n in scores})
+
+
+def select_growth(
+    scores: Mapping[str, torch.Tensor],
+    counts: Mapping[str, int],
+    *,
+    kept: Mapping[str, torch.Tensor],
+    pattern: str | Pattern = "unstructured",
+) -> Mask:
+    """The ``counts[n]`` best-scored weights of each layer outside ``kept`` that ``kept`` may gain while
+    still obeying ``pattern``: what dynamic sparse training grows after it drops.
+
+    Unstructured: the top-k of the weights not kept. ``N:M``: a group with ``j`` kept weights has room for
+    ``N − j`` more; each group's best ``N − j`` candidates are allowed and the top-k of those are grown
+    (ties to the lower index), so no group ever passes N (at density N/M every group regrows exactly what it
+    dropped). ``block:RxC``: whole blocks with no kept weight, by the sum of their scores (counts in whole
+    blocks). A count the pattern has no room for is a ConfigError.
+    """
+    pat = parse_pattern(pattern)
+    free = {n: ~kept[n].to(torch.bool) for n in scores}
+    if not pat.structured:
+        return _select_counts(scores, counts, free, None)
+    _fit_or_raise({n: tuple(t.shape) for n, t in scores.items()}, pat)
+    if pat.kind == "block":
+        grid, alive = _block_grid(scores, free, pat)
+        units = {n: _block_units(int(counts[n]), pat, n) for n in scores}
+        return Mask(_expand_blocks(_select_counts(grid, units, alive, None), scores, pat))
+    allowed = {}
+    for n, s in scores.items():
+        rows, cols = row_view_shape(s.shape)
+        used = kept[n].to(torch.int64).reshape(rows, cols // pat.m, pat.m).sum(-1)
+        allowed[n] = _nm_allowed(s, free[n], pat, room=(pat.n - used).clamp(min=0))
+        room = int(allowed[n].sum())
+        if int(counts[n]) > room:
+            raise ConfigError(
+                f"cannot grow {int(counts[n])} weights of '{n}' under pattern {pat}: its groups have room "
+                f"for {room}"
+            )
+    return _select_counts(scores, counts, allowed, None)
 
 
 def layer_densities(
@@ -245,6 +418,7 @@ def select(
     min_layer_density: float = 0.0,
     pattern: str | Pattern = "unstructured",
     allow_dense_layers: bool = False,
+    descent: bool = False,
 ) -> Mask:
     """Make a mask keeping ``density`` of all scored weights.
 
@@ -260,6 +434,13 @@ def select(
     sum of their scores, with exact block counts; a block with any weight pruned in ``current`` is pruned.
     A layer whose shape cannot hold the pattern is an error naming it, unless ``allow_dense_layers``: then
     it is kept whole (as ``current`` has it) and the density applies to the other layers.
+
+    ``descent``: this selection is one step of a schedule walking down to the pattern (GMP's steps,
+    Gem-Miner's freezes); under N:M a density (or a layer's density) above N/M is then not refused but
+    met by the floor rule of the module docstring: every group keeps its N best alive weights, the rest of
+    the count goes to the best others. Below N/M it is the rule above. The mask claims the pattern (its
+    metadata's ``pattern``) only when it obeys it; the schedule's target is checked up front with
+    :func:`check_selection`.
     """
     check_density(density)
     if scope not in SCOPES:
@@ -288,31 +469,31 @@ def select(
         )
         return mask.with_metadata(**meta)
 
-    if density > pat.max_density + 1e-12:
-        raise ConfigError(
-            f"density {density:g} is above what pattern {pat} keeps ({pat.max_density:g}); "
-            f"use --density {pat.max_density:g} or lower"
-        )
-    unfit = unfit_layers(shapes, pat)
-    if unfit and not allow_dense_layers:
-        raise ConfigError(
-            f"pattern {pat} does not fit layer(s) {', '.join(f'{n} {list(shapes[n])}' for n in unfit)}: "
-            f"{pat.need()}; pass --allow-dense-layers to keep them dense"
-        )
-    if len(unfit) == len(shapes):
-        raise ConfigError(f"pattern {pat} fits none of the layers ({pat.need()}): nothing to select")
+    unfit = _pattern_checks(
+        shapes, density, scope, distribution, overrides, min_layer_density, pat, allow_dense_layers, descent
+    )
     fit = [n for n in shapes if n not in unfit]
     sub_scores = {n: scores[n] for n in fit}
     sub_current = {n: current[n] for n in fit} if current is not None else None
     sub_over = {n: d for n, d in overrides.items() if n in fit}
     if pat.kind == "nm":
-        allowed = {n: _nm_allowed(scores[n], None if current is None else current[n], pat) for n in fit}
-        if density >= pat.max_density - 1e-12 and not sub_over and min_layer_density <= pat.max_density:
+        allowed = _nm_floors(sub_scores, sub_current, pat)
+        if descent:  # the floor rule: the groups' N best first where a count exceeds them
+            picked = dict(
+                _select_unstructured(
+                    sub_scores,
+                    density,
+                    scope,
+                    distribution,
+                    sub_over,
+                    sub_current,
+                    min_layer_density,
+                    allowed,
+                )
+            )
+        elif _exactly_n_of_m(density, sub_over, min_layer_density, pat):
             picked = allowed  # N of every M: the density is exactly N/M (less where current pruned more)
         else:
-            _check_nm_densities(
-                {n: shapes[n] for n in fit}, density, scope, distribution, sub_over, min_layer_density, pat
-            )
             picked = dict(
                 _select_unstructured(
                     sub_scores, density, scope, distribution, sub_over, allowed, min_layer_density
@@ -329,10 +510,107 @@ def select(
         else:  # kept dense (allowed): whole, except what current already pruned
             base = current[n] if current is not None else torch.ones(t.shape, dtype=torch.bool)
             out[n] = base.to(device=t.device, dtype=torch.bool).clone()
-    meta["pattern"] = str(pat)
-    if unfit:
-        meta["dense_layers"] = list(unfit)
-    return Mask(out).with_metadata(**meta)
+    mask = Mask(out).with_metadata(**meta)
+    if descent:  # a step above N/M keeps more than N of some group: it claims nothing
+        return claim_pattern(mask, pat, unfit, strict=False)
+    return claim_pattern(mask, pat, unfit)
+
+
+def _exactly_n_of_m(
+    density: float, overrides: Mapping[str, float], min_layer_density: float, pat: Pattern
+) -> bool:
+    return density >= pat.max_density - 1e-12 and not overrides and min_layer_density <= pat.max_density
+
+
+def _pattern_checks(
+    shapes: Mapping[str, Sequence[int]],
+    density: float,
+    scope: str,
+    distribution: str,
+    overrides: Mapping[str, float],
+    min_layer_density: float,
+    pat: Pattern,
+    allow_dense_layers: bool,
+    descent: bool,
+) -> list[str]:
+    """What :func:`select` refuses under a pattern before it looks at a score; returns the unfit layers
+    kept dense."""
+    if density > pat.max_density + 1e-12 and not descent:
+        raise ConfigError(
+            f"density {density:g} is above what pattern {pat} keeps ({pat.max_density:g}); "
+            f"use --density {pat.max_density:g} or lower"
+        )
+    unfit = check_fits(shapes, pat, allow_dense_layers=allow_dense_layers)
+    if pat.kind == "nm" and not descent:
+        fit = {n: shapes[n] for n in shapes if n not in unfit}
+        sub_over = {n: d for n, d in overrides.items() if n in fit}
+        if not _exactly_n_of_m(density, sub_over, min_layer_density, pat):
+            _check_nm_densities(fit, density, scope, distribution, sub_over, min_layer_density, pat)
+    return unfit
+
+
+def check_fits(
+    shapes: Mapping[str, Sequence[int]], pattern: str | Pattern, *, allow_dense_layers: bool = False
+) -> list[str]:
+    """The layers whose shape cannot hold ``pattern`` (kept dense when ``allow_dense_layers``); without
+    that permission, a one-line ConfigError naming each with its shape. A method that selects later (a
+    schedule, IMP's levels) calls this before it trains anything."""
+    pat = parse_pattern(pattern)
+    unfit = unfit_layers(shapes, pat)
+    if unfit and not allow_dense_layers:
+        raise ConfigError(
+            f"pattern {pat} does not fit layer(s) {', '.join(f'{n} {list(shapes[n])}' for n in unfit)}: "
+            f"{pat.need()}; pass --allow-dense-layers to keep them dense"
+        )
+    if unfit and len(unfit) == len(shapes):
+        raise ConfigError(f"pattern {pat} fits none of the layers ({pat.need()}): nothing to select")
+    return unfit
+
+
+def check_selection(
+    shapes: Mapping[str, Sequence[int]],
+    density: float,
+    *,
+    scope: str = "global",
+    distribution: str = "uniform",
+    layer_density: Mapping[str, float] | None = None,
+    min_layer_density: float = 0.0,
+    pattern: str | Pattern = "unstructured",
+    allow_dense_layers: bool = False,
+) -> list[str]:
+    """Raise what :func:`select` would raise for a pattern at ``density`` on layers of ``shapes``, without
+    scores: an unfit layer, a density above N/M, a layer's density (ERK, override, floor) above N/M. A
+    method whose selections come later (during or after training) calls it with its target first, so a bad
+    value fails before anything trains. Returns the layers that will be kept dense."""
+    check_density(density)
+    pat = parse_pattern(pattern)
+    if not pat.structured:
+        return []
+    overrides = {n: check_density(d, name=f"density of '{n}'") for n, d in (layer_density or {}).items()}
+    return _pattern_checks(
+        shapes, density, scope, distribution, overrides, min_layer_density, pat, allow_dense_layers, False
+    )
+
+
+def claim_pattern(
+    mask: Mask, pattern: str | Pattern, dense_layers: Sequence[str] = (), *, strict: bool = True
+) -> Mask:
+    """``mask`` with ``pattern`` (and the layers kept dense) in its metadata: the claim its sidecar makes and
+    ``Mask.load`` checks. ``strict``: a mask that breaks the pattern is a bug, raised; otherwise it is
+    returned without the claim (a schedule's step above N/M)."""
+    pat = parse_pattern(pattern)
+    if not pat.structured:
+        return mask
+    try:
+        check_pattern(mask, pat, dense_layers=dense_layers)
+    except MaskMismatchError:
+        if strict:
+            raise
+        return Mask(mask, {k: v for k, v in mask.metadata.items() if k not in ("pattern", "dense_layers")})
+    extra: dict[str, object] = {"pattern": str(pat)}
+    if dense_layers:
+        extra["dense_layers"] = list(dense_layers)
+    return mask.with_metadata(**extra)
 
 
 def _check_nm_densities(
@@ -361,16 +639,24 @@ def _check_nm_densities(
         )
 
 
-def _nm_allowed(score: torch.Tensor, alive: torch.Tensor | None, pat: Pattern) -> torch.Tensor:
+def _nm_allowed(
+    score: torch.Tensor, alive: torch.Tensor | None, pat: Pattern, *, room: torch.Tensor | None = None
+) -> torch.Tensor:
     """In every group of M consecutive weights of each row, the N best-scored alive ones (fewer where the
-    group has fewer alive: a pruned weight is never revived). Ties → lower index (stable sort)."""
+    group has fewer alive: a pruned weight is never revived). Ties → lower index (stable sort). ``room``
+    (``[rows, groups]``): each group's own number instead of N (what growth may add to a group)."""
     rows, cols = row_view_shape(score.shape)
     g = score.detach().to(torch.float64).reshape(rows, cols // pat.m, pat.m)
     if alive is not None:
         a = alive.to(g.device, torch.bool).reshape(rows, cols // pat.m, pat.m)
         g = g.masked_fill(~a, -math.inf)  # scores are finite (validated): dead weights sort last
-    order = torch.sort(g, dim=-1, descending=True, stable=True).indices[..., : pat.n]
-    keep = torch.zeros(g.shape, dtype=torch.bool, device=g.device).scatter_(-1, order, True)
+    order = torch.sort(g, dim=-1, descending=True, stable=True).indices
+    keep = torch.zeros(g.shape, dtype=torch.bool, device=g.device)
+    if room is None:
+        keep.scatter_(-1, order[..., : pat.n], True)
+    else:
+        rank_ok = torch.arange(pat.m, device=g.device) < room.to(g.device).unsqueeze(-1)
+        keep.scatter_(-1, order, rank_ok)
     if alive is not None:
         keep &= a
     return keep.reshape(score.shape)
@@ -390,33 +676,13 @@ def _select_blocks(
     weights' scores (all blocks have R·C weights, so sum and mean rank alike, also across layers); block
     ties → the lower block index, row-major over the grid. Layerwise densities (ERK, smart-ratio) are
     computed from the weights' real shapes, not the grid's, then counted in blocks."""
-    grid, alive_grid, dims = {}, {}, {}
-    for n, s in scores.items():
-        rows, cols = row_view_shape(s.shape)
-        dims[n] = (rows, cols)
-        v = s.detach().to(torch.float64).reshape(rows // pat.r, pat.r, cols // pat.c, pat.c)
-        grid[n] = v.sum(dim=(1, 3))
-        if current is not None:
-            a = current[n].to(torch.bool).reshape(rows // pat.r, pat.r, cols // pat.c, pat.c)
-            alive_grid[n] = a.all(dim=3).all(dim=1).to(grid[n].device)
+    grid, alive_grid = _block_grid(scores, current, pat)
     over = dict(overrides)
     if scope == "layerwise":
         dens = layer_densities({n: tuple(s.shape) for n, s in scores.items()}, density, distribution)
         over = {**dens, **over}
-    chosen = _select_unstructured(
-        grid,
-        density,
-        scope,
-        distribution,
-        over,
-        alive_grid if current is not None else None,
-        min_layer_density,
-    )
-    out = {}
-    for n, b in chosen.items():
-        full = b.repeat_interleave(pat.r, dim=0).repeat_interleave(pat.c, dim=1)
-        out[n] = full.reshape(scores[n].shape)
-    return out
+    chosen = _select_unstructured(grid, density, scope, distribution, over, alive_grid, min_layer_density)
+    return _expand_blocks(chosen, scores, pat)
 
 
 def _select_unstructured(
@@ -427,8 +693,10 @@ def _select_unstructured(
     overrides: Mapping[str, float],
     current: Mapping[str, torch.Tensor] | None,
     min_layer_density: float,
+    floor: Mapping[str, torch.Tensor] | None = None,
 ) -> Mask:
-    """The element-wise rule of :func:`select` on already validated arguments."""
+    """The element-wise rule of :func:`select` on already validated arguments (``floor``: the N:M floor
+    rule of the module docstring)."""
     shapes = {n: tuple(t.shape) for n, t in scores.items()}
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     min_counts = {n: min(sizes[n], math.ceil(min_layer_density * sizes[n])) for n in shapes}
@@ -437,7 +705,7 @@ def _select_unstructured(
         dens = layer_densities(shapes, density, distribution)
         dens.update(overrides)
         counts = {n: max(exact_count(dens[n], sizes[n]), min_counts[n]) for n in shapes}
-        return select_counts(scores, counts, current=current)
+        return _select_counts(scores, counts, current, floor)
     fixed = {n: max(exact_count(d, sizes[n]), min_counts[n]) for n, d in overrides.items()}
     pooled_total = sum(sizes[n] for n in shapes if n not in fixed)
     k = (
@@ -446,12 +714,13 @@ def _select_unstructured(
         else exact_count(density, pooled_total)
     )
     k = max(0, min(k, pooled_total))
-    return select_global(
+    return _select_global(
         scores,
         k,
-        current=current,
-        fixed_counts=fixed,
-        min_counts={n: c for n, c in min_counts.items() if n not in fixed},
+        current,
+        fixed,
+        {n: c for n, c in min_counts.items() if n not in fixed},
+        floor,
     )
 
 

@@ -8,7 +8,13 @@ which run, per batch size, one of :data:`PATHS`:
 - ``csr``: ``torch.sparse`` CSR (``addmv`` for one row, ``addmm`` for more; Linear only);
 - ``compiled``: the C++ kernels of :mod:`ticketsearch.sparse.kernels.compiled_spmm` (Linear, and the only
   sparse convolution: one multiply-add over the zero-padded input plane per kept weight), when the
-  extension builds here.
+  extension builds here;
+- ``nm``: for a Linear of a ticket made under an ``N:M`` pattern, the N:M kernel of
+  :mod:`ticketsearch.sparse.kernels.compiled_structured` (kept values + one-byte in-group indices; at
+  batch 1 it reads about half a 2:4 layer's dense bytes and picks inputs by register permutes), when the
+  extension builds here;
+- ``bsr``: for a Linear of a ticket made under ``block:RxC``, the block-sparse kernel of the same module
+  (torch's own BSR tensors where the extension does not build).
 
 The model is then traced with torch.fx into one flat forward (:func:`trace_flat`): at batch 1 a LeNet layer
 takes a few microseconds, the same order as a Python module call, so the traced forward calls the sparse
@@ -20,14 +26,20 @@ Which path wins depends on the layer's shape and density, the batch size, the CP
 so the default (``policy="auto"``) measures it at load time on the layer's real input shape (found by
 one dense forward): per layer, batches of 1, 8 and 64, all candidate paths interleaved, the median of
 several calls after warm-up, and a sparse path is taken only where it takes at most :data:`MARGIN` of the
-dense time. Dense is the default of every layer and every batch size, so a layer is never switched to a
-path that measured slower than dense, whatever the noise: the worst case is a layer that measured ≥ 10%
-faster at load time and runs at dense speed later. A batch of B rows uses the decision of the nearest
+dense time, twice: the winner is timed again against dense alone and must win by the margin again (``nm``
+and ``bsr`` are candidates only for the layers the ticket's pattern covers). Dense is the default of every
+layer and every batch size, so a layer is never switched to a path that measured slower than dense,
+whatever the noise: the worst case is a layer that measured ≥ 10% faster at load time, twice, and runs at
+dense speed later. A batch of B rows uses the decision of the nearest
 measured size (log scale). That costs a few milliseconds per Linear and up to about a second per large
 convolution (batch 64). ``policy="threshold"`` skips the measurement and applies fixed density limits
 measured once on a 2-core x86 CPU (AVX-512, MKL, 1 thread; see :data:`THRESHOLDS`); ``"dense"``,
-``"csr"`` (alias ``"sparse"``) and ``"compiled"`` force a path where the layer supports it (tests use them
-to check each path against the dense masked model).
+``"csr"`` (alias ``"sparse"``), ``"compiled"``, ``"nm"`` and ``"bsr"`` force a path where the layer supports
+it (tests use them to check each path against the dense masked model).
+
+On CUDA (``device="cuda"``, fp16/bf16), none of this runs: the model moves to the GPU and each Linear
+whose layer obeys 2:4 becomes a ``torch.sparse`` semi-structured weight (the sparse tensor cores,
+:mod:`ticketsearch.sparse.kernels.semi_structured`) where the library takes its shape.
 """
 
 from __future__ import annotations
@@ -46,7 +58,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.errors import ConfigError
-from ..sparse.kernels import compiled_spmm
+from ..core.pattern import Pattern
+from ..sparse.kernels import compiled_spmm, compiled_structured, semi_structured
 from .ticket import Ticket, read_ticket
 
 __all__ = [
@@ -60,10 +73,13 @@ __all__ = [
     "sparsify_ticket_model",
     "path_summary",
     "compiled_available",
+    "structured_available",
+    "structured_path",
+    "to_semi_structured",
 ]
 
-POLICIES = ("auto", "threshold", "dense", "csr", "sparse", "compiled")
-PATHS = ("dense", "csr", "compiled")
+POLICIES = ("auto", "threshold", "dense", "csr", "sparse", "compiled", "nm", "bsr")
+PATHS = ("dense", "csr", "compiled", "nm", "bsr")
 BATCHES = (1, 8, 64)  # measured batch sizes; a batch uses the nearest one on a log scale
 # policy="threshold": density limits per batch size. torch CSR (used without the compiled kernel) needs
 # a layer of >= MIN_NUMEL weights: one-row CSR addmv beats the dense matvec of a 300×784 layer at 5% (7.3
@@ -77,12 +93,17 @@ MIN_NUMEL = 65536
 MARGIN = 0.9  # a sparse path must take at most 90% of the dense time to be chosen
 MAX_MEASURED_DENSITY = 0.5  # above this no sparse path came close: not measured
 
-_CODES = {"dense": 0, "csr": 1, "compiled": 2}
+_CODES = {"dense": 0, "csr": 1, "compiled": 2, "nm": 3, "bsr": 4}
 
 
 def compiled_available(*, build: bool = True) -> bool:
     """Whether the compiled sparse kernels run here (``build=True`` may compile them once, ~1 minute)."""
     return compiled_spmm.spmm_extension(build=build) is not None
+
+
+def structured_available(*, build: bool = True) -> bool:
+    """Whether the compiled N:M and block kernels run here (``build=True`` may compile them once)."""
+    return compiled_structured.structured_extension(build=build) is not None
 
 
 def _bucket(n: int) -> int:
@@ -110,8 +131,8 @@ def sparse_linear(layer: SparseLinear, x: torch.Tensor, relu: bool = False) -> t
         return y.reshape(*x.shape[:-1], d["out_features"])
     n = x.shape[0]
     path = d["_p"][_bucket(n)]
-    if path == 2 and n > 0:
-        return (d["_kr"] if relu else d["_k"]).forward(x)
+    if path >= 2 and n > 0:  # a compiled object per path, with and without the fused ReLU
+        return d["_ko"][path][relu].forward(x)
     b = d["_b"]
     if path == 0 or n == 0:
         w = d["_w"] if d["_w"] is not None else layer.dense_weight()
@@ -141,9 +162,17 @@ class SparseLinear(nn.Module):
     fine-tune with :func:`ticketsearch.export.finetune` instead.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, paths: dict[int, str]) -> None:
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        paths: dict[int, str],
+        *,
+        pattern: Pattern | None = None,
+    ) -> None:
         super().__init__()
         self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
+        self.pattern = pattern
         self.paths = {b: paths[b] for b in BATCHES}
         self.nnz = int((weight != 0).sum())
         self.density = self.nnz / weight.numel() if weight.numel() else 1.0
@@ -158,6 +187,18 @@ class SparseLinear(nn.Module):
                 self.csr = weight.detach().to_sparse_csr()
         if "compiled" in used:
             self.packed = compiled_spmm.to_csr(weight)
+        self.nm: compiled_structured.NmWeight | None = None
+        self.bsr: compiled_structured.BsrWeight | None = None
+        if "nm" in used or "bsr" in used:
+            kind = "nm" if "nm" in used else "bsr"
+            if pattern is None or pattern.kind != {"nm": "nm", "bsr": "block"}[kind]:
+                raise ValueError(
+                    f"the {kind} path needs the layer's {'N:M' if kind == 'nm' else 'block'} pattern"
+                )
+            if kind == "nm":
+                self.nm = compiled_structured.to_nm(weight, pattern.n, pattern.m)
+            else:
+                self.bsr = compiled_structured.to_bsr(weight, pattern.r, pattern.c)
         self.chains: list[LinearChain] = []  # traced chains holding compiled copies of this layer
         self._refresh()
 
@@ -169,10 +210,18 @@ class SparseLinear(nn.Module):
         d["_p"] = tuple(_CODES[self.paths[b]] for b in BATCHES)
         d["_k"] = d["_kr"] = _CPU_FP32_ONLY
         p, b = self.packed, self._buffers["bias"]
-        if p is not None and p.vals.dtype == torch.float32 and p.vals.device.type == "cpu":
-            if b is None or (b.dtype == torch.float32 and b.device.type == "cpu"):
-                d["_k"] = compiled_spmm.linear_chain([p], [b], [False])
-                d["_kr"] = compiled_spmm.linear_chain([p], [b], [True])
+        cpu_b = b is None or (b.dtype == torch.float32 and b.device.type == "cpu")
+        if p is not None and p.vals.dtype == torch.float32 and p.vals.device.type == "cpu" and cpu_b:
+            d["_k"] = compiled_spmm.linear_chain([p], [b], [False])
+            d["_kr"] = compiled_spmm.linear_chain([p], [b], [True])
+        ko: list[tuple[Any, Any]] = [(_CPU_FP32_ONLY, _CPU_FP32_ONLY)] * len(PATHS)
+        ko[2] = (d["_k"], d["_kr"])
+        nmw, bsw = self.nm, self.bsr
+        if nmw is not None and nmw.vals.dtype == torch.float32 and nmw.vals.device.type == "cpu" and cpu_b:
+            ko[3] = tuple(compiled_structured.nm_linear(nmw, b, r) for r in (False, True))  # type: ignore[assignment]
+        if bsw is not None and bsw.vals.dtype == torch.float32 and bsw.vals.device.type == "cpu" and cpu_b:
+            ko[4] = tuple(compiled_structured.bsr_linear(bsw, b, r) for r in (False, True))  # type: ignore[assignment]
+        d["_ko"] = tuple(ko)
         for chain in self.chains:
             chain.invalidate()
 
@@ -182,6 +231,10 @@ class SparseLinear(nn.Module):
             return self._buffers["weight"]
         if self.csr is not None:
             return self.csr.to_dense()
+        if self.nm is not None:
+            return compiled_structured.nm_dense(self.nm)
+        if self.bsr is not None:
+            return compiled_structured.bsr_dense(self.bsr)
         assert self.packed is not None
         return _unpack(self.packed, (self.out_features, self.in_features))
 
@@ -199,6 +252,14 @@ class SparseLinear(nn.Module):
         if self.packed is not None:
             p = self.packed
             self.packed = compiled_spmm.CsrWeight(fn(p.rowptr), fn(p.cols), fn(p.vals), p.in_features)
+        if self.nm is not None:
+            w = self.nm
+            self.nm = compiled_structured.NmWeight(fn(w.vals), fn(w.idx), w.n, w.m, w.in_features)
+        if self.bsr is not None:
+            s = self.bsr
+            self.bsr = compiled_structured.BsrWeight(
+                fn(s.rowptr), fn(s.cols), fn(s.vals), s.r, s.c, s.in_features
+            )
         self._refresh()
         return out
 
@@ -368,23 +429,62 @@ def _pick(times: dict[str, float]) -> str:
     return best if best is not None and times[best] <= MARGIN * times["dense"] else "dense"
 
 
+def _measure(fns: dict[str, Callable[[], Any]]) -> str:
+    """The path :func:`_pick` takes on one interleaved timing of ``fns``, confirmed: a sparse winner is timed
+    again against dense alone and kept only if it wins by the margin a second time. On a loaded machine one
+    timing can flatter a path that only ties dense (seen: an N:M layer at batch 64 chosen at 0.9× that ran
+    at 1.0×); two independent flukes in a row are much rarer, and a layer that truly wins pays one more
+    timing."""
+    best = _pick(_time(fns))
+    if best == "dense":
+        return best
+    return _pick(_time({"dense": fns["dense"], best: fns[best]}))
+
+
 def _forced(policy: str, candidates: Sequence[str]) -> dict[int, str]:
     path = "csr" if policy == "sparse" else policy
     return {b: path if path in candidates else "dense" for b in BATCHES}
 
 
+def structured_path(
+    weight: torch.Tensor, pattern: Pattern | None, *, structured: bool | None = None
+) -> str | None:
+    """``"nm"`` or ``"bsr"`` when this Linear weight can run the structured kernel of ``pattern`` here,
+    else None (no pattern, a shape it does not tile, not fp32, or — for N:M — no extension: torch has no
+    N:M format on the CPU; blocks fall back to torch's BSR)."""
+    if pattern is None or not pattern.structured or weight.dtype != torch.float32 or weight.dim() != 2:
+        return None
+    if not pattern.fits(weight.shape):
+        return None
+    if pattern.kind == "nm":
+        if structured is None:
+            structured = structured_available()
+        return "nm" if structured else None
+    return "bsr"
+
+
 @torch.no_grad()
 def choose_paths(
-    weight: torch.Tensor, bias: torch.Tensor | None, policy: str, *, compiled: bool | None = None
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    policy: str,
+    *,
+    compiled: bool | None = None,
+    pattern: Pattern | None = None,
+    structured: bool | None = None,
 ) -> dict[int, str]:
-    """Per measured batch size, the path of this Linear layer under ``policy``."""
+    """Per measured batch size, the path of this Linear layer under ``policy`` (``pattern``: the one the
+    layer obeys, which adds its structured kernel to the candidates)."""
     if compiled is None:
         compiled = compiled_available()
     candidates = ["dense", "csr"] + (["compiled"] if compiled and weight.dtype == torch.float32 else [])
+    special = structured_path(weight, pattern, structured=structured) if policy not in ("dense",) else None
+    if special is not None:
+        candidates.append(special)
     density = float((weight != 0).sum()) / max(1, weight.numel())
     if policy == "dense" or weight.numel() == 0:
         return {b: "dense" for b in BATCHES}
-    if policy in ("sparse", "csr", "compiled"):
+    if policy in ("sparse", "csr", "compiled", "nm", "bsr"):
         return _forced(policy, candidates)
     if policy == "threshold":
         if "compiled" in candidates:
@@ -393,12 +493,12 @@ def choose_paths(
         return {b: "csr" if big and density <= THRESHOLDS[b] else "dense" for b in BATCHES}
     if density > MAX_MEASURED_DENSITY:
         return {b: "dense" for b in BATCHES}
-    probes = {p: SparseLinear(weight, bias, {b: p for b in BATCHES}) for p in candidates}
+    probes = {p: SparseLinear(weight, bias, {b: p for b in BATCHES}, pattern=pattern) for p in candidates}
     g = torch.Generator().manual_seed(0)
     out = {}
     for b in BATCHES:
         x = torch.randn(b, weight.shape[1], generator=g, dtype=weight.dtype)
-        out[b] = _pick(_time({p: partial(layer, x) for p, layer in probes.items()}))
+        out[b] = _measure({p: partial(layer, x) for p, layer in probes.items()})
     return out
 
 
@@ -426,7 +526,7 @@ def choose_conv_paths(
     out = {}
     for b in BATCHES:
         x = torch.randn(b, *input_shape, generator=g, dtype=weight.dtype)
-        out[b] = _pick(_time({p: partial(layer, x) for p, layer in probes.items()}))
+        out[b] = _measure({p: partial(layer, x) for p, layer in probes.items()})
     return out
 
 
@@ -543,6 +643,14 @@ def sparsify_ticket_model(model: nn.Module, ticket: Ticket, *, policy: str = "au
     if policy == "compiled" and not compiled:
         reason = compiled_spmm.spmm_unavailable_reason(build=False)
         raise ConfigError(f"policy 'compiled': the compiled sparse kernel is unavailable here ({reason})")
+    structured = (
+        policy not in ("dense", "csr", "sparse", "compiled")
+        and ticket.pattern is not None  # no build for a ticket without a structured pattern
+        and structured_available()
+    )
+    if policy == "nm" and not structured and ticket.pattern is not None and ticket.pattern.kind == "nm":
+        reason = compiled_structured.structured_unavailable_reason(build=False)
+        raise ConfigError(f"policy 'nm': the compiled N:M kernel is unavailable here ({reason})")
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     convs = [
         (n, m)
@@ -558,38 +666,85 @@ def sparsify_ticket_model(model: nn.Module, ticket: Ticket, *, policy: str = "au
             continue
         w = layer.weight.detach()
         b = layer.bias.detach() if layer.bias is not None else None
-        _set_module(model, name, SparseLinear(w, b, choose_paths(w, b, policy, compiled=compiled)))
+        pat = ticket.layer_pattern(f"{name}.weight")
+        paths = choose_paths(w, b, policy, compiled=compiled, pattern=pat, structured=structured)
+        _set_module(model, name, SparseLinear(w, b, paths, pattern=pat))
     return model
 
 
 def path_summary(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Per sparse layer: its kind, density and the path each measured batch size takes."""
-    return {
-        n: {
-            "kind": "linear" if isinstance(m, SparseLinear) else "conv",
-            "density": m.density,
-            "paths": dict(m.paths),
-        }
-        for n, m in model.named_modules()
-        if isinstance(m, (SparseLinear, SparseConv2d))
-    }
+    """Per sparse layer: its kind, density and the path each measured batch size takes (on CUDA: each
+    Linear converted to a 2:4 semi-structured weight, path ``semi_structured`` at every size)."""
+    out: dict[str, dict[str, Any]] = {}
+    for n, m in model.named_modules():
+        if isinstance(m, (SparseLinear, SparseConv2d)):
+            kind = "linear" if isinstance(m, SparseLinear) else "conv"
+            out[n] = {"kind": kind, "density": m.density, "paths": dict(m.paths)}
+        elif isinstance(m, nn.Linear) and getattr(m, "semi_structured", False):
+            out[n] = {"kind": "linear", "density": 0.5, "paths": {b: "semi_structured" for b in BATCHES}}
+    return out
 
 
-def load_ticket(path: str | Path, *, policy: str = "auto", trace: bool = True) -> nn.Module:
-    """The ticket at ``path`` as an eval-mode CPU inference model (fp32 compute, fp16 values upcast).
+def to_semi_structured(model: nn.Module, ticket: Ticket) -> dict[str, str]:
+    """Convert, in place, every Linear of ``model`` (on CUDA, fp16/bf16) whose ticket layer obeys 2:4 to a
+    ``torch.sparse`` semi-structured weight; the others stay dense. Returns, per 2:4 layer left dense, why
+    (its shape is not a multiple of the library's tile, a GPU without sparse tensor cores, ...)."""
+    left: dict[str, str] = {}
+    for name, layer in list(model.named_modules()):
+        if not isinstance(layer, nn.Linear):
+            continue
+        pat = ticket.layer_pattern(f"{name}.weight")
+        if pat is None or pat.kind != "nm" or (pat.n, pat.m) != (2, 4):
+            continue
+        reason = semi_structured.semi_structured_unsupported(layer.weight)
+        if reason is not None:
+            left[name] = reason
+            continue
+        sparse = semi_structured.to_semi_structured(layer.weight.detach())
+        layer.weight = nn.Parameter(sparse, requires_grad=False)
+        layer.semi_structured = True  # type: ignore[assignment]  # read by path_summary
+    return left
+
+
+def load_ticket(
+    path: str | Path,
+    *,
+    policy: str = "auto",
+    trace: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """The ticket at ``path`` as an eval-mode inference model (CPU: fp32 compute, fp16 values upcast).
 
     Verifies the file first (checksum, header claims, shapes against the rebuilt architecture; never
     executes code). Outputs equal the dense masked model's within floating-point tolerance.
     ``model.ticket`` holds the header; :func:`path_summary` says which path each layer took.
+
+    ``device="cuda"`` (with ``dtype=torch.float16`` or ``torch.bfloat16`` for the sparse tensor cores):
+    the dense model on the GPU, every Linear whose layer obeys 2:4 converted by
+    :func:`to_semi_structured` unless ``policy="dense"``; ``model.semi_structured_left`` says which 2:4
+    layers stayed dense and why. The CPU paths and their timing do not apply there.
     """
     if policy not in POLICIES:
         raise ConfigError(f"policy '{policy}' is not one of: {', '.join(POLICIES)}")
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"load_ticket runs on cpu or cuda, not {dev.type}")
+    if dev.type == "cpu" and dtype not in (None, torch.float32):
+        raise ConfigError(f"on the CPU a loaded ticket computes in float32, not {dtype}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for, but torch sees no CUDA device here")
     ticket = read_ticket(path)
     model = ticket.build()
     model.eval()
     model.requires_grad_(False)
-    sparsify_ticket_model(model, ticket, policy=policy)
-    if trace:
-        model = trace_flat(model)
+    if dev.type == "cuda":
+        model.to(device=dev, dtype=dtype or torch.float32)
+        left = to_semi_structured(model, ticket) if policy != "dense" else {}
+        model.semi_structured_left = left  # type: ignore[assignment]
+    else:
+        sparsify_ticket_model(model, ticket, policy=policy)
+        if trace:
+            model = trace_flat(model)
     model.ticket = dict(ticket.header)  # type: ignore[assignment]  # a plain attribute: the header
     return model

@@ -3,8 +3,11 @@
 A ticket file holds, per prunable layer, the kept values (fp32 or fp16, row-major order of the kept
 positions) and where they are (a bitmask, CSR indices, or the dense zero-filled weight), plus every
 non-prunable tensor (biases, BatchNorm) dense. ``auto`` picks, per layer, whichever of bitmask and CSR is
-smaller. The layout of the file itself is :mod:`.container`; the encodings are :mod:`.bitmask`,
-:mod:`.csr` and :mod:`.dense`.
+smaller — unless the mask was made under a structured pattern (its sidecar's ``pattern``): then every layer
+the pattern covers is stored packed, ``nm`` for N:M (kept values + small in-group indices) and ``bsr`` for
+``block:RxC`` (block coordinates + dense blocks), after checking that the mask obeys the pattern it claims.
+The layout of the file itself is :mod:`.container`; the encodings are :mod:`.bitmask`, :mod:`.csr`,
+:mod:`.dense`, :mod:`.nm` and :mod:`.bsr`.
 
 Reading checks everything a file claims before anyone uses it: the checksum, then every header field
 against the decoded data (kept counts, densities, shapes, dtypes), then the model: it is rebuilt from its
@@ -24,9 +27,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core.errors import ConfigError, DataError
+from ..core.errors import ConfigError, DataError, MaskMismatchError
 from ..core.mask import Mask
-from . import bitmask, csr, dense
+from ..core.pattern import Pattern, check_pattern, parse_pattern
+from . import bitmask, bsr, csr, dense, nm
 from .container import FILE_FORMAT, pack_blob, read_container, unpack_blob, write_container
 
 __all__ = [
@@ -42,7 +46,7 @@ __all__ = [
 
 FORMATS = ("bitmask", "csr", "dense", "auto", "onnx")
 VALUE_DTYPES: dict[str, np.dtype] = {"fp32": np.dtype(np.float32), "fp16": np.dtype(np.float16)}
-_LAYER_ENCODINGS = ("bitmask", "csr", "dense")
+_LAYER_ENCODINGS = ("bitmask", "csr", "dense", "nm", "bsr")
 _INDEX = {"bitmask": bitmask, "csr": csr}
 
 
@@ -140,6 +144,23 @@ class Ticket:
     def num_kept(self) -> int:
         return int(self.header["num_kept"])
 
+    @property
+    def pattern(self) -> Pattern | None:
+        """The structured pattern every layer not in :attr:`dense_layers` obeys (checked on reading), or
+        None: what lets ``load_ticket`` offer the N:M and block kernels."""
+        p = self.header.get("pattern")
+        return parse_pattern(p) if p is not None else None
+
+    @property
+    def dense_layers(self) -> list[str]:
+        """Layers exempted from :attr:`pattern` (their shape cannot hold it; kept dense)."""
+        return list(self.header.get("dense_layers") or [])
+
+    def layer_pattern(self, name: str) -> Pattern | None:
+        """The pattern prunable layer ``name`` obeys, or None."""
+        pat = self.pattern
+        return pat if pat is not None and pat.structured and name not in self.dense_layers else None
+
     def weight(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The zero-filled dense weight of layer ``name``."""
         m = self.masks[name]
@@ -155,7 +176,10 @@ class Ticket:
         return out
 
     def mask(self) -> Mask:
+        """The ticket's mask, with the metadata an export needs again (its pattern too, so a fine-tuned
+        structured ticket is written packed and loads with its structured kernels)."""
         meta = {k: self.header.get(k) for k in ("model", "input_shape", "num_classes")}
+        meta.update({k: self.header[k] for k in ("pattern", "dense_layers") if k in self.header})
         return Mask(self.masks, meta)
 
     def build(self) -> nn.Module:
@@ -234,8 +258,11 @@ def export_ticket(
 ) -> ExportResult:
     """Write the ticket ``mask`` keeps of ``model_state`` to ``out``.
 
-    ``format``: ``bitmask``, ``csr``, ``dense``, ``auto`` (per layer the smaller of bitmask and CSR) or
-    ``onnx`` (the dense masked model as an ONNX graph, checked with onnxruntime when installed).
+    ``format``: ``bitmask``, ``csr``, ``dense``, ``auto`` (per layer the smaller of bitmask and CSR; with a
+    structured pattern, ``nm`` or ``bsr`` for every layer it covers) or ``onnx`` (the dense masked model as
+    an ONNX graph, checked with onnxruntime when installed). The pattern is ``metadata["pattern"]`` or else
+    the mask's own (``mask.metadata``, from its sidecar), with ``dense_layers`` exempted likewise; a mask
+    that breaks the pattern it claims is a one-line :class:`DataError`.
     ``dtype``: ``fp32`` or ``fp16`` for the stored values. ``metadata`` must give (or ``mask.metadata``
     hold) ``model``, ``input_shape`` and ``num_classes``; ``source`` (the run the ticket came from) and
     ``dataset`` are recorded when given, and any other JSON values go under ``extra``.
@@ -249,6 +276,7 @@ def export_ticket(
     prunable, rest = model_layout(model, set(state))
     m = mask if isinstance(mask, Mask) else Mask(mask)
     m.check_shapes(prunable, what=f"model '{meta['model']}'")
+    pattern, exempt = _claimed_pattern(m, metadata)
     want = {**prunable, **rest}
     missing = sorted(set(want) - set(state))
     extra = sorted(set(state) - set(want))
@@ -274,7 +302,9 @@ def export_ticket(
     for name, shape in prunable.items():
         mk = _to_numpy(m[name]).astype(bool)
         w = _cast(name, _to_numpy(state[name].float()), vdt, label)
-        blobs, rec = encode_layer(w, mk, fmt)
+        blobs, rec = encode_layer(
+            w, mk, fmt, pattern=None if name in exempt else pattern, what=f"layer '{name}'"
+        )
         k = int(mk.sum())
         n = math.prod(shape)
         rec.update(shape=list(shape), num_kept=k, density=k / n if n else 1.0)
@@ -308,6 +338,10 @@ def export_ticket(
         "extra": _jsonable({k: v for k, v in meta.items() if k not in _HEADER_META}),
         "ticketsearch_version": _version(),
     }
+    if pattern is not None:  # only then: files of unstructured tickets keep their header
+        header["pattern"] = str(pattern)
+        if exempt:
+            header["dense_layers"] = sorted(exempt)
     path = write_container(out, header, tensors)
     return ExportResult(
         path=path,
@@ -320,16 +354,50 @@ def export_ticket(
     )
 
 
-_HEADER_META = ("model", "input_shape", "num_classes", "source", "dataset")
+_HEADER_META = ("model", "input_shape", "num_classes", "source", "dataset", "pattern", "dense_layers")
+
+
+def _claimed_pattern(mask: Mask, metadata: Mapping[str, Any] | None) -> tuple[Pattern | None, set[str]]:
+    """The structured pattern the mask claims (``metadata`` first, then the mask's own), checked against
+    its tensors; (None, set()) for an unstructured mask."""
+    src: Mapping[str, Any] = metadata if metadata and metadata.get("pattern") is not None else mask.metadata
+    text = src.get("pattern")
+    if text is None:
+        return None, set()
+    pat = parse_pattern(str(text))  # a bad spelling: ConfigError naming it
+    if not pat.structured:
+        return None, set()
+    dense_layers = src.get("dense_layers") or []
+    if not isinstance(dense_layers, (list, tuple)) or not all(isinstance(n, str) for n in dense_layers):
+        raise ConfigError(f"dense_layers must be a list of layer names, got {dense_layers!r}")
+    try:
+        check_pattern(mask, pat, dense_layers=dense_layers)
+    except MaskMismatchError as exc:
+        raise DataError(f"the mask claims pattern {pat}, but {exc}") from None
+    return pat, set(dense_layers)
 
 
 def encode_layer(
-    weight: np.ndarray, mask: np.ndarray, fmt: str
+    weight: np.ndarray,
+    mask: np.ndarray,
+    fmt: str,
+    *,
+    pattern: Pattern | None = None,
+    what: str = "layer",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Blobs (name suffix -> stored array) and header record of one prunable layer in ``fmt``."""
+    """Blobs (name suffix -> stored array) and header record of one prunable layer in ``fmt`` (``auto``
+    with a structured ``pattern`` the layer obeys: ``nm`` or ``bsr``)."""
     if fmt == "dense":
         blobs, rec = dense.encode(weight, mask)
         rec["encoding"] = "dense"
+        return blobs, rec
+    if fmt == "auto" and pattern is not None and pattern.kind == "nm":
+        blobs, rec = nm.encode(weight, mask, pattern.n, pattern.m, what=what)
+        rec["encoding"] = "nm"
+        return blobs, rec
+    if fmt == "auto" and pattern is not None and pattern.kind == "block":
+        blobs, rec = bsr.encode(weight, mask, pattern.r, pattern.c, what=what)
+        rec["encoding"] = "bsr"
         return blobs, rec
     if fmt == "auto":
         options = [(e, *_INDEX[e].encode_index(mask)) for e in ("bitmask", "csr")]
@@ -400,13 +468,20 @@ def read_ticket(path: str | Path, *, check_model: bool = True) -> Ticket:
             "dense": ("bitmask", "weight"),
             "bitmask": ("bitmask", "values"),
             "csr": ("row_counts", "indices", "values"),
+            "nm": ("indices", "values"),
+            "bsr": ("row_counts", "indices", "values"),
         }[enc]
-        if sorted(blobs) != sorted(needed):
+        optional = ("slot_kept",) if enc == "nm" else ()
+        if sorted(set(blobs) - set(optional)) != sorted(needed):
             raise DataError(
                 f"{what}: a {enc} layer holds {', '.join(needed)}, this one {', '.join(sorted(blobs))}"
             )
         if enc == "dense":
             flat_mask, kept = dense.decode(blobs, rec, shape, what=what)
+        elif enc == "nm":
+            flat_mask, kept = nm.decode(blobs, rec, shape, what=what)
+        elif enc == "bsr":
+            flat_mask, kept = bsr.decode(blobs, rec, shape, what=what)
         else:
             flat_mask = _INDEX[enc].decode_index(blobs, rec, shape, what=what)
             kept = unpack_blob(blobs["values"], rec["blobs"]["values"], what=f"{what} values")
@@ -450,10 +525,35 @@ def read_ticket(path: str | Path, *, check_model: bool = True) -> Ticket:
         )
     if not isinstance(header.get("density"), (int, float)) or abs(header["density"] - density) > 1e-9:
         raise DataError(f"{where}: the header says density {header.get('density')}, the file keeps {density}")
+    _check_header_pattern(header, masks, where)
     ticket = Ticket(header=header, masks=masks, values=values, dense=dense_t, path=p)
     if check_model:
         ticket.layout = _check_against_model(ticket, where)
     return ticket
+
+
+def _check_header_pattern(header: Mapping[str, Any], masks: Mapping[str, torch.Tensor], where: str) -> None:
+    """A header's ``pattern`` claim is what the N:M and block kernels rely on: every layer must obey it."""
+    if "pattern" not in header:
+        return
+    try:
+        pat = parse_pattern(header["pattern"]) if isinstance(header["pattern"], str) else None
+    except ConfigError:
+        pat = None
+    if pat is None or not pat.structured:
+        raise DataError(f"{where}: the header's pattern {header['pattern']!r} is not a structured pattern")
+    exempt = header.get("dense_layers", [])
+    if not isinstance(exempt, list) or not all(isinstance(n, str) for n in exempt):
+        raise DataError(f"{where}: the header's dense_layers {exempt!r} is not a list of layer names")
+    try:
+        check_pattern(masks, pat, dense_layers=exempt)
+    except MaskMismatchError as exc:
+        raise DataError(f"{where}: the header claims pattern {pat}, but {exc}") from None
+    for name in exempt:
+        if name not in masks:
+            raise DataError(
+                f"{where}: the header exempts '{name}' from its pattern, a layer it does not hold"
+            )
 
 
 def _check_against_model(

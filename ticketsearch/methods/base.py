@@ -269,6 +269,7 @@ class SmallestSearch(Protocol):
     hp: RunHparams  # the method's hparams as the user gave them
     seeds: list[int]
     min_density: float
+    max_density: float  # 1, or N/M under an N:M --pattern: no density above it is asked for
     precision: float  # bisect until good / bad <= 1 + precision
     max_probes: int
     out_dir: Path | None  # where probe masks may be written (None: nowhere)
@@ -294,8 +295,8 @@ class SmallestSearch(Protocol):
         ...
 
     def bisect_densities(self) -> tuple[Any, list[Any], str]:
-        """The default walk: bisect on log-density between dense and ``min_density``, one fresh run per
-        density; returns (answer probe or None, probes, note)."""
+        """The default walk: bisect on log-density between dense (``max_density`` under N:M, tried first)
+        and ``min_density``, one fresh run per density; returns (answer probe or None, probes, note)."""
         ...
 
     def load_state(self, path: Path) -> dict[str, torch.Tensor]: ...
@@ -484,8 +485,8 @@ class Method(ABC):
         hp.validate()
         if parse_pattern(hp.pruning.pattern).structured and not self.accepts_pattern:
             raise ConfigError(
-                f"method '{self.name}' does not support --pattern {hp.pruning.pattern} yet "
-                "(only unstructured); the one-shot scorers do"
+                f"method '{self.name}' does not support --pattern {hp.pruning.pattern} (its masks are not "
+                "made by core.select under a pattern); leave --pattern unstructured"
             )
         own = self.own(hp)
         if own is not None and callable(getattr(own, "validate", None)):

@@ -21,9 +21,10 @@ for any selection); ``select=threshold`` keeps the emergent mask 1[s > 0] (the p
 
 Differences from the authors' code, on purpose: one optimizer for weights and masks with the run's recipe
 (theirs: two SGD optimizers with the same settings; weight decay never touches the masks in either); the
-optimizer state and learning-rate schedule run on across rounds only within a round (ours restart them with
-each round); the ticket trains ``w_rewind`` under the mask, without their 1/σ(s0) factor (2 for s0 = 0),
-so it is a ticket in the same sense as IMP's.
+optimizer state and learning-rate schedule restart with each round (theirs carry the momentum across
+rounds); between rounds ``min(β·s, s0)`` with the round's final β, the paper's rule (the released code
+resets β to 1 first, so it computes ``min(s, s0)``); the ticket trains ``w_rewind`` under the mask without
+their 1/σ(s0) factor (2 for s0 = 0), so it is a ticket in the same sense as IMP's.
 """
 
 from __future__ import annotations
@@ -92,8 +93,10 @@ def cs_temperature(it: int, final: float, total: int, steps_per_epoch: int) -> f
 
 
 def next_round_scores(s: torch.Tensor, beta: float, s0: float) -> torch.Tensor:
-    """The authors' ``prune`` between rounds: ``min(β·s, s0)``; a closed mask (s < 0) moves further below
-    zero, an open one restarts at ``s0`` (if it was above it)."""
+    """The paper's step between rounds, ``min(β·s, s0)`` with β the round's final temperature: a closed
+    mask (s < 0) moves further below zero, so it stays closed when β restarts at 1; an open one restarts
+    at ``s0`` (if it was above it). (The released code resets β to 1 just before its ``prune``, so it
+    computes ``min(s, s0)``, under which a mask barely closed, σ(s) ≈ σ(0), opens again.)"""
     return torch.clamp(s * beta, max=s0)
 
 
@@ -197,9 +200,8 @@ class ContinuousSparsification(MovingMask):
                             layer.cs_scores.copy_(next_round_scores(layer.cs_scores, final, ctrl.s0))
 
                 def on_step(it: int, m: torch.nn.Module, first: bool = r == 1) -> None:
-                    ctrl.beta = cs_temperature(
-                        it, final, budget, spe
-                    )  # a function of the step: resumes exactly
+                    # β is a function of the step alone, so a resumed round computes the same
+                    ctrl.beta = cs_temperature(it, final, budget, spe)
                     if first and rewind_it > 0 and it == rewind_it:
                         state = {n: t for n, t in m.state_dict().items() if n in plain_keys}
                         run.save_state(rewind_path, state, keep=True)  # kept if a killed run saved it

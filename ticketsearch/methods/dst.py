@@ -15,12 +15,20 @@ the paper's defaults). A grown weight starts at zero with zero optimizer state (
 dropped and grown at the same step keeps its value, as in RigL's code. Drop and grow each go through
 ``core.select`` (exact counts, ties to the lower index). Levels as every moving-mask method's
 (:mod:`.moving`): 1, the sparse network trained while its mask moved; 2, its final mask retrained from init.
+
+Under ``--pattern`` the start mask is selected under the pattern, and every move keeps it: ``N:M`` drops as
+above (dropping never breaks a group) and grows only where a group has room, its best ``N − kept``
+candidates first, then the layer's best of those (:func:`ticketsearch.core.select.select_growth`), so no
+group passes N and each layer keeps its count (at density N/M every group regrows exactly what it dropped);
+``block:RxC`` drops and grows whole blocks (the drop fraction counted in blocks, dropped by the sum of |w|,
+grown by the sum of |gradient| or of the random scores). Layers kept dense (``--allow-dense-layers``) never
+move.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -29,7 +37,8 @@ import torch.nn as nn
 from ..core.errors import ConfigError
 from ..core.hparams import RunHparams
 from ..core.mask import Mask, exact_count
-from ..core.select import select, select_counts
+from ..core.pattern import parse_pattern
+from ..core.select import check_fits, select, select_counts, select_growth
 from ..sparse import get_mask, prunable_parameters
 from ..training.schedule import MaskSchedule, MaskUpdate
 from .base import RunContext, register_strategy, suggest_density, suggest_lr
@@ -57,10 +66,22 @@ class DropGrow(MaskSchedule):
     weights with the smallest |w|; grow as many among the rest by |dense gradient| (``grow="gradient"``)
     or at random (``grow="random"``)."""
 
-    def __init__(self, every: int, alpha: float, t_end: int, grow: str, seed: int) -> None:
+    def __init__(
+        self,
+        every: int,
+        alpha: float,
+        t_end: int,
+        grow: str,
+        seed: int,
+        *,
+        pattern: str = "unstructured",
+        dense_layers: Sequence[str] = (),
+    ) -> None:
         if grow not in ("gradient", "random"):
             raise ValueError(f"grow must be 'gradient' or 'random', got {grow!r}")
         self.every, self.alpha, self.t_end, self.grow, self.seed = max(1, every), alpha, t_end, grow, seed
+        self.pattern = parse_pattern(pattern)
+        self.dense_layers = set(dense_layers)
 
     def is_update(self, it: int) -> bool:
         return 0 < it < self.t_end and it % self.every == 0
@@ -80,20 +101,27 @@ class DropGrow(MaskSchedule):
             if self.grow == "random"
             else None
         )
+        pat = self.pattern
+        unit = pat.r * pat.c if pat.kind == "block" else 1  # blocks: the fraction counts whole blocks
+        drop_pattern = pat if pat.kind == "block" else "unstructured"  # dropping never breaks N:M
         new: dict[str, torch.Tensor] = {}
         for name, w in prunable_parameters(model).items():
+            if name in self.dense_layers:  # kept whole: never moves
+                continue
             m = masks[name].to(w.device)
             n_on = int(m.sum())
-            k = exact_count(f, n_on)
+            k = exact_count(f, n_on // unit) * unit
             if k == 0:
                 continue
-            keep = select_counts({name: w.detach().abs()}, {name: n_on - k}, current={name: m})[name]
+            keep = select_counts(
+                {name: w.detach().abs()}, {name: n_on - k}, current={name: m}, pattern=drop_pattern
+            )[name]
             if gen is not None:
                 score = torch.rand(w.shape, generator=gen).to(w.device)
             else:
                 assert grads is not None, "the loop hands dense gradients at the steps needs_grads names"
                 score = grads[name].abs()
-            grown = select_counts({name: score}, {name: k}, current={name: ~keep})[name]
+            grown = select_growth({name: score}, {name: k}, kept={name: keep}, pattern=pat)[name]
             out = keep | grown
             if not torch.equal(out, m):
                 new[name] = out
@@ -105,6 +133,7 @@ class _DropGrowMethod(MovingMask):
 
     grow: ClassVar[str] = "gradient"
     kind = "dynamic"
+    accepts_pattern = True  # the start mask under the pattern, every move within it (DropGrow)
     knobs: ClassVar[dict[str, Any] | None] = {**MovingMask.knobs, "every": 100, "alpha": 0.3, "end": 0.75}  # type: ignore[dict-item]
     default_scope = (
         "layerwise"  # the start mask's rule (with ERK: the papers'); every move keeps layer counts
@@ -133,12 +162,23 @@ class _DropGrowMethod(MovingMask):
             scope=scope,
             distribution=p.distribution,
             min_layer_density=p.min_layer_density,
+            pattern=p.pattern,
+            allow_dense_layers=p.allow_dense_layers,
         )
 
     def schedule(self, run: RunContext) -> DropGrow:
         k = self.parse_knobs(dict(run.hp.method_args))
         t_end = max(1, int(round(float(k.get("end", 0.75)) * budget_iterations(run))))
-        return DropGrow(int(k.get("every", 100)), float(k.get("alpha", 0.3)), t_end, self.grow, seed=run.seed)
+        p = run.hp.pruning
+        return DropGrow(
+            int(k.get("every", 100)),
+            float(k.get("alpha", 0.3)),
+            t_end,
+            self.grow,
+            seed=run.seed,
+            pattern=p.pattern,
+            dense_layers=check_fits(run.shapes, p.pattern, allow_dense_layers=p.allow_dense_layers),
+        )
 
     def describe(self, schedule: MaskSchedule) -> dict[str, Any]:
         assert isinstance(schedule, DropGrow)

@@ -5,6 +5,12 @@ Sparsity follows the cubic schedule s_t = s_f + (s_i − s_f)(1 − (t − t0)/(
 t0 to the target s_f at t0 + nΔt, pruning the smallest-magnitude weights every Δt steps. Pruned weights are
 never revived: each pruning step ranks only the weights still kept. Levels as every moving-mask method's
 (:mod:`.moving`): 1, the network GMP trained while pruning; 2, its final mask retrained from init.
+
+Under ``--pattern`` every step selects through ``core.select`` with the pattern: N:M steps above N/M keep
+every group's N best surviving weights first (the floor rule of :mod:`ticketsearch.core.select`, so the
+groups shrink towards N of M and the first step below N/M can keep exactly N of them), steps at or below
+N/M prune within the pattern; block steps prune whole blocks. The final mask (at ``--density`` ≤ N/M)
+obeys the pattern, with exact counts.
 """
 
 from __future__ import annotations
@@ -57,9 +63,12 @@ class GMPSchedule(MaskSchedule):
         scope: str,
         distribution: str,
         min_layer_density: float = 0.0,
+        pattern: str = "unstructured",
+        allow_dense_layers: bool = False,
     ) -> None:
         self.target, self.t0, self.t_end, self.every = target, t0, t_end, max(1, every)
         self.scope, self.distribution, self.min_layer_density = scope, distribution, min_layer_density
+        self.pattern, self.allow_dense_layers = pattern, allow_dense_layers
 
     def is_pruning_step(self, it: int) -> bool:
         return it == self.t_end or (self.t0 < it < self.t_end and (it - self.t0) % self.every == 0)
@@ -79,6 +88,9 @@ class GMPSchedule(MaskSchedule):
             distribution=self.distribution,
             current={n: t.to(scores[n].device) for n, t in current.items()},
             min_layer_density=self.min_layer_density,
+            pattern=self.pattern,
+            allow_dense_layers=self.allow_dense_layers,
+            descent=True,  # the steps above N/M walk down to the pattern (no effect without one)
         )
         return {n: t for n, t in new.items() if not torch.equal(t.cpu(), current[n])}
 
@@ -98,6 +110,7 @@ class GMP(MovingMask):
     """
 
     kind = "gradual"
+    accepts_pattern = True  # every step selects under the pattern (GMPSchedule)
     knobs: dict[str, Any] = {**MovingMask.knobs, "start": 0.1, "end": 0.75, "every": 0}  # type: ignore[dict-item]
     default_scope = "layerwise"  # the paper prunes each layer to the target sparsity
     citation = "Zhu & Gupta, arXiv:1710.01878 (2017)"
@@ -130,6 +143,8 @@ class GMP(MovingMask):
             scope=hp.pruning.scope or self.default_scope,
             distribution=hp.pruning.distribution,
             min_layer_density=hp.pruning.min_layer_density,
+            pattern=hp.pruning.pattern,
+            allow_dense_layers=hp.pruning.allow_dense_layers,
         )
 
     def settled_at(self, schedule: MaskSchedule) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ from ..core.hparams import (
     to_iterations,
 )
 from ..core.mask import Mask
+from ..core.pattern import parse_pattern
+from ..core.select import check_fits
 from ..sparse import apply_mask, output_parameter
 from ..training.imp import PruneRule, check_rates, levels_for_density, prune, reset_to
 from .base import (
@@ -35,6 +38,7 @@ from .base import (
     Method,
     RunContext,
     SmallestSearch,
+    nearest_ticket,
     register_strategy,
     rewind_field,
     steps_per_epoch,
@@ -110,10 +114,15 @@ class IMP(Method):
 
     A level does not depend on how many levels follow, so the run is named without ``--density`` and
     ``--rounds``: asking for a lower density later extends the same run.
+
+    ``--pattern`` (:mod:`ticketsearch.training.imp`): N:M levels shrink every group towards N of M (never
+    below N while above N/M), land on exactly N/M and prune within the pattern after that; block levels
+    prune whole blocks. Only the levels whose masks obey the pattern are tickets (:meth:`ticket_for`).
     """
 
     kind = "iterative"
     fields = ("rounds", "scope")
+    accepts_pattern = True  # every level's selection goes through core.select with the pattern
     hparams_cls = IMPHparams
     distributed = True  # ranks train identical weights under DDP; rank 0's pruned mask is shared anyway
     levels_serve_densities = True  # level k does not depend on how many follow
@@ -130,7 +139,19 @@ class IMP(Method):
     def rule(self, hp: RunHparams) -> PruneRule:
         """One round's pruning rule from ``hp``."""
         own = self.own(hp)
-        return PruneRule(rate=own.rate, output_rate=own.output_rate, scope=hp.pruning.scope)
+        return PruneRule(
+            rate=own.rate,
+            output_rate=own.output_rate,
+            scope=hp.pruning.scope,
+            pattern=hp.pruning.pattern,
+            allow_dense_layers=hp.pruning.allow_dense_layers,
+        )
+
+    def ticket_for(self, rows: Sequence[Any], density: float) -> Any:
+        """The nearest level (:func:`nearest_ticket`) among those whose masks obey the run's pattern (their
+        results name it): under N:M the levels above N/M are the way down to the pattern, not tickets of it.
+        Without a pattern every level is a ticket."""
+        return nearest_ticket([r for r in rows if r.get("pattern")] or list(rows), density)
 
     def identity(self, hp: RunHparams) -> str:
         extent = dataclasses.replace(hp.pruning, density=PruningHparams().density, rounds=0)
@@ -138,14 +159,19 @@ class IMP(Method):
 
     def dense_baseline(self, hp: RunHparams, weights: TrainingHparams | None = None) -> RunHparams:
         """IMP's own level 0: the run is named without its target density, so this is the very run whose
-        later levels are the tickets."""
-        return hp.replace(pruning=dataclasses.replace(hp.pruning, density=1.0, rounds=0))
+        later levels are the tickets. Under a pattern, the same run without it (density 1 cannot be asked
+        of N:M, and level 0 is the same dense network either way)."""
+        pruning = dataclasses.replace(hp.pruning, density=1.0, rounds=0)
+        if parse_pattern(pruning.pattern).structured:
+            pruning = dataclasses.replace(pruning, pattern="unstructured", allow_dense_layers=False)
+        return hp.replace(pruning=pruning)
 
     def smallest(self, search: SmallestSearch) -> tuple[Any, list[Any], str]:
         """Walk the levels (one run per seed, extended a level at a time) to the first out of tolerance,
         then bisect on log-density below the last good level by pruning its trained weights further with
         IMP's own rule (reset and rewind: the new mask trains from the same start as the next level would)."""
         hp = search.hp
+        patterned = parse_pattern(hp.pruning.pattern).structured
         probes: list[Any] = []
         good: Any = None
         k = 0
@@ -157,6 +183,8 @@ class IMP(Method):
             if not search.accept(p):
                 bad = p
                 break
+            if patterned and not all(r[k].get("pattern") for r in rows):
+                continue  # a level on the way down to N:M (above N/M): not a ticket of the pattern
             good = p
             if p.kept <= search.min_density:
                 return (
@@ -165,6 +193,8 @@ class IMP(Method):
                     f"level {k} is within tolerance at or below min_density {search.min_density}",
                 )
         if good is None:
+            if patterned:
+                return None, probes, f"no IMP level under pattern {hp.pruning.pattern} is within tolerance"
             return None, probes, "the first IMP level is already out of tolerance"
         own = self.own(hp)
         if own.retrain not in ("reset", "rewind") and own.rewind == "0it":
@@ -264,6 +294,8 @@ class IMP(Method):
 
     def run_levels(self, run: RunContext) -> list[LevelRow]:
         hp, own, rule = run.hp, self.own(run.hp), self.rule(run.hp)
+        # an unfit layer is refused before level 0 trains (levels_for_density checks too, not --rounds)
+        check_fits(run.shapes, hp.pruning.pattern, allow_dense_layers=hp.pruning.allow_dense_layers)
         output = output_parameter(run.model)
         levels = hp.pruning.rounds or levels_for_density(rule, run.shapes, output, hp.pruning.density)
         rewind_path = run.replicate_path() / "rewind.safetensors"
@@ -328,7 +360,11 @@ class IMP(Method):
                     "forward": cost["forward"] + result.passes["forward"],
                     "backward": cost["backward"] + result.passes["backward"],
                 }
-                res = run.finish_level(level, run.model, result, density=mask.density, cost_to_find=c)
+                # a level whose mask obeys the run's pattern says so: it is a ticket of the pattern
+                claim = {"pattern": mask.metadata["pattern"]} if "pattern" in mask.metadata else {}
+                res = run.finish_level(
+                    level, run.model, result, density=mask.density, cost_to_find=c, **claim
+                )
                 prev_final = _state(run.model)
             cost = res.get("cost_to_find", cost)
             row = LevelRow(k, mask.density, str(level.mask_path), res)

@@ -14,6 +14,13 @@ probability, as Zhou's ``--sigmoid_bias``; the Mask's density is what training m
 keeps exactly the top ``density`` of the scores instead.
 
 Method knobs come from ``--arg key=value`` (:class:`SupermaskKnobs`, :class:`BernoulliKnobs`).
+
+``--pattern`` (N:M, blocks): edge-popup's forward keeps ``core.select``'s mask of ``|s|`` under the pattern
+(:mod:`ticketsearch.sparse.supermask`), so it trains and records one mask; Bernoulli records the top
+``density`` of its logits under the pattern (``select=topk``; its learned threshold mask has no pattern and
+is refused with one); Gem-Miner freezes under the pattern, each freeze above N/M keeping every group's N best
+live weights first (``core.select``'s floor rule), the last one at exactly ``density`` within the pattern;
+its threshold mask (live and s > 0.5) is a subset of that and keeps N:M, but not whole blocks (refused).
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ import torch.nn as nn
 from ..core.errors import ConfigError
 from ..core.hparams import RunHparams, TrainingHparams, coerce_knob, parse_duration, to_iterations
 from ..core.mask import Mask
-from ..core.select import check_density, check_empty_layers, select
+from ..core.pattern import parse_pattern
+from ..core.select import check_density, check_empty_layers, check_selection, claim_pattern, select
 from ..sparse import apply_mask, get_mask, masked_layers, param_name, prunable_parameters
 from ..sparse.supermask import (
     SUPERMASK_KERNELS,
@@ -218,12 +226,16 @@ class GemMinerSchedule(MaskSchedule):
         scope: str = "global",
         distribution: str = "uniform",
         min_layer_density: float = 0.0,
+        pattern: str = "unstructured",
+        allow_dense_layers: bool = False,
     ) -> None:
         self.density = check_density(density)
         self.points = list(points)
         self.scope = scope
         self.distribution = distribution
         self.min_layer_density = min_layer_density
+        self.pattern = parse_pattern(pattern)
+        self.allow_dense_layers = allow_dense_layers
 
     def target(self, j: int) -> float:
         """The live fraction after the j-th freeze (1-based)."""
@@ -236,14 +248,21 @@ class GemMinerSchedule(MaskSchedule):
             return None
         j = self.points.index(it) + 1
         keep = supermask_controller(model).keep_scores()
+        old = get_mask(model)
+        # under a pattern the freeze selects among the live weights (current=): the groups' floor counts
+        # live ones only; without one, frozen weights already rank last (keep-score −1)
+        patterned = self.pattern.structured
         new = select(
             keep,
             self.target(j),
             scope=self.scope,
             distribution=self.distribution,
             min_layer_density=self.min_layer_density,
+            current={n: t.to(keep[n].device) for n, t in old.items()} if patterned else None,
+            pattern=self.pattern,
+            allow_dense_layers=self.allow_dense_layers,
+            descent=patterned,  # freezes above N/M walk down to the pattern
         )
-        old = get_mask(model)
         return {n: new[n].to(old[n].device) & old[n] for n in new}
 
 
@@ -372,6 +391,17 @@ def run_learned(
             f"model {type(model).__name__} has no prunable (Linear/Conv2d) layers for a supermask"
         )
     allow_empty = hparams.pruning.allow_empty_layers
+    pr = hparams.pruning
+    # what the selection under --pattern refuses (an unfit layer, a density above N/M), before training
+    dense_layers = check_selection(
+        {n: tuple(p.shape) for n, p in prunable_parameters(model).items()},
+        density,
+        scope=scope,
+        distribution=pr.distribution,
+        min_layer_density=pr.min_layer_density,
+        pattern=pr.pattern,
+        allow_dense_layers=pr.allow_dense_layers,
+    )
     if scope == "layerwise":  # per-layer counts do not depend on the scores: refuse before training
         flat = {n: torch.zeros(p.shape) for n, p in prunable_parameters(model).items()}
         counts = select(
@@ -380,6 +410,8 @@ def run_learned(
             scope=scope,
             distribution=hparams.pruning.distribution,
             min_layer_density=hparams.pruning.min_layer_density,
+            pattern=pr.pattern,
+            allow_dense_layers=pr.allow_dense_layers,
         )
         check_empty_layers(counts, allow=allow_empty, scope=scope, distribution=hparams.pruning.distribution)
     device = next(model.parameters()).device
@@ -402,6 +434,10 @@ def run_learned(
         init_logit=init_logit,
         rescale=getattr(knobs, "rescale", False),
         generator=gen,
+        # edge-popup's forward selects under the pattern; the other rules select only at the end
+        pattern=pr.pattern if kind == "edge_popup" else "unstructured",
+        allow_dense_layers=pr.allow_dense_layers,
+        min_layer_density=pr.min_layer_density,
     )
     ctrl = supermask_controller(model)
     on_step = None
@@ -433,6 +469,8 @@ def run_learned(
             scope=scope,
             distribution=hparams.pruning.distribution,
             min_layer_density=hparams.pruning.min_layer_density,
+            pattern=pr.pattern,
+            allow_dense_layers=pr.allow_dense_layers,
         )
 
         def on_step(it: int, m: nn.Module) -> None:  # the authors clamp before every forward
@@ -507,6 +545,7 @@ def run_learned(
     if kind == "gem_miner":
         assert live is not None
         mask = threshold_mask if select_by == "threshold" else live
+        mask = claim_pattern(mask, pr.pattern, dense_layers, strict=False)  # N:M: both obey it
     elif select_by == "threshold":
         # the learned binary mask: sigmoid(s) > 0.5, the limit the Bernoulli samples are driven to
         mask = Mask({n: raw[n] > 0 for n in raw})
@@ -519,6 +558,8 @@ def run_learned(
             scope=scope,
             distribution=hparams.pruning.distribution,
             min_layer_density=hparams.pruning.min_layer_density,
+            pattern=pr.pattern,  # edge-popup: the very selection its forward made (pattern_selection)
+            allow_dense_layers=pr.allow_dense_layers,
         )
     if kind == "bernoulli" and getattr(knobs, "rescale", False):
         _bake_rescale(model, mask)
@@ -566,9 +607,23 @@ class Learned(Method):
     accepts_controls = False
     accepts_then_train = True
 
+    accepts_pattern = True  # edge-popup's forward, Bernoulli's top-k and Gem-Miner's freezes select under it
+
     def validate(self, hp: RunHparams) -> None:
         super().validate(hp)
-        knobs_from_args(hp.args, self.knob_cls)  # every knob checked before a file exists
+        knobs = knobs_from_args(hp.args, self.knob_cls)  # every knob checked before a file exists
+        pat = parse_pattern(hp.pruning.pattern)
+        select_by = getattr(knobs, "select", "topk")
+        if (
+            pat.structured
+            and select_by == "threshold"
+            and (self.knob_cls is BernoulliKnobs or pat.kind == "block")
+        ):
+            what = "keeps every score above 0" if self.knob_cls is BernoulliKnobs else "drops single weights"
+            raise ConfigError(
+                f"method '{self.name}' with select=threshold cannot keep pattern {pat} (its learned mask "
+                f"{what}); add --arg select=topk"
+            )
 
     def recipe(self, model: str, dataset: str) -> TrainingHparams | None:
         return learned_recipe(dataset, self.name)
@@ -759,7 +814,8 @@ class GemMiner(Learned):
         if not knobs_from_args(run.hp.args, GemMinerKnobs).retrain:  # type: ignore[union-attr]
             return rows
         ticket = run.level(2)
-        mask = Mask({n: t.to(run.device) for n, t in mask.items()}, {})
+        structure = {k: mask.metadata[k] for k in ("pattern", "dense_layers") if k in mask.metadata}
+        mask = Mask({n: t.to(run.device) for n, t in mask.items()}, structure)
         if ticket.done():
             res2 = ticket.result()
         else:

@@ -25,7 +25,7 @@ import torch
 
 from ..core.hparams import RunHparams, to_iterations
 from ..core.mask import Mask
-from ..core.select import check_empty_layers
+from ..core.select import check_empty_layers, check_selection, claim_pattern
 from ..sparse import get_mask
 from ..training.imp import reset_to
 from ..training.loop import TrainResult
@@ -92,16 +92,31 @@ class MovingMask(Method):
         mask) overrides this and keeps the rest of the level structure."""
         p = run.hp.pruning
         scope = p.scope or self.default_scope
+        dense = self.check_target_selection(run)
         sched = self.schedule(run)
         model = run.model
         reset_to(model, run.init_state, self.start_mask(run))  # a resumed level: its checkpoint's masks
         trained = run.train_level(moved, model, desc=f"{self.name} ({p.density:.1%})", schedule=sched)
         result = _best_after(trained, self.settled_at(sched))
-        mask = get_mask(model)
+        mask = claim_pattern(get_mask(model), p.pattern, dense, strict=False)  # the sidecar's claim, checked
         check_empty_layers(mask, allow=p.allow_empty_layers, scope=scope)
         moved.save_mask(mask, **run.mask_metadata(level=1))
         extra = {self.name: self.describe(sched)} if self.describe(sched) else {}
         return mask, run.finish_level(moved, model, result, density=mask.density, **extra)
+
+    def check_target_selection(self, run: RunContext) -> list[str]:
+        """Refuse, before anything trains, what the final selection under ``--pattern`` would refuse (an
+        unfit layer, a layer's density above N/M); returns the layers kept dense."""
+        p = run.hp.pruning
+        return check_selection(
+            run.shapes,
+            p.density,
+            scope=p.scope or self.default_scope,
+            distribution=p.distribution,
+            min_layer_density=p.min_layer_density,
+            pattern=p.pattern,
+            allow_dense_layers=p.allow_dense_layers,
+        )
 
     def ticket_start(self, run: RunContext) -> dict[str, torch.Tensor]:
         """The weights the ticket (level 2) and its controls train from: the original init by default;
@@ -125,7 +140,8 @@ class MovingMask(Method):
         rows.append(LevelRow(1, mask.density, str(moved.mask_path), res1))
         if not self.parse_knobs(dict(run.hp.method_args)).get("retrain", True):
             return rows
-        mask = Mask({n: t.to(run.device) for n, t in mask.items()}, {})
+        structure = {k: mask.metadata[k] for k in ("pattern", "dense_layers") if k in mask.metadata}
+        mask = Mask({n: t.to(run.device) for n, t in mask.items()}, structure)
         start = self.ticket_start(run)
         if ticket.done():
             res2 = ticket.result()

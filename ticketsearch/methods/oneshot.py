@@ -103,7 +103,13 @@ class OneShot(Method):
         default_rounds = int(getattr(self.scorer_cls, "default_rounds", 1))
         if default_rounds > 1:
             changes["rounds"] = trial.suggest_int("rounds", 1, max(10, 2 * default_rounds), log=True)
-        return hp.replace(pruning=dataclasses.replace(hp.pruning, **changes))
+        hp = hp.replace(pruning=dataclasses.replace(hp.pruning, **changes))
+        space = getattr(self.scorer_cls, "search_space", None)  # a duck-typed plugin may not have one
+        own = dict(space(trial, hp)) if callable(space) else {}
+        if own:
+            self.parse_knobs(own)  # a knob the scorer does not declare is a one-line error, here too
+            hp = hp.replace(method_args=tuple(sorted({**dict(hp.method_args), **own}.items())))
+        return hp
 
     def run_levels(self, run: RunContext) -> list[LevelRow]:
         rows = [dense_baseline(run)] if run.baseline else []

@@ -1,8 +1,9 @@
 """Model registry and the built-in models (every Linear/Conv2d is a masked layer).
 
 Built-ins: ``lenet_300_100``, ``lenet5``, ``conv2``, ``conv4``, ``conv6``, ``vgg16``, ``resnet20``,
-``mlp_digits``, ``mlp_mnist1d``, ``cnn_mnist1d``. Each model names its output layer in ``model.output_layer``
-(always ``"fc"`` for the built-ins). torchvision is never imported here.
+``mlp_digits``, ``mlp_mnist1d``, ``cnn_mnist1d``, ``vit_mnist``; the source ``hf:`` builds any Hugging Face
+``transformers`` model from a config (the ``hf`` extra; no weights). Each model names its output layer in ``model.output_layer``
+(always ``"fc"`` for the built-ins). torchvision and transformers are never imported here.
 
 >>> from ticketsearch.models import create_model, list_models
 >>> model = create_model("lenet_300_100", (1, 28, 28), 10)
@@ -10,7 +11,7 @@ Built-ins: ``lenet_300_100``, ``lenet5``, ``conv2``, ``conv4``, ``conv6``, ``vgg
 
 from __future__ import annotations
 
-from . import conv, lenet, mlp, mnist1d, resnet, torchvision_models, vgg  # noqa: F401  (registers the built-ins)
+from . import conv, hf, lenet, mlp, mnist1d, resnet, torchvision_models, vgg, vit  # noqa: F401  (registers the built-ins)
 from .conv import ConvNet
 from .init import INITS, init_weights
 from .lenet import LeNet5
@@ -20,6 +21,7 @@ from .recipes import RECIPES, training_recipe
 from .registry import (
     MODELS,
     ModelRow,
+    ModelSource,
     ModelSpec,
     check_input_shape,
     create_model,
@@ -27,16 +29,20 @@ from .registry import (
     get_model_spec,
     list_models,
     register_model,
+    register_model_source,
     shape_error,
 )
 from .resnet import CifarResNet
 from .vgg import VGG
+from .vit import ViT
 
 __all__ = [
     "MODELS",
     "ModelSpec",
     "ModelRow",
+    "ModelSource",
     "register_model",
+    "register_model_source",
     "list_models",
     "get_model_spec",
     "create_model",
@@ -53,4 +59,5 @@ __all__ = [
     "VGG",
     "CifarResNet",
     "CNN1D",
+    "ViT",
 ]

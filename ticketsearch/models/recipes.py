@@ -64,6 +64,18 @@ RECIPES: dict[str, TrainingHparams] = {
     "cnn_mnist1d": TrainingHparams(
         optimizer="adam", lr=1e-2, batch_size=100, budget="6000it", eval_every="500it"
     ),
+    # a small ViT: AdamW with linear warm-up and cosine decay, as ViTs are trained (Dosovitskiy et al. 2021;
+    # timm), short enough for two CPU cores (see docs/guides/models.md for the accuracy and time measured)
+    "vit_mnist": TrainingHparams(
+        optimizer="adamw",
+        lr=1e-3,
+        weight_decay=0.05,
+        batch_size=128,
+        budget="3000it",
+        schedule="cosine",
+        warmup="100it",
+        eval_every="500it",
+    ),
 }
 
 

@@ -7,7 +7,10 @@ without the batch dimension, e.g. ``(1, 28, 28)``, ``(1, 8, 8)``, ``(3, 32, 32)`
 dataset, and a builder that cannot handle a shape raises a one-line :class:`ConfigError`.
 
 Third-party models register through the entry-point group ``ticketsearch.models``; the entry point may name a
-:class:`ModelSpec` or a plain builder callable.
+:class:`ModelSpec`, a plain builder callable, or a :class:`ModelSource`: a family of models named
+``<source>:<argument>`` (``hf:vit,hidden_size=32``), whose argument the source turns into a
+:class:`ModelSpec` when the name is looked up. A source is how models that are described rather than
+enumerated (any Hugging Face config) get a name that every command, run hash and mask file can carry.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from ..core.errors import ConfigError
-from ..core.registry import Registry, _first_doc_line
+from ..core.errors import ConfigError, UnknownNameError
+from ..core.registry import Entry, Registry, _first_doc_line
 from ..sparse.layers import prunable_parameters
 from .init import INITS, init_weights
 
@@ -31,7 +34,9 @@ __all__ = [
     "MODELS",
     "ModelSpec",
     "ModelRow",
+    "ModelSource",
     "register_model",
+    "register_model_source",
     "list_models",
     "get_model_spec",
     "create_model",
@@ -64,7 +69,52 @@ class ModelSpec:
         return self.builder(input_shape, num_classes, **kwargs)
 
 
-MODELS: Registry[ModelSpec | Builder] = Registry("model", entry_point_group="ticketsearch.models")
+@dataclass(frozen=True)
+class ModelSource:
+    """A family of models named ``<name>:<argument>``; ``resolve(argument)`` gives the :class:`ModelSpec`.
+
+    Why a source and not one entry per model: some models are described, not enumerated (a Hugging Face
+    config, a size), and the name is all that travels (run hashes, mask metadata, ``export``, ``transfer``
+    rebuild a model from its name alone), so the name must say everything that builds it. ``resolve``
+    must be cheap and never import a heavy dependency (do that in the spec's builder) and raise a one-line
+    :class:`ConfigError` for an argument it cannot read. ``usage`` is how ``list models`` shows the family,
+    e.g. ``"hf:<model_type>[,key=value...] | hf:<config.json>"``.
+    """
+
+    name: str
+    resolve: Callable[[str], ModelSpec]
+    description: str
+    usage: str
+
+
+class ModelRegistry(Registry[ModelSpec | Builder | ModelSource]):
+    """The model :class:`Registry`, plus names ``<source>:<argument>`` resolved by a :class:`ModelSource`.
+
+    A registered name is looked up first (a plugin may register a name containing ``:``); otherwise the
+    part before the first ``:`` must name a source. Resolved names are not listed (``names()`` lists the
+    sources themselves), and each lookup resolves afresh: resolution is cheap, and a cache could hide an
+    edited config file.
+    """
+
+    def entry(self, name: str) -> Entry[ModelSpec | Builder | ModelSource]:
+        prefix, sep, argument = name.partition(":") if isinstance(name, str) else ("", "", "")
+        if sep and name not in self:
+            source = super().entry(prefix) if prefix in self else None
+            if source is None or not isinstance(source.obj, ModelSource):
+                sources = [e.name for e in self.entries() if isinstance(e.obj, ModelSource)]
+                known = f" (model sources: {', '.join(s + ':...' for s in sources)})" if sources else ""
+                raise UnknownNameError(f"unknown model source '{prefix}' in model name '{name}'{known}")
+            if not argument:
+                raise ConfigError(f"model '{name}': say which model, as {source.obj.usage}")
+            spec = source.obj.resolve(argument)
+            return Entry(name, spec, spec.description, source.source)
+        entry = super().entry(name)
+        if isinstance(entry.obj, ModelSource):
+            raise ConfigError(f"model '{name}' is a family of models: name one as {entry.obj.usage}")
+        return entry
+
+
+MODELS = ModelRegistry("model", entry_point_group="ticketsearch.models")
 
 
 def register_model(
@@ -99,13 +149,25 @@ def register_model(
     return deco
 
 
+def register_model_source(source: ModelSource) -> ModelSource:
+    """Register a :class:`ModelSource` under ``source.name`` (a taken name raises ``ValueError``).
+
+    A plugin does the same with an entry point in group ``ticketsearch.models`` naming a ModelSource.
+    """
+    MODELS.add(source.name, source, description=source.description)
+    return source
+
+
 def list_models(pattern: str | None = None) -> list[str]:
     """Registered model names, sorted; ``pattern`` is a shell glob (``"conv*"``)."""
     return MODELS.names(pattern)
 
 
 def get_model_spec(name: str) -> ModelSpec | None:
-    """The :class:`ModelSpec` of ``name`` (``None`` for a plugin registered as a bare callable)."""
+    """The :class:`ModelSpec` of ``name`` (``None`` for a plugin registered as a bare callable).
+
+    ``name`` may be a source's ``<source>:<argument>``; naming the source alone is a ConfigError.
+    """
     obj = MODELS.get(name)
     return obj if isinstance(obj, ModelSpec) else None
 
@@ -218,7 +280,11 @@ def describe(pattern: str | None = None) -> list[ModelRow]:
         if entry.name not in wanted:
             continue
         spec = entry.obj
-        if isinstance(spec, ModelSpec):
+        if isinstance(spec, ModelSource):
+            rows.append(
+                ModelRow(spec.usage, entry.description, "see the source", None, None, None, entry.source)
+            )
+        elif isinstance(spec, ModelSpec):
             rows.append(
                 ModelRow(
                     entry.name,

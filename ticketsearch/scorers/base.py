@@ -102,6 +102,14 @@ class Scorer(ABC):
         """
         return None
 
+    @classmethod
+    def search_space(cls, trial: Any, hparams: RunHparams) -> dict[str, Any]:
+        """The scorer's own ``--arg`` knobs worth tuning, drawn from an Optuna ``trial`` (``ticketsearch
+        study``): name → value, each a declared knob. The method adds them to the shared space (lr, density,
+        scoring batches, rounds). Only the scorer knows which of its knobs matter and over what range;
+        the default tunes none."""
+        return {}
+
     @abstractmethod
     def score(
         self,

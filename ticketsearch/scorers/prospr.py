@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -144,6 +145,15 @@ class ProsPr(Scorer):
         if not 0.0 <= momentum < 1.0:
             raise ConfigError(f"prospr momentum must be in [0, 1), got {momentum}")
         method_arg(hparams, "first_order", False, bool)
+
+    @classmethod
+    def search_space(cls, trial: Any, hparams: RunHparams) -> dict[str, Any]:
+        """How far ahead to look (``steps``, 1-10 around the paper's 3) and the inner lr (trial parameter
+        ``inner_lr``: ``lr`` is the ticket's training lr in the same trial)."""
+        return {
+            "steps": int(trial.suggest_int("steps", 1, 10)),
+            "lr": float(trial.suggest_float("inner_lr", 1e-3, 1.0, log=True)),
+        }
 
     def score(
         self,

@@ -7,6 +7,10 @@ of tolerance, then bisects (on log-density) between that level and the last good
 level's trained weights further; by default a method bisects on log-density between the dense network
 (``Method.dense_baseline``) and ``min_density``. Every probe is an ordinary cached run, so a repeated
 search is free and no density is tried twice.
+
+Under ``--pattern N:M`` no ticket is denser than N/M: the search is capped there (the default walk tries N/M
+first and bisects below it; IMP counts only the levels that obey the pattern), and a ``min_density`` not
+below N/M is refused. The dense network it is measured against is still the dense network.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 from ..core.errors import ConfigError, EmptyLayerError
 from ..core.hparams import PruningHparams, RunHparams, TrainingHparams, check_seed, finite
 from ..core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..core.pattern import parse_pattern
 from ..core.provenance import collect_stale, stale_section
 from ..experiments.runner import RunOptions, run_find, train_mask
 
@@ -194,12 +199,26 @@ def smallest(
         raise ConfigError(f"precision must be > 0, got {precision!r}")
     method = get_method(hp.pruning.method)
     method.validate(method.canonical(hp))
+    cap = parse_pattern(hp.pruning.pattern).max_density  # N/M: no N:M ticket is denser
+    if min_density >= cap:
+        raise ConfigError(
+            f"min_density {min_density:g} is not below {cap:g}, the most pattern {hp.pruning.pattern} keeps: "
+            "nothing to search"
+        )
     quiet = dataclasses.replace(opts, controls=(), baseline=False, then_train=False)
     with collect_stale() as stale:
         dense_hp = method.dense_baseline(hp, dense_training)
         dense = _row_probe([run_find(dense_hp, seed=s, opts=quiet).rows[0] for s in seeds], 1.0, "dense")
         search = _Search(
-            hp, seeds, quiet, within_tolerance(dense, tolerance), min_density, precision, max_probes, out_dir
+            hp,
+            seeds,
+            quiet,
+            within_tolerance(dense, tolerance),
+            min_density,
+            precision,
+            max_probes,
+            out_dir,
+            max_density=cap,
         )
         answer, probes, note = method.smallest(search)  # IMP walks its levels; the rest bisect on density
     result = SmallestResult(method.name, tolerance, dense, answer, probes, note, stale=list(stale))
@@ -220,6 +239,7 @@ class _Search:
     precision: float
     max_probes: int
     out_dir: Path | None
+    max_density: float = 1.0  # N/M under an N:M pattern
 
     def runs(self, hp: RunHparams) -> list[Any]:
         return [run_find(hp, seed=s, opts=self.opts) for s in self.seeds]
@@ -278,9 +298,20 @@ class _Search:
         first = evaluate(self.min_density)
         if self.accept(first):
             return first, [first], f"already within tolerance at min_density {self.min_density}"
-        good, more = self.bisect(evaluate, good=1.0, bad=self.min_density)
+        probes = [first]
+        top = self.max_density
+        if top < 1.0:  # N:M: the densest ticket the pattern allows must pass before anything below it can
+            probes.append(evaluate(top))
+            if not self.accept(probes[-1]):
+                return (
+                    None,
+                    probes,
+                    f"even density {top:g}, the most pattern {self.hp.pruning.pattern} keeps, is out of tolerance",
+                )
+        good, more = self.bisect(evaluate, good=top, bad=self.min_density)
         answer = tried.get(good)
-        return answer, [first, *more], "" if answer is not None else "no density below 1 is within tolerance"
+        note = "" if answer is not None else "no density below 1 is within tolerance"
+        return answer, [*probes, *more], note
 
 
 def _at(hp: RunHparams, density: float) -> RunHparams:

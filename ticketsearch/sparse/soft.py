@@ -56,7 +56,7 @@ class _SoftMaskFn(torch.autograd.Function):
         return weight * (sig * scale)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor):
         weight, sig = ctx.saved_tensors
         dm_ds = sig * (1.0 - sig) * (ctx.beta * ctx.scale)  # ∂(σ(β s)·c)/∂s
         g_w = grad * (sig * ctx.scale) if ctx.needs_input_grad[0] else None
@@ -89,7 +89,7 @@ class SoftMaskController:
         if self.hard:
             return layer.weight * ((s > 0).to(layer.weight.dtype) * self.scale)
         l1 = self.l1 if torch.is_grad_enabled() and layer.training else 0.0  # type: ignore[attr-defined]
-        return _SoftMaskFn.apply(layer.weight, s, self.beta, self.scale, l1)  # type: ignore[no-any-return]
+        return _SoftMaskFn.apply(layer.weight, s, self.beta, self.scale, l1)
 
 
 class SoftMaskedLinear(MaskedLinear):

@@ -42,6 +42,14 @@ waiting for a compiler: ``compiled`` on CPU float32 once built, else ``torch``. 
 cut, ``W ⊙ M`` never formed). A new kernel is one module plus a registry entry in
 :mod:`ticketsearch.sparse.kernels`, and ``fast`` considers it by its priority.
 
+Patterns (``pattern=``, ``N:M`` or ``block:RxC``): edge-popup's forward keeps what
+:func:`ticketsearch.core.select` keeps of ``|s|`` under the pattern (N:M: every group's N best, then the
+top-k within them at a density below N/M; blocks: whole blocks by the sum of their ``|s|``), with the
+same straight-through gradient; so the mask the scores train under is, by construction, the Mask the run
+records. Every ``kernel=`` then runs this one path (:meth:`SupermaskController.pattern_masks`: one
+``core.select`` per forward, cached until the scores change, ``W ⊙ M`` through autograd), and the backend
+reads ``pattern``: the top-k kernels select without groups, so none of them is asked to agree with it.
+
 Frozen state: weights, biases and any other non-score parameter get ``requires_grad=False``; BatchNorm should
 be non-affine as in the paper (:func:`make_bn_nonaffine`). Running statistics of BatchNorm still update in
 train mode, as in edge-popup: they are statistics of the data, not trained weights.
@@ -59,7 +67,8 @@ import torch.nn.functional as F
 
 from ..core.errors import ConfigError, DivergenceError
 from ..core.mask import Mask, exact_count
-from ..core.select import check_density, layer_densities
+from ..core.pattern import parse_pattern
+from ..core.select import check_density, check_selection, layer_densities, select
 from .kernels import FAST, TOPK, CompiledTopK, ExactTopK, TopKSelector, cpu_extension, kernels, resolve_topk
 from .kernels.reference import TOPK_KERNEL as _REFERENCE
 from .kernels.reference import straight_through_topk
@@ -117,6 +126,19 @@ class _EdgePopupFn(torch.autograd.Function):
         saved = ctx.saved_tensors
         n = len(saved) // 2
         return (None, *ctx.sel.backward(grads, saved[:n], saved[n:]))
+
+
+class _StraightThroughMask(torch.autograd.Function):
+    """Forward: a mask chosen outside autograd (``core.select`` under a pattern); backward: the gradient
+    passed straight through to ``|s|`` (edge-popup's ``GetSubnet`` with a given selection)."""
+
+    @staticmethod
+    def forward(ctx, abs_scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return mask.to(abs_scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
 
 
 # -- layers -----------------------------------------------------------------------------------------------
@@ -408,6 +430,9 @@ class SupermaskController:
         distribution: str,
         rescale: bool = False,
         generator: torch.Generator | None = None,
+        pattern: str = "unstructured",
+        allow_dense_layers: bool = False,
+        min_layer_density: float = 0.0,
     ) -> None:
         # to_supermask swaps the layers' classes to SupermaskLinear/Conv2d right after building this
         self.layers = cast("list[SupermaskLayer]", [m for _, m in layers])
@@ -425,6 +450,22 @@ class SupermaskController:
         self.generator = generator
         shapes = {n: tuple(m.weight.shape) for n, m in zip(self.names, self.layers)}
         self.groups, self.ks = topk_counts(shapes, density, scope=scope, distribution=distribution)
+        # under a pattern the top-k is core.select's (see the module docstring); its refusals come now
+        self.pattern = parse_pattern(pattern)
+        self.allow_dense_layers = allow_dense_layers
+        self.min_layer_density = min_layer_density
+        if self.pattern.structured:
+            check_selection(
+                shapes,
+                density,
+                scope=scope,
+                distribution=distribution,
+                min_layer_density=min_layer_density,
+                pattern=self.pattern,
+                allow_dense_layers=allow_dense_layers,
+            )
+        self._pattern_cache: list[torch.Tensor] | None = None
+        self._pattern_key: Any = None
         for i, m in enumerate(self.layers):
             m._supermask_index = i
         self._selector: TopKSelector | None = None
@@ -483,6 +524,8 @@ class SupermaskController:
         return self.variant.backend(self)
 
     def topk_backend(self) -> str:
+        if self.pattern.structured:
+            return "pattern"
         if self.kernel == _REFERENCE.name:
             return _REFERENCE.name
         self.selector  # noqa: B018  (resolves the kernel for the scores' device and dtype)
@@ -496,7 +539,7 @@ class SupermaskController:
 
     def _fused(self) -> Any:
         """The selector if it builds masks inside its own per-layer kernels (``fused = True``), else None."""
-        if self.kernel == _REFERENCE.name:
+        if self.kernel == _REFERENCE.name or self.pattern.structured:
             return None
         sel = self.selector
         return sel if getattr(sel, "fused", False) else None
@@ -521,6 +564,8 @@ class SupermaskController:
         """``W ⊙ topk(|s|)`` with the straight-through gradient: the reference per layer, a fused kernel
         per layer, or every layer at once per forward (cached until the scores change)."""
         i = layer._supermask_index
+        if self.pattern.structured:  # core.select's mask under the pattern, straight through to |s|
+            return layer.weight * _StraightThroughMask.apply(layer.scores.abs(), self.pattern_masks()[i])
         if self.kernel == _REFERENCE.name:  # the oracle: per layer, through autograd, nothing cached
             return self._reference(i)
         fused = self._fused()
@@ -538,6 +583,32 @@ class SupermaskController:
             self._consumed = [False] * len(self.layers)
         self._consumed[i] = True
         return self._cache[i]
+
+    @torch.no_grad()
+    def pattern_selection(self) -> Mask:
+        """``core.select`` of ``|s|`` under the pattern, with the run's density, scope, distribution, floor
+        and dense layers: the one rule the forward and the recorded Mask share."""
+        scores = {n: m.scores.detach().abs() for n, m in zip(self.names, self.layers)}
+        return select(
+            scores,
+            self.density,
+            scope=self.scope,
+            distribution=self.distribution,
+            min_layer_density=self.min_layer_density,
+            pattern=self.pattern,
+            allow_dense_layers=self.allow_dense_layers,
+        )
+
+    def pattern_masks(self) -> list[torch.Tensor]:
+        """Every layer's mask under the pattern, recomputed only when the scores changed (an optimizer
+        step, a load): one selection per training step, shared by the layers' forwards."""
+        scores = self.scores()
+        key = (tuple(s._version for s in scores), tuple(s.data_ptr() for s in scores))
+        if self._pattern_cache is None or key != self._pattern_key:
+            mask = self.pattern_selection()
+            self._pattern_cache = [mask[n] for n in self.names]
+            self._pattern_key = key
+        return self._pattern_cache
 
     def _reference(self, i: int) -> torch.Tensor:
         layer = self.layers[i]
@@ -560,7 +631,10 @@ class SupermaskController:
 
     @torch.no_grad()
     def topk_mask(self) -> Mask:
-        """The exact top-k of |s| per group, by the reference rule (a stable sort, lower index on ties)."""
+        """The exact top-k of |s| per group, by the reference rule (a stable sort, lower index on ties);
+        under a pattern, :meth:`pattern_selection`."""
+        if self.pattern.structured:
+            return self.pattern_selection()
         out = {}
         for g in sorted(set(self.groups)):
             idx = [i for i, gg in enumerate(self.groups) if gg == g]
@@ -663,11 +737,15 @@ def to_supermask(
     init_logit: float = 0.0,
     rescale: bool = False,
     generator: torch.Generator | None = None,
+    pattern: str = "unstructured",
+    allow_dense_layers: bool = False,
+    min_layer_density: float = 0.0,
 ) -> SupermaskController:
     """Put ``model`` in supermask mode in place: frozen parameters, a ``scores`` Parameter per masked layer.
 
     ``density`` is the fraction of weights KEPT (edge-popup's k). Layers must carry no mask. Undo with
-    :func:`strip_supermask`.
+    :func:`strip_supermask`. ``pattern`` (with ``allow_dense_layers`` and ``min_layer_density``, as
+    ``core.select`` reads them): edge-popup's top-k under the pattern (see the module docstring).
     """
     if kind not in SUPERMASK_KINDS:
         raise ConfigError(f"unknown supermask kind '{kind}' (choose from: {', '.join(SUPERMASK_KINDS)})")
@@ -706,6 +784,9 @@ def to_supermask(
         distribution=distribution,
         rescale=rescale,
         generator=generator,
+        pattern=pattern,
+        allow_dense_layers=allow_dense_layers,
+        min_layer_density=min_layer_density,
     )
     for (name, m), s in zip(layers, scores):
         if tuple(s.shape) != tuple(m.weight.shape):

@@ -14,6 +14,8 @@ the model's own recipe (the method's, if it declares one), shortened to ``budget
     class TestMyMethod(MethodConformance):
         method_name = "my-method"
         method_args = {"knob": 1}
+
+``model`` (default ``mlp_digits``) names the network: any registered model that takes digits' (1, 8, 8).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from ..core.mask import Mask, exact_count
 
 __all__ = ["MethodConformance"]
 
+# one default run per method configuration, shared by the tests that only read it (a whole-method run is
+# the suite's cost): hparams hash -> (the run's summary, the evaluation events it logged)
+_REFERENCE: dict[str, tuple[Any, list[Path]]] = {}
+
 
 class MethodConformance:
     """Mixin of end-to-end contract tests for a method; subclass as ``Test...`` and set ``method_name``."""
@@ -40,6 +46,8 @@ class MethodConformance:
     method_args: ClassVar[dict[str, Any]] = {}
     # the method's own hyperparameters (its ``hparams_cls`` fields, e.g. ``rewind``) by name
     method_hparams: ClassVar[dict[str, Any]] = {}
+    # the network the contract is checked on (a model plugin runs the suite on its own model this way)
+    model: ClassVar[str] = "mlp_digits"
     density: ClassVar[float] = 0.3
     budget: ClassVar[str] = "2ep"
     # False for methods whose own schedule sets per-level counts (IMP prunes a rate of the survivors)
@@ -58,9 +66,9 @@ class MethodConformance:
         from ..models import training_recipe
 
         method = get_method(self.name())
-        training = method.recipe("mlp_digits", "digits") or training_recipe("mlp_digits")
+        training = method.recipe(self.model, "digits") or training_recipe(self.model)
         return RunHparams(
-            model=ModelHparams(model="mlp_digits"),
+            model=ModelHparams(model=self.model),
             dataset=DatasetHparams(dataset="digits"),
             training=TrainingHparams(
                 **{**training.__dict__, "budget": self.budget, "eval_every": "1ep", "batch_size": 64}
@@ -82,6 +90,18 @@ class MethodConformance:
         opts = RunOptions(root=root, device="cpu", progress=False, on_eval=on_eval)
         return run_find(self.hparams(**pruning), seed=seed, opts=opts)
 
+    def reference(self, factory: pytest.TempPathFactory) -> tuple[Any, list[Path]]:
+        """The default run (seed 0) of this configuration, made once per session and only read after:
+        the tests that need a default run share it (determinism's first run, resume's, the kill test's
+        reference, the mask file). Returns its summary and the evaluations it logged, in order."""
+        key = f"{self.name()}:{self.hparams().hash()}"
+        if key not in _REFERENCE:
+            evals: list[Path] = []
+            root = factory.mktemp(f"reference_{self.name()}")
+            summary = self.find(root, on_eval=lambda path, rec: evals.append(path))
+            _REFERENCE[key] = (summary, evals)
+        return _REFERENCE[key]
+
     # -- the contract -----------------------------------------------------------------------------------
     @pytest.mark.parametrize("scope", ["layerwise", "global"])
     def test_exact_density_under_the_selection_rule(self, tmp_path: Path, scope: str) -> None:
@@ -89,18 +109,26 @@ class MethodConformance:
 
         if not self.exact_density or "scope" not in get_method(self.name()).fields:
             pytest.skip("the method's own schedule decides its counts")
-        row = self.find(tmp_path, scope=scope).rows[-1]
+        from ..core.select import layer_densities
+
+        summary = self.find(tmp_path, scope=scope)
+        row = summary.rows[-1]
         mask = Mask.load(row["mask"])
         sizes = {n: t.numel() for n, t in mask.items()}
         if scope == "global":
             assert mask.num_kept == exact_count(self.density, sum(sizes.values()))
-        else:
+        else:  # each layer at the density its distribution (uniform, ERK, ...) gives it
+            hp = get_method(self.name()).canonical(self.hparams(scope=scope))
+            shapes = {n: tuple(t.shape) for n, t in mask.items()}
+            dens = layer_densities(shapes, self.density, hp.pruning.distribution)
             for n, c in mask.layer_counts().items():
-                assert c == exact_count(self.density, sizes[n]), (n, c)
+                assert c == exact_count(dens[n], sizes[n]), (n, c)
         assert row["density"] == pytest.approx(mask.density)
 
-    def test_deterministic_under_a_seed(self, tmp_path: Path) -> None:
-        a = self.find(tmp_path / "a").rows
+    def test_deterministic_under_a_seed(
+        self, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        a = self.reference(tmp_path_factory)[0].rows
         b = self.find(tmp_path / "b").rows
         assert len(a) == len(b)
         for ra, rb in zip(a, b):
@@ -109,18 +137,19 @@ class MethodConformance:
         c = self.find(tmp_path / "c", seed=1).rows
         assert any(not Mask.load(ra["mask"]).equals(Mask.load(rc["mask"])) for ra, rc in zip(a, c))
 
-    def test_finished_levels_are_never_recomputed(self, tmp_path: Path) -> None:
-        s = self.find(tmp_path)
+    def test_finished_levels_are_never_recomputed(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        s = self.reference(tmp_path_factory)[0]
         files = {p: p.stat().st_mtime_ns for p in (s.run_dir / "replicate_0").rglob("*") if p.is_file()}
-        again = self.find(tmp_path)
+        again = self.find(s.run_dir.parent)
         assert [dict(r) for r in again.rows] == [dict(r) for r in s.rows]
         assert files == {
             p: p.stat().st_mtime_ns for p in (s.run_dir / "replicate_0").rglob("*") if p.is_file()
         }
 
-    def test_killed_mid_level_resumes_bit_identical(self, tmp_path: Path) -> None:
-        evals: list[Path] = []
-        ref = self.find(tmp_path / "ref", on_eval=lambda path, rec: evals.append(path))
+    def test_killed_mid_level_resumes_bit_identical(
+        self, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        ref, evals = self.reference(tmp_path_factory)
         _assert_pruned_are_zero(ref.run_dir)
         n = len(evals)
         assert n > 1, "the method's levels report no evaluation (does it log through its level?)"
@@ -154,13 +183,15 @@ class MethodConformance:
                     sa, sb = _load(fa), _load(fb)
                     assert all(torch.equal(sa[x], sb[x]) for x in sa), f"{where}: final weights differ"
 
-    def test_mask_file_trains_elsewhere(self, tmp_path: Path) -> None:
+    def test_mask_file_trains_elsewhere(
+        self, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
         from ..experiments.runner import RunOptions, train_mask
 
-        row = self.find(tmp_path).rows[-1]
+        row = self.reference(tmp_path_factory)[0].rows[-1]
         mask = Mask.load(row["mask"])
         meta = mask.metadata
-        assert (meta["model"], meta["dataset"], meta["method"]) == ("mlp_digits", "digits", self.name())
+        assert (meta["model"], meta["dataset"], meta["method"]) == (self.model, "digits", self.name())
         hp = self.hparams().replace(pruning=PruningHparams(method="train"))
         t = train_mask(
             Path(row["mask"]), hp, seed=0, opts=RunOptions(root=tmp_path / "t", device="cpu", progress=False)

@@ -6,19 +6,22 @@ Three ops. ``masked``: how a fixed-mask layer enforces its mask (``set_backend``
 Every kernel of an op computes the same thing as that op's ``reference`` kernel, bitwise for the selection;
 ``tests/test_kernels.py`` checks each registered kernel against it on every device it supports here.
 
-=========  ===========  ==============================================================  ===================
-op         name         what                                                            module
-=========  ===========  ==============================================================  ===================
-masked     inplace      pruned weights held at zero, gradients zeroed (default)         :mod:`.torch_`
-masked     reference    ``W ⊙ M`` in every forward: the oracle                          :mod:`.reference`
-topk       compiled     C++ CPU kernel, float32, built on first use                     :mod:`.compiled`
-topk       torch        PyTorch ops, any device/dtype                                   :mod:`.torch_`
-topk       reference    a stable sort per layer and forward: the oracle                 :mod:`.reference`
-masked     triton       Triton matmuls loading mask bytes with each weight tile          :mod:`.triton_masked`
-masked     triton_bits  the same with the mask bit-packed in int32 words                :mod:`.triton_bits`
-topk       triton       per-layer cut on the device, mask built inside Triton matmuls   :mod:`.triton_supermask`
-spmm       compiled     C++ CPU CSR linear / linear chain / stride-1 conv, fp32          :mod:`.compiled_spmm`
-=========  ===========  ==============================================================  ===================
+=========  ===============  ==============================================================  ===================
+op         name             what                                                            module
+=========  ===============  ==============================================================  ===================
+masked     inplace          pruned weights held at zero, gradients zeroed (default)         :mod:`.torch_`
+masked     reference        ``W ⊙ M`` in every forward: the oracle                          :mod:`.reference`
+topk       compiled         C++ CPU kernel, float32, built on first use                     :mod:`.compiled`
+topk       torch            PyTorch ops, any device/dtype                                   :mod:`.torch_`
+topk       reference        a stable sort per layer and forward: the oracle                 :mod:`.reference`
+masked     triton           Triton matmuls loading mask bytes with each weight tile          :mod:`.triton_masked`
+masked     triton_bits      the same with the mask bit-packed in int32 words                :mod:`.triton_bits`
+topk       triton           per-layer cut on the device, mask built inside Triton matmuls   :mod:`.triton_supermask`
+spmm       compiled         C++ CPU CSR linear / linear chain / stride-1 conv, fp32          :mod:`.compiled_spmm`
+spmm       nm               C++ CPU N:M linear (kept values + uint8 indices), fp32          :mod:`.compiled_structured`
+spmm       bsr              C++ CPU block-sparse (BSR) linear, fp32                         :mod:`.compiled_structured`
+spmm       semi_structured  2:4 linear on CUDA sparse tensor cores, fp16/bf16               :mod:`.semi_structured`
+=========  ===============  ==============================================================  ===================
 
 ``kernel=fast`` (the default) is not a kernel: it picks the highest-priority ``auto`` top-k kernel that
 supports the tensors and is ready without a build (``compiled`` on CPU float32 once built, else ``torch``).
@@ -78,6 +81,8 @@ _MODULES = (
     "triton_bits",
     "triton_supermask",
     "compiled_spmm",
+    "compiled_structured",
+    "semi_structured",
 )
 
 for _module in _MODULES:
