@@ -680,8 +680,9 @@ def path_summary(model: nn.Module) -> dict[str, dict[str, Any]]:
         if isinstance(m, (SparseLinear, SparseConv2d)):
             kind = "linear" if isinstance(m, SparseLinear) else "conv"
             out[n] = {"kind": kind, "density": m.density, "paths": dict(m.paths)}
-        elif isinstance(m, nn.Linear) and getattr(m, "semi_structured", False):
-            out[n] = {"kind": "linear", "density": 0.5, "paths": {b: "semi_structured" for b in BATCHES}}
+        elif isinstance(m, nn.Linear) and getattr(m, "semi_structured", None) is not None:
+            paths = {b: "semi_structured" for b in BATCHES}
+            out[n] = {"kind": "linear", "density": m.semi_structured, "paths": paths}
     return out
 
 
@@ -700,9 +701,10 @@ def to_semi_structured(model: nn.Module, ticket: Ticket) -> dict[str, str]:
         if reason is not None:
             left[name] = reason
             continue
+        density = float((layer.weight != 0).float().mean())
         sparse = semi_structured.to_semi_structured(layer.weight.detach())
         layer.weight = nn.Parameter(sparse, requires_grad=False)
-        layer.semi_structured = True  # type: ignore[assignment]  # read by path_summary
+        layer.semi_structured = density  # type: ignore[assignment]  # read by path_summary
     return left
 
 
