@@ -155,6 +155,8 @@ class Suite:
             check_density(p, name="suite density")
         for v in self.variants:
             dens = self.densities_of(v)
+            for p in v.densities:
+                check_density(p, name=f"density of suite method {v.name!r}")
             method = get_method(v.method)  # its values by name: shared fields or the method's own
             base = RunHparams(pruning=method.default_pruning(method=v.method, density=min(dens)))
             hp = method.with_hparams(base, **v.pruning)
@@ -256,10 +258,9 @@ def _training(values: dict[str, Any], where: str) -> TrainingHparams:
 
 
 def _check_variant_extras(suite: str, v: Variant, method: Any) -> None:
-    """A variant's optional fields (densities, training, controls, metrics), by the method's capabilities."""
+    """A variant's optional fields (its densities' repeats, training, controls, metrics), by the method's
+    capabilities; each density itself is checked first, in :meth:`Suite.validate`."""
     where = f"suite '{suite}' method '{v.name}'"
-    for p in v.densities:
-        check_density(p, name=f"{where} density")
     if len(set(v.densities)) != len(v.densities):
         raise ConfigError(f"{where} lists a density twice: {list(v.densities)}")
     _training(v.training, where).validate()
