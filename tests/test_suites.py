@@ -81,7 +81,7 @@ def _spec(**variant: Any) -> dict[str, Any]:
     }
 
 
-def test_suite_dict_leaves_out_later_fields_at_their_defaults_and_reads_back() -> None:
+def test_saved_form_leaves_out_later_fields_at_their_defaults_and_reads_back() -> None:
     plain = suite_from_dict(_spec(method="imp"), source="t")
     assert set(plain.saved()["variants"][0]) == {"name", "method", "pruning", "args", "then_train"}
     full = suite_from_dict(
