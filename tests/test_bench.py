@@ -233,6 +233,15 @@ def test_timing_fraction_by_hand(tmp_path):
     assert t["worker_seconds"] == 12.0 and t["training_step_s"] == 9.0
     assert t["outside_steps_fraction"] == 0.25 and t["evaluation_fraction"] == round(1.75 / 12, 4)
     assert json.loads((tmp_path / "timing.json").read_text()) == t
+    # a kernel built on first use (4 s in a cell, 0.5 s in the searches) is stated and leaves the capacity
+    recs[0]["time_split"]["build"] = 4.0
+    t = write_timing(
+        tmp_path / "timing.json", recs, workers=2, cells_wall=7.0, smallest_wall=2.0,
+        smallest_split={"steps": 1.0, "eval": 0.25, "build": 0.5},
+    )  # fmt: skip
+    # capacity 2 × 7 + 2 - 4.5 = 11.5 worker-seconds, 9 s of steps: 2.5 s outside
+    assert t["kernel_build_s"] == 4.5 and t["worker_seconds"] == 11.5
+    assert t["outside_steps_fraction"] == round(2.5 / 11.5, 4)
 
 
 def test_accuracy_axis_floor_names_what_it_hides():

@@ -106,7 +106,7 @@ SUITES = {
     "moving-masks": (20, "f6c563ae5116"),  # main at 22b561a
     "paper": (426, "e643f24e7b05"),
     "patterns": (58, "b4b2e8cebd43"),  # branch patterns (issue 22), computed when the suite was added
-    "quick": (369, "e4602cc11dfd"),
+    "quick": (369, "7f47cf1adabe"),  # renamed on purpose: "evaluate": "end" (issue 21 part 4)
     "smallest-lenet": (14, "46392092f112"),  # the runs benchmarks/smallest_mnist.py named
     "smoke": (5, "b5693baafb8e"),
     "snip-paper": (48, "2b3d5d44a670"),
@@ -127,7 +127,9 @@ def test_bench_suites_keep_their_run_names(name):
     names = []
     for cell in cells_of(suite):
         variant = None if cell.variant == DENSE else next(v for v in suite.variants if v.name == cell.variant)
-        hp, _ = _hparams(_entry(suite, cell), variant, 1.0 if variant is None else cell.density)
+        hp, _ = _hparams(
+            _entry(suite, cell), variant, 1.0 if variant is None else cell.density, suite.evaluate
+        )
         method = get_method(hp.pruning.method)
         canon = method.canonical(hp)
         names.append(

@@ -50,7 +50,7 @@ SPEC_HASHES = {
     "moving-masks": "52f479307e",
     "paper": "bab02e286b",
     "patterns": "b9cd7c9c55",
-    "quick": "fa9501231f",
+    "quick": "1211b0ed06",  # renamed on purpose: its trainings evaluate once, at the end (issue 21 part 4)
     "smoke": "98d1612cc1",
     "snip-paper": "da47ec0ed6",
 }
@@ -66,7 +66,7 @@ def test_existing_suites_keep_their_queue_names(name: str) -> None:
 def test_overridden_suites_keep_their_queue_names() -> None:
     from ticketsearch.bench.queue import spec_hash
 
-    assert spec_hash(load_suite("quick").with_overrides(methods=["imp", "snip"], seeds=1)) == "7b02c634f7"
+    assert spec_hash(load_suite("quick").with_overrides(methods=["imp", "snip"], seeds=1)) == "0b9ea2eb2e"
     assert spec_hash(load_suite("smoke").with_overrides(seeds=2)) == "6c143e4553"
 
 
@@ -129,6 +129,34 @@ def test_variant_densities_training_and_cells() -> None:
     hp, weights = _hparams(_entry(s, cells["w"]), w, 0.5)
     assert (hp.training.lr, hp.training.budget, weights.lr) == (0.05, "1ep", weights.lr)
     assert weights.lr != 0.05
+
+
+def test_evaluate_end_evaluates_every_training_once_at_its_end(tmp_path: Path) -> None:
+    """``"evaluate": "end"``: the weights' recipe, a learned method's score recipe and a variant's own
+    budget all evaluate once, at the end; a real cell's runs then hold one history entry per training."""
+    from ticketsearch.bench.runner import _entry, _hparams, run_cell
+
+    spec = {
+        **_spec(method="imp"),
+        "methods": ["snip", {"name": "sm", "method": "supermask", "training": {"budget": "3ep"}}],
+        "evaluate": "end",
+    }
+    s = suite_from_dict(spec, source="t")
+    s.validate()
+    assert s.saved()["evaluate"] == "end" and suite_from_saved(json.loads(json.dumps(s.saved()))) == s
+    assert "evaluate" not in suite_from_dict(_spec(method="imp"), source="t").saved()
+    cells = {c.variant: c for c in cells_of(s)}
+    for name, budget in (("snip", "1ep"), ("sm", "3ep")):
+        v = next(x for x in s.variants if x.name == name)
+        hp, weights = _hparams(_entry(s, cells[name]), v, 0.5, s.evaluate)
+        assert (hp.training.budget, hp.training.eval_every, hp.training.eval_start) == (budget, budget, False)
+        assert (weights.eval_every, weights.eval_start) == (weights.budget, False)
+    rec = run_cell(s, cells["snip"], root=tmp_path / "runs", data_root=None, device="cpu")
+    assert rec["status"] == "ok", rec
+    histories = [p.read_text().splitlines() for p in (tmp_path / "runs").rglob("metrics.jsonl")]
+    assert histories and all(len(h) == 1 and json.loads(h[0])["iteration"] > 0 for h in histories)
+    with pytest.raises(ConfigError, match="unknown evaluate 'start'"):
+        suite_from_dict({**spec, "evaluate": "start"}, source="t").validate()
 
 
 @pytest.mark.parametrize(

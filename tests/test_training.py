@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -91,3 +92,33 @@ def test_bad_training_values(digits):
         train(_model(), digits, TrainingHparams(optimizer="rmsprop"), seed=0, progress=False)
     with pytest.raises(ConfigError, match="budget"):
         train(_model(), digits, TrainingHparams(budget="10 epochs"), seed=0, progress=False)
+
+
+def test_no_eval_start_trains_the_same_weights_and_drops_only_the_first_evaluation(digits):
+    """Skipping the evaluation at iteration 0 saves work, never changes training: the same weights bit
+    for bit and the same history less its first entry (an evaluation draws no random numbers)."""
+    hp = TrainingHparams(optimizer="sgd", lr=0.05, batch_size=32, budget="3ep", eval_every="1ep")
+    with_start, without = _model(), _model()
+    a = train(with_start, digits, hp, seed=1, progress=False)
+    b = train(without, digits, dataclasses.replace(hp, eval_start=False), seed=1, progress=False)
+    for p, q in zip(with_start.parameters(), without.parameters()):
+        assert torch.equal(p, q)
+    assert a.history[0]["iteration"] == 0 and b.history == a.history[1:]
+    assert b.final == a.final
+    # a training of no steps still reports its one evaluation
+    none = train(
+        _model(), digits, dataclasses.replace(hp, eval_start=False), seed=1, progress=False, stop_at=0
+    )
+    assert [r["iteration"] for r in none.history] == [0]
+
+
+def test_eval_start_is_hashed_only_when_off():
+    from ticketsearch.core.hparams import RunHparams
+
+    base = RunHparams()
+    assert "eval_start" not in base.to_dict()["training"]
+    off = base.replace(training=dataclasses.replace(base.training, eval_start=False))
+    assert off.to_dict()["training"]["eval_start"] is False and off.hash() != base.hash()
+    assert RunHparams.from_dict(off.to_dict()) == off
+    with pytest.raises(ConfigError, match="eval_start"):
+        TrainingHparams(eval_start="no").validate()  # type: ignore[arg-type]

@@ -52,6 +52,7 @@ __all__ = [
     "suite_from_saved",
     "SUITES_DIR",
     "VARIANT_CONTROLS",
+    "EVALUATE",
 ]
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -66,6 +67,9 @@ class DatasetEntry:
     resize: int = 0
     requires: str = ""  # a sentence shown when the data is missing (CIFAR-10)
 
+
+# a suite's ``evaluate``: each recipe's own schedule, or once at the end of every training
+EVALUATE = ("", "end")
 
 # a variant's ``controls`` (the names ``find --controls`` takes) -> the sanity check its record holds them as
 VARIANT_CONTROLS = {"reinit": "reinit", "random_mask": "shuffle"}
@@ -120,6 +124,10 @@ class Suite:
     sanity: bool = False
     anchors: tuple[Anchor, ...] = ()
     smallest: SmallestSpec | None = None
+    # when every training of the suite is evaluated: "" = as its recipe says (from iteration 0, every
+    # eval_every), "end" = once, when it ends (the suite reads only trained accuracies, so an early-stopping
+    # point and the init's accuracy are not computed). Added later: left out of the saved form when "".
+    evaluate: str = ""
 
     def densities_of(self, variant: Variant) -> tuple[float, ...]:
         """The densities a variant's cells ask: its own, else the suite's."""
@@ -134,6 +142,8 @@ class Suite:
             for name in _LATER_VARIANT_FIELDS:
                 if not v[name]:  # every later field's default is empty
                     del v[name]
+        if not d["evaluate"]:
+            del d["evaluate"]
         return d
 
     def validate(self) -> None:
@@ -144,6 +154,11 @@ class Suite:
 
         if not self.datasets or not self.variants or not self.densities or not self.seeds:
             raise ConfigError(f"suite '{self.name}' needs datasets, methods, densities and seeds")
+        if self.evaluate not in EVALUATE:
+            raise ConfigError(
+                f"suite '{self.name}': unknown evaluate {self.evaluate!r} (choose from: "
+                f"{', '.join(repr(e) for e in EVALUATE)})"
+            )
         for d in self.datasets:
             DATASETS.entry(d.dataset)
             MODELS.entry(d.model)
@@ -225,22 +240,16 @@ class Suite:
         seed_list = self.seeds if seeds is None else tuple(range(seeds))
         if seeds is not None and seeds < 1:
             raise ConfigError(f"--seeds must be ≥ 1, got {seeds}")
-        return Suite(
-            self.name,
-            self.description,
-            entries,
-            variants,
-            self.densities,
-            seed_list,
-            self.sanity,
-            self.anchors,
-            self.smallest
+        return dataclasses.replace(
+            self,
+            datasets=entries,
+            variants=variants,
+            seeds=seed_list,
+            smallest=self.smallest
             if self.smallest is None
-            else SmallestSpec(
-                tuple(v for v in self.smallest.variants if v in {x.name for x in variants}),
-                self.smallest.tolerance,
-                self.smallest.min_density,
-                self.smallest.precision,
+            else dataclasses.replace(
+                self.smallest,
+                variants=tuple(v for v in self.smallest.variants if v in {x.name for x in variants}),
             ),
         )
 
@@ -325,6 +334,7 @@ def suite_from_dict(d: dict[str, Any], *, source: str) -> Suite:
             sanity=bool(d.get("sanity", False)),
             anchors=tuple(Anchor(**a) for a in d.get("anchors", [])),
             smallest=_smallest(d.get("smallest")),
+            evaluate=str(d.get("evaluate", "")),
         )
     except KeyError as exc:
         raise ConfigError(f"suite {source} is missing {exc.args[0]!r}") from None

@@ -50,6 +50,8 @@ TRAIN_HELP = {
     "grad_clip": "clip the gradient norm (0: off)",
     "precision": "fp32 | bf16: bf16 autocasts forward and loss (weights and optimizer state stay fp32); "
     "part of the run's hash when not fp32",
+    "eval_start": "evaluate before the first step (the init's accuracy opens the history); --no-eval-start "
+    "saves one evaluation per training and is part of the run's hash",
 }
 PRUNE_HELP = {
     "density": "fraction of weights KEPT, in (0, 1] (sparsity = 1 - density); default 0.2",

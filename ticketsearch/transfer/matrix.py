@@ -100,7 +100,10 @@ class MatrixSpec:
             self.training.validate()
 
     def hash(self) -> str:
-        return stable_hash(asdict(self))
+        d = asdict(self)
+        if d["training"] is not None and d["training"]["eval_start"]:  # added later: its default unhashed
+            del d["training"]["eval_start"]
+        return stable_hash(d)
 
 
 def cell_key(cell: dict[str, Any]) -> str:
