@@ -32,7 +32,7 @@ test-all: $(STAMP)
 ## the quick suite (every method against IMP on digits, MNIST-1D and MNIST; about an hour on 2 cores) into
 ## benchmarks/results/quick/ (resumable: rerun after an interruption); the speed scripts are bench-speed
 bench: $(STAMP)
-	$(BIN)/python -m ticketsearch bench --suite quick --root benchmarks/runs --out benchmarks/results/quick --data-root $${TICKETSEARCH_DATA:-../shared/datasets}
+	$(BIN)/python -m ticketsearch bench --suite quick --root benchmarks/runs --out benchmarks/results/quick --data-root $${TICKETSEARCH_DATA:-../shared/datasets} --workers 2
 
 bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -431,7 +431,13 @@ def _timing_section(out_dir: Path) -> list[str]:
             + f"Of the {t['worker_seconds']:.0f} worker-seconds, training steps took {t['training_step_s']:.0f} s; "
             f"**{100 * t['outside_steps_fraction']:.1f}% went to anything else** (evaluation "
             f"{100 * t['evaluation_fraction']:.1f}%, plus start-up, data, scoring, writing and workers idle "
-            "at the end). Cells read from cached runs compute nothing, so this is meaningful for a fresh run.",
+            "at the end). Cells read from cached runs compute nothing, so this is meaningful for a fresh run."
+            + (
+                f" Building compiled kernels on first use took {t['kernel_build_s']:.0f} s more (once per "
+                "machine), left out of those worker-seconds."
+                if t.get("kernel_build_s")
+                else ""
+            ),
             "",
         ]
     except (OSError, ValueError, KeyError, TypeError):
