@@ -44,6 +44,31 @@ def time_fn(
     }
 
 
+def paired_ratios(samples: dict[str, list[float]], base: str, *, rounds: int) -> dict[str, dict[str, float]]:
+    """Each mode's ratio to ``base`` as the median of paired per-round ratios, with quartiles.
+
+    ``samples[k]`` holds ``rounds`` equal chunks taken in the same rounds for every mode (the interleaved
+    samplers here append round by round): round r's ratio is the median of k's chunk over the median of the
+    base's chunk, so a slow spell of the machine divides out of that round instead of biasing one mode;
+    the ratio stated is the median over rounds, the quartiles say how much the rounds agree."""
+    out: dict[str, dict[str, float]] = {}
+    for k, v in samples.items():
+        n, nb = len(v) // rounds, len(samples[base]) // rounds
+        per_round = sorted(
+            statistics.median(v[r * n : (r + 1) * n])
+            / statistics.median(samples[base][r * nb : (r + 1) * nb])
+            for r in range(rounds)
+        )
+        q = statistics.quantiles(per_round, n=4, method="inclusive") if rounds > 1 else per_round * 3
+        out[k] = {"median": statistics.median(per_round), "q1": q[0], "q3": q[2], "rounds": rounds}
+    return out
+
+
+def fmt_ratio(r: dict[str, float]) -> str:
+    """``1.023× [1.011, 1.034]``: a paired ratio with its quartiles, as the records print it."""
+    return f"{r['median']:.3f}× [{r['q1']:.3f}, {r['q3']:.3f}]"
+
+
 def interleaved_medians(
     fns: dict[str, Callable[[], Any]],
     *,
@@ -54,6 +79,22 @@ def interleaved_medians(
 ) -> dict[str, float]:
     """Median ms per function, sampled round-robin (one call of each in turn) so drift and noise hit all
     alike: ratios between them are then meaningful even on a busy 2-core machine."""
+    return {
+        k: statistics.median(v)
+        for k, v in interleaved_samples(fns, rounds=rounds, repeats=repeats, warmup=warmup, sync=sync).items()
+    }
+
+
+def interleaved_samples(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    rounds: int = 5,
+    repeats: int = 200,
+    warmup: int = 20,
+    sync: bool = False,
+) -> dict[str, list[float]]:
+    """Every call's ms per function, ``rounds × repeats`` of them taken round-robin (for
+    :func:`paired_ratios`, whose rounds are these ``rounds``)."""
     keys = list(fns)
     for _ in range(warmup):
         for k in keys:
@@ -67,4 +108,4 @@ def interleaved_medians(
             if sync:
                 torch.cuda.synchronize()
             samples[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples

@@ -61,6 +61,7 @@ from ticketsearch.sparse.supermask import to_supermask
 from ticketsearch.training.graphs import GraphStep
 from ticketsearch.training.optim import make_optimizer
 
+from ._common import paired_ratios
 from ._writer import ResultWriter, add_output_args, md_table
 
 MODELS: dict[str, tuple[tuple[int, ...], int]] = {  # input shape, batch
@@ -264,16 +265,24 @@ def interleaved(
             torch.cuda.synchronize()
             for k, e0, e1 in events:
                 samples[k].append(e0.elapsed_time(e1))
+    # every mode took `repeats` samples in each round: the rounds pair them (a slow spell divides out)
+    paired = paired_ratios(samples, "dense", rounds=rounds) if "dense" in samples else {}
     out = {}
     for k, v in samples.items():
         s = sorted(v)
         out[k] = {"median_ms": statistics.median(v), "p10_ms": s[len(s) // 10], "p90_ms": s[9 * len(s) // 10]}
+        if paired:
+            out[k].update(
+                ratio_paired=paired[k]["median"], ratio_q1=paired[k]["q1"], ratio_q3=paired[k]["q3"]
+            )
     return out
 
 
 def summarise(name: str, timing: dict[str, dict[str, float]], info: dict[str, Any]) -> dict[str, Any]:
     dense = timing["dense"]["median_ms"]
-    ratios = {k: v["median_ms"] / dense for k, v in timing.items()}
+    # the median of paired per-round ratios where the mode was sampled beside dense, else (a mode timed
+    # apart) the ratio of the medians
+    ratios = {k: v.get("ratio_paired", v["median_ms"] / dense) for k, v in timing.items()}
     fast = [k for k in MASKED_FAST if k in timing]
     best = min(fast, key=lambda k: timing[k]["median_ms"])
     sm = [k for k in timing if k.startswith("sm_") and k != "sm_reference"]
@@ -304,7 +313,9 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"models, to fill ~{meta['round_seconds']:g} s a round) after {meta['warmup']} warm-up rounds, every "
         f"mode sampled round-robin in one run ({meta['clock']}); the population is timed apart, beside "
         f"`inplace` (its big step evicts the caches of whatever runs next); torch "
-        f"{meta['torch']}. Ratios are to the dense step of the same run.\n\n"
+        f"{meta['torch']}. Ratios are to the dense step of the same run: the median over rounds of each "
+        "round's median over dense's in the same round [quartiles], where a mode ran in dense's rounds (the "
+        "population, timed apart, is a ratio of medians).\n\n"
     )
     if meta["device"] == "cpu":
         md += (
@@ -332,7 +343,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                     k,
                     f"{t['median_ms']:.3f}",
                     f"{t['p10_ms']:.3f}–{t['p90_ms']:.3f}",
-                    f"{r['ratio_vs_dense'][k]:.3f}",
+                    f"{r['ratio_vs_dense'][k]:.3f}"
+                    + (f" [{t['ratio_q1']:.3f}, {t['ratio_q3']:.3f}]" if "ratio_q1" in t else ""),
                     note,
                 ]
             )

@@ -464,3 +464,16 @@ def test_every_script_accepts_force_dirty():
         text = p.read_text()
         if "ResultWriter(" in text and p.name != "_writer.py":
             assert "add_output_args(" in text and "force_dirty=args.force_dirty" in text, p.name
+
+
+def test_paired_ratios_by_hand():
+    """Each round's median over dense's in the same round, then the median over rounds: a slow spell of
+    the machine (round 2, everything 10× slower) divides out instead of weighing on one mode."""
+    from benchmarks._common import fmt_ratio, paired_ratios
+
+    samples = {"dense": [1.0, 1.0, 10.0, 10.0, 2.0, 2.0], "m": [1.5, 1.3, 11.0, 13.0, 2.2, 2.6]}
+    r = paired_ratios(samples, "dense", rounds=3)
+    # rounds: median(1.5, 1.3) / 1 = 1.4; 12 / 10 = 1.2; 2.4 / 2 = 1.2
+    assert r["m"]["median"] == pytest.approx(1.2) and r["m"]["rounds"] == 3
+    assert (r["m"]["q1"], r["m"]["q3"]) == (pytest.approx(1.2), pytest.approx(1.3))
+    assert r["dense"]["median"] == 1.0 and fmt_ratio(r["m"]) == "1.200× [1.200, 1.300]"
