@@ -50,7 +50,10 @@ def _old_form(hp: RunHparams) -> dict:
     d = {
         "model": dataclasses.asdict(hp.model),
         "dataset": dataclasses.asdict(hp.dataset),
-        "training": {k: v for k, v in dataclasses.asdict(hp.training).items() if k != "precision"},
+        # (nor eval_start, added later still)
+        "training": {
+            k: v for k, v in dataclasses.asdict(hp.training).items() if k not in ("precision", "eval_start")
+        },
         # and the fields PruningHparams held then, before IMP and early-bird declared them as their own
         "pruning": {
             # (nor the sparsity pattern's fields, added later still)
