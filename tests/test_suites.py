@@ -50,7 +50,7 @@ SPEC_HASHES = {
     "moving-masks": "52f479307e",
     "paper": "bab02e286b",
     "patterns": "b9cd7c9c55",
-    "patterns-vit": "bec647e7ad",  # added 2026-12-07
+    "patterns-vit": "10664ec5a5",  # added 2026-12-07
     "quick": "1211b0ed06",  # renamed on purpose: its trainings evaluate once, at the end (issue 21 part 4)
     "smoke": "98d1612cc1",
     "snip-paper": "da47ec0ed6",
