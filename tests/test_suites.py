@@ -211,9 +211,10 @@ def test_suite_command_names_every_flag_that_changes_the_run() -> None:
         device="cuda",
         methods=["imp", "snip"],
         seeds=3,
+        datasets=["mnist", "digits/mlp_digits"],
     ) == (
         "python -m ticketsearch bench --suite my.json --root r --out o --data-root ../d --device cuda "
-        "--workers 2 --methods imp,snip --seeds 3"
+        "--workers 2 --methods imp,snip --seeds 3 --datasets mnist,digits/mlp_digits"
     )
 
 

@@ -346,6 +346,7 @@ def suite_command(
     device: str = "cpu",
     methods: list[str] | None = None,
     seeds: int | None = None,
+    datasets: list[str] | None = None,
 ) -> str:
     """The one ``bench`` command that reproduces a suite's folder: the suite as it was named (a built-in
     name or a spec file's path) and every flag that changes what runs or where it goes, in a fixed order,
@@ -362,6 +363,8 @@ def suite_command(
         argv += ["--methods", ",".join(methods)]
     if seeds is not None:
         argv += ["--seeds", str(seeds)]
+    if datasets:
+        argv += ["--datasets", ",".join(datasets)]
     return shlex.join(argv)
 
 

@@ -133,6 +133,7 @@ class Bench(Command):
                 device=ns.device,
                 methods=methods,
                 seeds=ns.seeds,
+                datasets=datasets,
             )
             if ns.storage:
                 from ..bench.runner import check_data
