@@ -110,13 +110,13 @@ def _evaluated(training: Any, evaluate: str) -> Any:
 
 
 def _hparams(entry: DatasetEntry, variant: Variant | None, density: float, evaluate: str = "") -> Any:
-    from ..core.hparams import DatasetHparams, ModelHparams, RunHparams
+    from ..core.hparams import DatasetHparams, RunHparams
     from ..methods import dense_hparams, get_method
-    from ..models import training_recipe
+    from ..models import model_hparams, training_recipe
 
     weights = _evaluated(dataclasses.replace(training_recipe(entry.model), **entry.training), evaluate)
     base = RunHparams(
-        model=ModelHparams(model=entry.model),
+        model=model_hparams(entry.model),
         dataset=DatasetHparams(dataset=entry.dataset, resize=entry.resize),
         training=weights,
     )

@@ -11,7 +11,6 @@ from typing import Any
 from ..core.errors import ConfigError
 from ..core.hparams import (
     DatasetHparams,
-    ModelHparams,
     PruningHparams,
     RunHparams,
     TrainingHparams,
@@ -234,13 +233,13 @@ def resolve_hparams(ns: argparse.Namespace, *, method: str | None = None) -> Run
     refused: silently ignoring ``--rate`` for SNIP would let a user think it changed something.
     """
     from ..data import DATASETS
-    from ..models import MODELS, training_recipe
+    from ..models import MODELS, model_hparams, training_recipe
 
     dataset = ns.dataset or "digits"
     DATASETS.entry(dataset)  # unknown dataset → one line with a suggestion
     model = ns.model or _default_model(dataset)
     MODELS.entry(model)
-    model_hp = ModelHparams(model=model, init=ns.init or ModelHparams().init)
+    model_hp = model_hparams(model, ns.init)
     data_hp = DatasetHparams(
         dataset=dataset,
         val_size=ns.val_size if ns.val_size is not None else -1.0,

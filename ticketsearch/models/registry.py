@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import ConfigError, UnknownNameError
+from ..core.hparams import ModelHparams
 from ..core.registry import Entry, Registry, _first_doc_line
 from ..sparse.layers import prunable_parameters
 from .init import INITS, init_weights
@@ -64,6 +65,9 @@ class ModelSpec:
     example_input_shape: tuple[int, ...]
     default_dataset: str | None = None
     paper: str = ""
+    # the --init a run gets when none is asked ("" = the project's, ModelHparams().init): an architecture
+    # whose own init trains better (a ViT's) says so here, and only its runs are named with it
+    default_init: str = ""
 
     def __call__(self, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
         return self.builder(input_shape, num_classes, **kwargs)
@@ -125,6 +129,7 @@ def register_model(
     description: str | None = None,
     default_dataset: str | None = None,
     paper: str = "",
+    default_init: str = "",
 ) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder(input_shape, num_classes, **kwargs)`` under ``name``.
 
@@ -142,6 +147,7 @@ def register_model(
             example_input_shape=tuple(example_input_shape),
             default_dataset=default_dataset,
             paper=paper,
+            default_init=default_init,
         )
         MODELS.add(name, spec, description=desc)
         return builder
@@ -170,6 +176,21 @@ def get_model_spec(name: str) -> ModelSpec | None:
     """
     obj = MODELS.get(name)
     return obj if isinstance(obj, ModelSpec) else None
+
+
+def model_hparams(name: str, init: str | None = None) -> ModelHparams:
+    """The model section of a run: ``init`` as asked, else the model's own default init, else the
+    project's. Every place that builds a run (commands, bench suites, transfer matrices, the conformance
+    suite) asks here, so a model's default reaches all of them without a branch on its name."""
+    if init:
+        return ModelHparams(model=name, init=init)
+    try:
+        spec = get_model_spec(name)
+    except ConfigError:  # "auto", an unknown name: validated where the model is built
+        spec = None
+    return ModelHparams(
+        model=name, init=(spec.default_init if spec is not None else "") or ModelHparams().init
+    )
 
 
 # -- shape checks -----------------------------------------------------------------------------------

@@ -183,6 +183,9 @@ class ViT(nn.Module):
     example_input_shape=(1, 28, 28),
     default_dataset="mnist",
     paper="Dosovitskiy et al. 2021, An Image is Worth 16x16 Words (arXiv:2010.11929)",
+    # its own init (truncated-normal Linears, zero biases, unit LayerNorms): 97.50% on MNIST against 96.32%
+    # with the project's Kaiming normal at the same recipe
+    default_init="default",
 )
 def vit_mnist(
     input_shape: tuple[int, ...],

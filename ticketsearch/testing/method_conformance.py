@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from ..core.errors import ConfigError
-from ..core.hparams import DatasetHparams, ModelHparams, PruningHparams, RunHparams, TrainingHparams
+from ..core.hparams import DatasetHparams, PruningHparams, RunHparams, TrainingHparams
 from ..core.mask import Mask, exact_count
 
 __all__ = ["MethodConformance"]
@@ -63,12 +63,12 @@ class MethodConformance:
 
     def hparams(self, **pruning: Any) -> RunHparams:
         from ..methods import get_method
-        from ..models import training_recipe
+        from ..models import model_hparams, training_recipe
 
         method = get_method(self.name())
         training = method.recipe(self.model, "digits") or training_recipe(self.model)
         return RunHparams(
-            model=ModelHparams(model=self.model),
+            model=model_hparams(self.model),
             dataset=DatasetHparams(dataset="digits"),
             training=TrainingHparams(
                 **{**training.__dict__, "budget": self.budget, "eval_every": "1ep", "batch_size": 64}

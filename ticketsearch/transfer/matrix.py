@@ -27,7 +27,6 @@ from typing import Any
 from ..core.errors import ConfigError
 from ..core.hparams import (
     DatasetHparams,
-    ModelHparams,
     PruningHparams,
     RunHparams,
     TrainingHparams,
@@ -112,7 +111,7 @@ def cell_key(cell: dict[str, Any]) -> str:
 
 def _hparams(spec: MatrixSpec, dataset: str, method: str, density: float) -> RunHparams:
     from ..methods import get_method
-    from ..models import training_recipe
+    from ..models import model_hparams, training_recipe
 
     strategy = get_method(method)
     own = strategy.recipe(spec.model, dataset)  # learned methods train scores with their own recipe
@@ -121,7 +120,7 @@ def _hparams(spec: MatrixSpec, dataset: str, method: str, density: float) -> Run
     else:
         training = spec.training or training_recipe(spec.model)
     return RunHparams(
-        model=ModelHparams(model=spec.model),
+        model=model_hparams(spec.model),
         dataset=DatasetHparams(dataset=dataset, resize=spec.resize),
         training=training,
         pruning=strategy.default_pruning(method=method, density=density),
@@ -131,10 +130,10 @@ def _hparams(spec: MatrixSpec, dataset: str, method: str, density: float) -> Run
 
 def _target_hparams(spec: MatrixSpec, dataset: str) -> RunHparams:
     """How every ticket is trained on a target: the model's recipe, or the matrix's training flags."""
-    from ..models import training_recipe
+    from ..models import model_hparams, training_recipe
 
     return RunHparams(
-        model=ModelHparams(model=spec.model),
+        model=model_hparams(spec.model),
         dataset=DatasetHparams(dataset=dataset, resize=spec.resize),
         training=spec.training or training_recipe(spec.model),
         pruning=PruningHparams(method="transfer"),
