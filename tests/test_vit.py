@@ -324,7 +324,7 @@ def test_cli_unfit_image_size_is_one_error_line(tmp_path, capsys) -> None:
 
 
 def test_the_vit_gets_its_own_init_unless_one_is_asked():
-    """A model's default init (the ViT's own: 97.50% against 96.32% with Kaiming normal) reaches a run
+    """A model's default init (the ViT's own, which trained better than Kaiming normal) reaches a run
     through the CLI, and only that model's runs: LeNet's stay on the project's default, and --init wins."""
     from ticketsearch.cli import build_parser
     from ticketsearch.commands.flags import resolve_hparams
