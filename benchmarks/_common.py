@@ -69,22 +69,6 @@ def fmt_ratio(r: dict[str, float]) -> str:
     return f"{r['median']:.3f}× [{r['q1']:.3f}, {r['q3']:.3f}]"
 
 
-def interleaved_medians(
-    fns: dict[str, Callable[[], Any]],
-    *,
-    rounds: int = 5,
-    repeats: int = 200,
-    warmup: int = 20,
-    sync: bool = False,
-) -> dict[str, float]:
-    """Median ms per function, sampled round-robin (one call of each in turn) so drift and noise hit all
-    alike: ratios between them are then meaningful even on a busy 2-core machine."""
-    return {
-        k: statistics.median(v)
-        for k, v in interleaved_samples(fns, rounds=rounds, repeats=repeats, warmup=warmup, sync=sync).items()
-    }
-
-
 def interleaved_samples(
     fns: dict[str, Callable[[], Any]],
     *,
@@ -93,8 +77,8 @@ def interleaved_samples(
     warmup: int = 20,
     sync: bool = False,
 ) -> dict[str, list[float]]:
-    """Every call's ms per function, ``rounds × repeats`` of them taken round-robin (for
-    :func:`paired_ratios`, whose rounds are these ``rounds``)."""
+    """Every call's ms per function, ``rounds × repeats`` of them sampled round-robin (one call of each in
+    turn) so drift and noise hit all alike; :func:`paired_ratios` pairs them by these ``rounds``."""
     keys = list(fns)
     for _ in range(warmup):
         for k in keys:
