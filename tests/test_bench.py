@@ -51,6 +51,10 @@ def test_smoke_suite_end_to_end(tmp_path):
     cell_steps = sum(x["time_split"]["steps"] for x in records)
     assert 0 < cell_steps <= timing["training_step_s"] + 1e-3 < timing["worker_seconds"]
     assert timing["cells_run"] == len(records) and 0 < timing["outside_steps_fraction"] < 1
+    # one worker: the search ran after the cells, in this process, and its steps count in the budget
+    (small,) = read_records(out / "smallest.jsonl")
+    assert timing["searches_run"] == 1 and "searches_in_pool" not in timing
+    assert timing["training_step_s"] == pytest.approx(cell_steps + small["time_split"]["steps"], abs=1e-3)
     assert "## Where the time went" in md
     for section in (
         "## digits/mlp_digits",
@@ -99,6 +103,13 @@ def test_resume_after_a_worker_is_killed(tmp_path):
     keys = [x["key"] for x in records]
     assert sorted(keys) == sorted(c.key for c in cells_of(load_suite("smoke")))  # none lost, none twice
     assert all(x["status"] == "ok" for x in records)
+    # the smallest-ticket search ran in the pool, among the cells, not after them in this process: its
+    # training steps are in the workers' time, and no time went to searches after the pool
+    (small,) = read_records(out / "smallest.jsonl")
+    timing = json.loads((out / "timing.json").read_text())
+    assert small["status"] == "ok" and small["time_split"]["steps"] > 0
+    assert timing["searches_run"] == 1 and timing["searches_in_pool"] and timing["smallest_wall_s"] < 1.0
+    assert "cells and 1 smallest-ticket searches on 2 worker(s)" in (out / "report.md").read_text()
     # a second run finds every cell done and recomputes nothing
     mtime = results.stat().st_mtime_ns
     small_mtime = (out / "smallest.jsonl").stat().st_mtime_ns

@@ -419,6 +419,11 @@ def _timing_section(out_dir: Path) -> list[str]:
                 f"{t.get('searches_run', 0)} smallest-ticket searches on {t['workers']} worker(s), wall time "
                 f"{t['wall_s'] / 60:.1f} min. "
             )
+        elif t.get("searches_in_pool"):  # the searches shared the workers with the cells
+            ran = (
+                f"Last invocation: {t['cells_run']} cells and {t['searches_run']} smallest-ticket searches on "
+                f"{t['workers']} worker(s); wall time {t['wall_s'] / 60:.1f} min. "
+            )
         else:
             ran = (
                 f"Last invocation: {t['cells_run']} cells on {t['workers']} worker(s) in {t['cells_wall_s']:.0f} s, "

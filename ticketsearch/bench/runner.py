@@ -393,9 +393,22 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _work(args: tuple[Suite, Cell, str, str | None, str, bool]) -> dict[str, Any]:
-    suite, cell, root, data_root, device, rerun_stale = args
-    return run_cell(suite, cell, root=Path(root), data_root=data_root, device=device, rerun_stale=rerun_stale)
+@dataclass(frozen=True)
+class _Search:
+    """A smallest-ticket search as a pool item (``key`` from :func:`smallest_keys`)."""
+
+    key: str
+    out_dir: str
+
+
+def _work(args: tuple[Suite, Cell | _Search, str, str | None, str, bool]) -> dict[str, Any]:
+    suite, item, root, data_root, device, rerun_stale = args
+    if isinstance(item, _Search):
+        return smallest_search(
+            suite, item.key, Path(item.out_dir), root=Path(root), data_root=data_root, device=device,
+            rerun_stale=rerun_stale,
+        )  # fmt: skip
+    return run_cell(suite, item, root=Path(root), data_root=data_root, device=device, rerun_stale=rerun_stale)
 
 
 def run_suite(
@@ -419,8 +432,6 @@ def run_suite(
     ``timing.json`` states this invocation's wall time and how much of the workers' time went to training
     steps, so the suite's overhead (start-up, data, evaluation, scoring, writing) is measured, not guessed.
     """
-    from ..training.loop import time_split
-
     t_start = time.perf_counter()
     suite.validate()
     check_data(suite, data_root)
@@ -454,6 +465,13 @@ def run_suite(
         if bar is not None:
             bar.update(1)
 
+    searches = _searches_todo(suite, out_dir, rerun_stale) if workers > 1 else []
+    searched: list[dict[str, Any]] = []
+
+    def record_search(rec: dict[str, Any]) -> None:
+        searched.append(rec)
+        append_jsonl(out_dir / "smallest.jsonl", {**rec, "provenance": prov})
+
     try:
         if workers <= 1:
             for cell in todo:
@@ -462,12 +480,14 @@ def run_suite(
                         suite, cell, root=root, data_root=data_root, device=device, rerun_stale=rerun_stale
                     )
                 )
-        else:
+        elif todo or searches:
+            # the searches queue behind the cells in the same pool: one starts as soon as a worker is
+            # free, and a search that extends a cell's run still running waits on that run's lock
             _run_pool(
                 suite,
-                todo,
+                [*todo, *(_Search(k, str(out_dir)) for k in searches)],
                 workers,
-                record,
+                lambda item, rec: (record_search if isinstance(item, _Search) else record)(rec),
                 root=root,
                 data_root=data_root,
                 device=device,
@@ -477,21 +497,40 @@ def run_suite(
         if bar is not None:
             bar.close()
     t_cells = time.perf_counter() - t_start
-    clock0 = time_split()
-    if suite.smallest is not None and suite.smallest.variants:
-        run_smallest(suite, out_dir, root=root, data_root=data_root, device=device, rerun_stale=rerun_stale)
+    if workers <= 1 and suite.smallest is not None and suite.smallest.variants:
+        searched = run_smallest(
+            suite, out_dir, root=root, data_root=data_root, device=device, rerun_stale=rerun_stale, fresh=True
+        )
     t_smallest = time.perf_counter() - t_start - t_cells
-    clock1 = time_split()
-    if todo or t_smallest > 1.0:
-        write_timing(
+    if todo or searched:
+        split: dict[str, float] = {}
+        for rec in searched:
+            for k, v in (rec.get("time_split") or {}).items():
+                split[k] = split.get(k, 0.0) + float(v)
+        timing = write_timing(
             out_dir / "timing.json",
             fresh,
-            workers=max(1, min(workers, len(todo))) if todo else 1,
+            workers=max(1, min(workers, len(todo) + len(searches))),
             cells_wall=t_cells,
             smallest_wall=t_smallest,
-            smallest_split={k: clock1[k] - clock0[k] for k in clock1},
+            smallest_split=split,
         )
+        # where the searches ran: in the pool, among the cells (their time is inside cells_wall), or
+        # after them in this process (smallest_wall)
+        pooled = {"searches_in_pool": True} if searches else {}
+        atomic_write_json(out_dir / "timing.json", {**timing, "searches_run": len(searched), **pooled})
     return latest_records(read_records(results, warn=warn))
+
+
+def _searches_todo(suite: Suite, out_dir: Path, rerun_stale: bool) -> list[str]:
+    """The suite's smallest-ticket searches not yet recorded as done in ``out_dir/smallest.jsonl``
+    (failed, or with ``rerun_stale`` stale, ones run again), in run order."""
+    done = {
+        r["key"]
+        for r in latest_records(read_records(out_dir / "smallest.jsonl"))
+        if r.get("status") == "ok" and not (rerun_stale and record_stale(r) is not None)
+    }
+    return [k for k in smallest_keys(suite) if k not in done]
 
 
 def write_timing(
@@ -540,25 +579,24 @@ def run_smallest(
     data_root: str | None,
     device: str,
     rerun_stale: bool = False,
+    fresh: bool = False,
 ) -> list[dict[str, Any]]:
-    """The suite's smallest-ticket searches, one per dataset and listed variant, into ``smallest.jsonl``.
+    """The suite's smallest-ticket searches, one per dataset and listed variant, one after another in
+    this process, into ``smallest.jsonl``; returns the newest record of every search (``fresh``: only
+    the records of the searches this call ran).
 
     Each search reuses the suite's cached runs where it can (an IMP walk extends the suite's IMP run);
     a search already recorded is not repeated (unless it failed, or, with ``rerun_stale``, reused levels
     that other code made)."""
     path = out_dir / "smallest.jsonl"
-    done = {
-        r["key"]
-        for r in latest_records(read_records(path))
-        if r.get("status") == "ok" and not (rerun_stale and record_stale(r) is not None)
-    }
-    for key in smallest_keys(suite):
-        if key not in done:
-            rec = smallest_search(
-                suite, key, out_dir, root=root, data_root=data_root, device=device, rerun_stale=rerun_stale
-            )
-            append_jsonl(path, {**rec, "provenance": _provenance()})
-    return latest_records(read_records(path))
+    ran = []
+    for key in _searches_todo(suite, out_dir, rerun_stale):
+        rec = smallest_search(
+            suite, key, out_dir, root=root, data_root=data_root, device=device, rerun_stale=rerun_stale
+        )
+        append_jsonl(path, {**rec, "provenance": _provenance()})
+        ran.append(rec)
+    return ran if fresh else latest_records(read_records(path))
 
 
 def smallest_keys(suite: Suite) -> list[str]:
@@ -582,6 +620,7 @@ def smallest_search(
     failed record. Its curve and report go to ``out_dir/smallest/<key>/``."""
     from ..experiments.runner import RunOptions
     from ..smallest import smallest
+    from ..training.loop import time_split
 
     spec = suite.smallest
     assert spec is not None
@@ -591,6 +630,7 @@ def smallest_search(
     opts = RunOptions(root=root, data_root=data_root, device=device, progress=False, rerun_stale=rerun_stale)
     hp, weights = _hparams(entry, variant, min(suite.densities_of(variant)), suite.evaluate)
     rec: dict[str, Any] = {"key": key, "dataset": entry.dataset, "model": entry.model, "variant": name}
+    clock0 = time_split()
     try:
         r = smallest(
             hp,
@@ -606,21 +646,33 @@ def smallest_search(
         rec["stale"] = rec.pop("stale_reuses", [])
     except TicketsearchError as exc:
         rec.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    clock1 = time_split()
+    rec["time_split"] = {k: clock1[k] - clock0[k] for k in clock1}  # for timing.json
     return rec
+
+
+def _identity(item: Cell | _Search) -> dict[str, Any]:
+    """The fields a record of ``item`` starts with (a failed record has nothing else to say)."""
+    if isinstance(item, Cell):
+        return {"key": item.key, **dataclasses.asdict(item)}
+    ds, variant = item.key.split("|")
+    dataset, model = ds.rsplit("/", 1)
+    return {"key": item.key, "dataset": dataset, "model": model, "variant": variant}
 
 
 def _run_pool(
     suite: Suite,
-    todo: list[Cell],
+    todo: list[Cell | _Search],
     workers: int,
-    record: Callable[[dict[str, Any]], None],
+    record: Callable[[Cell | _Search, dict[str, Any]], None],
     *,
     root: Path,
     data_root: str | None,
     device: str,
     rerun_stale: bool = False,
 ) -> None:
-    """Cells in ``workers`` processes; a worker that dies (kill -9) is replaced and its cells retried."""
+    """Cells and searches in ``workers`` processes, in ``todo``'s order; ``record(item, its record)`` as
+    each finishes. A worker that dies (kill -9) is replaced and its items retried."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -643,25 +695,21 @@ def _run_pool(
             while futures:
                 finished, _ = wait(futures, return_when=FIRST_COMPLETED)
                 for f in finished:
-                    cell = futures.pop(f)
+                    item = futures.pop(f)
                     try:
-                        record(f.result())
+                        record(item, f.result())
                     except BrokenProcessPool:
                         broken = True
-                        attempts[cell.key] = attempts.get(cell.key, 0) + 1
-                        if attempts[cell.key] >= 3:
+                        attempts[item.key] = attempts.get(item.key, 0) + 1
+                        if attempts[item.key] >= 3:
                             record(
-                                {
-                                    "key": cell.key,
-                                    **dataclasses.asdict(cell),
-                                    "status": "failed",
-                                    "error": "its worker died 3 times",
-                                }
+                                item,
+                                {**_identity(item), "status": "failed", "error": "its worker died 3 times"},
                             )
                         else:
-                            pending.append(cell)
-                if broken:  # the pool is unusable: every cell not finished goes to a new pool
+                            pending.append(item)
+                if broken:  # the pool is unusable: every item not finished goes to a new pool
                     pending += list(futures.values())
                     futures = {}
         if pending:
-            print(f"a worker died; retrying {len(pending)} cell(s) in a new pool", file=sys.stderr)
+            print(f"a worker died; retrying {len(pending)} item(s) in a new pool", file=sys.stderr)
