@@ -4,14 +4,18 @@ Issue 22's target: a 2:4 ticket of LeNet-300-100 or a transformer-sized Linear r
 dense at batch 1 on one CPU thread, and no layer ever runs slower than dense (``load_ticket`` keeps dense
 unless a sparse path measured ≥ 10% faster at load time).
 
-Two nets, each at 50% and 25% density under four patterns — ``unstructured``, ``2:4``, ``1:4`` (25% only:
+Three nets, each at 50% and 25% density under four patterns — ``unstructured``, ``2:4``, ``1:4`` (25% only:
 it keeps at most a quarter) and ``block:4x4`` — with masks from ``core.select`` of uniform random scores
 (speed and size do not depend on accuracy, which is not measured here):
 
 * ``lenet_300_100`` on MNIST shapes (784→300→100→10; its 10-output layer cannot hold 4×4 blocks and is
   kept dense under ``block:4x4``, as ``--allow-dense-layers`` does);
 * ``ffn_768``: a transformer feed-forward block, Linear 768→3072, ReLU, Linear 3072→768 (BERT-base sizes;
-  an ``MLP`` registered in this process only).
+  an ``MLP`` registered in this process only);
+* ``vit_mnist``: the small vision transformer (49-pixel patches → 64 wide, 3 pre-norm blocks of attention
+  and a 128-wide MLP; its patch embedding cannot hold N:M and 4×4 blocks over 49 inputs and is kept
+  dense), per layer its first block only (the three have the same shapes). At batch B each Linear sees
+  17·B rows (16 patches and the class token), so its dense path at batch 1 is already a small matmul.
 
 Measured, one torch thread, batch 1 and 64, ``torch.inference_mode``:
 
@@ -54,7 +58,10 @@ import torch
 from ._writer import ResultWriter, add_output_args, md_table
 from .export_size import interleaved, paired_ratio
 
-NETS = {"lenet_300_100": ((1, 28, 28), 10), "ffn_768": ((768,), 768)}
+NETS = {"lenet_300_100": ((1, 28, 28), 10), "ffn_768": ((768,), 768), "vit_mnist": ((1, 28, 28), 10)}
+# per-layer rows only for the layers named with these prefixes (all where absent): the ViT's three
+# blocks have the same four shapes, so its first block stands for them
+LAYER_PREFIXES = {"vit_mnist": ("blocks.0.",)}
 CONFIGS = (  # (pattern, density)
     ("unstructured", 0.5),
     ("2:4", 0.5),
@@ -112,6 +119,8 @@ def _blocks(net: str, batch: int) -> tuple[int, int]:
     """(calls per block, warm-up calls): blocks of a few milliseconds."""
     if net == "lenet_300_100":
         return (200, 50) if batch == 1 else (20, 5)
+    if net == "vit_mnist":  # a call is 17 tokens × batch through 12 Linear layers and attention
+        return (50, 10) if batch == 1 else (5, 2)
     return (10, 3) if batch == 1 else (2, 1)
 
 
@@ -133,6 +142,8 @@ def measure_layers(net: str, pattern: str, density: float, rounds: int) -> list[
     rows = []
     for name, layer in m.named_modules():
         if f"{name}.weight" not in mask or not isinstance(layer, torch.nn.Linear):
+            continue
+        if net in LAYER_PREFIXES and not name.startswith(LAYER_PREFIXES[net]):
             continue
         w = layer.weight.detach().clone()
         b = layer.bias.detach().clone()
@@ -503,7 +514,7 @@ def measure_cuda(rounds: int) -> tuple[dict[str, Any], str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu (default) or cuda")
-    ap.add_argument("--nets", default=",".join(NETS), help="comma-separated (default: both)")
+    ap.add_argument("--nets", default=",".join(NETS), help="comma-separated (default: all)")
     ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds per measurement (default 15)")
     add_output_args(ap, "result name (default: 1thread, or cuda with --device cuda)")
     args = ap.parse_args()
