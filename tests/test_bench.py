@@ -385,3 +385,39 @@ def test_a_suite_cut_to_one_dataset_runs_only_its_cells():
     assert (
         full.with_overrides(datasets=["fashion_mnist/lenet_300_100"]).datasets[0].dataset == "fashion_mnist"
     )
+
+
+def test_report_lists_failed_cells_and_searches_in_the_suites_order(tmp_path):
+    # a retried cell or search that finishes later must not move its row: the suite's order decides
+    suite = load_suite("frontier")
+    keys = [c.key for c in cells_of(suite) if c.variant != "dense"][:3]
+    cells = [_rec(k.split("|")[1], float(k.split("|")[2]), int(k.split("|")[3]), 0.9, key=k) for k in keys]
+    failed = [{**c, "status": "failed", "error": f"boom {i}"} for i, c in enumerate(cells)]
+    dense = _rec("dense", 1.0, 0, 0.95, key=next(c.key for c in cells_of(suite) if c.variant == "dense"))
+    from ticketsearch.bench.runner import smallest_keys
+
+    searches = smallest_keys(suite)[:3]
+    small = tmp_path / "smallest.jsonl"
+    small.write_text("".join(json.dumps(_search(k, f"s{i}")) + "\n" for i, k in enumerate(searches)))
+    # the newest records arrive in reverse order: the second search and the first cell were retried
+    with small.open("a") as f:
+        f.write(json.dumps(_search(searches[1], "s1 again")) + "\n")
+    write_report([dense, *reversed(failed), failed[0]], tmp_path, suite)
+    md = (tmp_path / "report.md").read_text()
+    rows = [md.index(f"`{k}`") for k in keys]
+    assert rows == sorted(rows)
+    spots = [md.index(k) for k in ("s0", "s1 again", "s2")]
+    assert spots == sorted(spots)
+
+
+def _search(key: str, error: str) -> dict:
+    ds, variant = key.split("|")
+    dataset, model = ds.rsplit("/", 1)
+    return {
+        "key": key,
+        "dataset": dataset,
+        "model": model,
+        "variant": variant,
+        "status": "failed",
+        "error": error,
+    }

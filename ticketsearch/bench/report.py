@@ -13,7 +13,7 @@ from typing import Any
 
 from ..core.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from ..core.provenance import stale_section
-from .runner import DENSE, latest_records, stale_records
+from .runner import DENSE, cells_of, latest_records, smallest_keys, stale_records
 from .spec import Suite
 
 __all__ = ["aggregate", "write_report", "SURVIVE_POINTS"]
@@ -67,6 +67,13 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _in_order(records: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """``records`` in the suite's run order of their keys (others after, as they came), so that a report
+    does not reorder its rows when a retried cell or search finishes in another order."""
+    rank = {k: i for i, k in enumerate(keys)}
+    return sorted(records, key=lambda r: rank.get(r.get("key", ""), len(rank)))
+
+
 def _mean_of(rs: list[dict[str, Any]], f: Any) -> float | None:
     vals = [f(r) for r in rs]
     vals = [v for v in vals if v is not None]
@@ -107,9 +114,12 @@ def write_report(records: list[dict[str, Any]], out_dir: Path, suite: Suite | No
         lines += _anchors(rows, suite)
     small = _smallest_records(out_dir)
     if small:
-        lines += _smallest_section(small)
+        lines += _smallest_section(_in_order(small, smallest_keys(suite) if suite is not None else []))
     lines += _timing_section(out_dir)
-    failed = [r for r in records if r.get("status") == "failed"]
+    failed = _in_order(
+        [r for r in records if r.get("status") == "failed"],
+        [c.key for c in cells_of(suite)] if suite is not None else [],
+    )
     if failed:
         lines += ["## Failed cells", "", "| cell | error |", "|---|---|"]
         lines += [f"| `{r['key']}` | {str(r.get('error', '')).replace('|', '/')} |" for r in failed]
