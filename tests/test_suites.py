@@ -48,7 +48,7 @@ SPEC_HASHES = {
     "dynamic-sparse": "b4e6ba9f1d",
     "frontier": "22a02eef0b",
     "moving-masks": "52f479307e",
-    "paper": "bab02e286b",
+    "paper": "b7370a0223",  # renamed on purpose 2026-12-07: the frontier methods added (issue 20); never recorded
     "patterns": "b9cd7c9c55",
     "patterns-vit": "10664ec5a5",  # added 2026-12-07
     "quick": "1211b0ed06",  # renamed on purpose: its trainings evaluate once, at the end (issue 21 part 4)
