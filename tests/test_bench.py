@@ -421,3 +421,41 @@ def _search(key: str, error: str) -> dict:
         "status": "failed",
         "error": error,
     }
+
+
+def test_pattern_cost_is_read_against_the_same_method_unstructured(tmp_path):
+    base = json.loads((REPO / "ticketsearch" / "bench" / "suites" / "smoke.json").read_text())
+    suite = suite_from_dict({
+        **base, "densities": [0.5, 0.25], "smallest": None,
+        "methods": [
+            "snip",
+            {"name": "snip-2of4", "method": "snip", "pruning": {"pattern": "2:4", "allow_dense_layers": True}},
+            {"name": "snip-1of4", "method": "snip", "pruning": {"pattern": "1:4"}, "densities": [0.25]},
+            {"name": "sm", "method": "supermask", "then_train": True},
+            {"name": "sm-2of4", "method": "supermask", "then_train": True, "pruning": {"pattern": "2:4"}},
+            # another knob: not snip's sibling, and with no unstructured twin it has no row
+            {"name": "snip-g", "method": "snip", "pruning": {"pattern": "2:4", "scope": "global"}},
+        ],
+    }, source="test")  # fmt: skip
+    from ticketsearch.bench.report import pattern_groups
+
+    assert [(b.name, [v.name for v in vs]) for b, vs in pattern_groups(suite)] == [
+        ("snip", ["snip-2of4", "snip-1of4"]),
+        ("sm", ["sm-2of4"]),
+    ]
+    records = [
+        _rec("dense", 1.0, 0, 0.98),
+        _rec("snip", 0.5, 0, 0.96), _rec("snip", 0.5, 1, 0.94), _rec("snip", 0.25, 0, 0.93),
+        _rec("snip-2of4", 0.5, 0, 0.9525), _rec("snip-2of4", 0.25, 0, 0.94),
+        _rec("snip-1of4", 0.25, 0, 0.91),
+        _rec("sm", 0.5, 0, 0.90, then_train_acc=0.97), _rec("sm-2of4", 0.5, 0, 0.80, then_train_acc=0.965),
+    ]  # fmt: skip
+    write_report(records, tmp_path, suite)
+    md = (tmp_path / "report.md").read_text()
+    # snip at 50%: mean 95.00; 2:4 at 95.25 is +0.25; at 25% 94.00 against 93.00 is +1.00; 1:4 -2.00
+    assert "| snip | unstructured | 95.00 |  | 93.00 |  |" in md
+    assert "| snip | 2:4 | 95.25 | +0.25 | 94.00 | +1.00 |" in md
+    assert "| snip | 1:4 | - |  | 91.00 | -2.00 |" in md
+    assert "| sm | 2:4 | 80.00 | -10.00 | - |  |" in md
+    assert "| sm (then trained) | 2:4 | 96.50 | -0.50 | - |  |" in md
+    assert "snip-g" not in md.split("what a pattern costs")[1].split("##")[0]

@@ -14,7 +14,7 @@ from typing import Any
 from ..core.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from ..core.provenance import stale_section
 from .runner import DENSE, cells_of, latest_records, smallest_keys, stale_records
-from .spec import Suite
+from .spec import Suite, Variant
 
 __all__ = ["aggregate", "write_report", "SURVIVE_POINTS"]
 
@@ -110,6 +110,9 @@ def write_report(records: list[dict[str, Any]], out_dir: Path, suite: Suite | No
         lines += _dataset_section(ds, [r for r in rows if r["dataset"] == ds], out_dir)
     for ds in sorted({r["dataset"] for r in rows}):
         lines += _answer_section(ds, [r for r in rows if r["dataset"] == ds], out_dir)
+    if suite is not None:
+        for ds in sorted({r["dataset"] for r in rows}):
+            lines += _pattern_section(ds, [r for r in rows if r["dataset"] == ds], suite)
     if suite is not None and suite.anchors:
         lines += _anchors(rows, suite)
     small = _smallest_records(out_dir)
@@ -210,6 +213,60 @@ def _dataset_section(ds: str, rows: list[dict[str, Any]], out_dir: Path) -> list
 CLOSE_POINTS = 0.5
 # ... for at most this fraction of its training steps
 CHEAP_FRACTION = 0.2
+
+
+_PATTERN_FIELDS = ("pattern", "allow_dense_layers")  # the second matters only under a pattern
+
+
+def pattern_groups(suite: Suite) -> list[tuple[Variant, list[Variant]]]:
+    """(an unstructured variant, the variants equal to it but for ``--pattern``): what a pattern costs
+    is read against the same method, knobs and training, unstructured."""
+    groups: dict[str, list[Variant]] = defaultdict(list)
+    for v in suite.variants:
+        pruning = {k: x for k, x in v.pruning.items() if k not in _PATTERN_FIELDS}
+        key = json.dumps([v.method, pruning, v.args, v.then_train, v.training, v.controls], sort_keys=True)
+        groups[key].append(v)
+    out = []
+    for vs in groups.values():
+        base = [v for v in vs if v.pruning.get("pattern", "unstructured") == "unstructured"]
+        patterned = [v for v in vs if v.pruning.get("pattern", "unstructured") != "unstructured"]
+        if len(base) == 1 and patterned:
+            out.append((base[0], patterned))
+    return out
+
+
+def _pattern_section(ds: str, rows: list[dict[str, Any]], suite: Suite) -> list[str]:
+    """Each patterned variant's accuracy and its cost against the same method unstructured, per density
+    (a learned mask's untrained weights and, when the suite trains them after, its trained ticket)."""
+    groups = pattern_groups(suite)
+    if not groups:
+        return []
+    at = {(r["variant"], r["density"]): r for r in rows}
+    densities = sorted({d for v in suite.variants for d in suite.densities_of(v)}, reverse=True)
+    head = " | ".join(f"{100 * d:g}% | Δ" for d in densities)
+    out = [
+        f"## {ds}: what a pattern costs",
+        "",
+        "Test accuracy (%) of each patterned ticket and Δ, its difference in points from the same method, "
+        "knobs and training unstructured at the same density (mean over seeds).",
+        "",
+        f"| method | pattern | {head} |",
+        "|---|---|" + "---|---|" * len(densities),
+    ]
+    for base, patterned in groups:
+        fields = [("acc_mean", "")] + ([("then_train_mean", " (then trained)")] if base.then_train else [])
+        for key, label in fields:
+            for v in [base, *patterned]:
+                cols = []
+                for d in densities:
+                    r, b = at.get((v.name, d)), at.get((base.name, d))
+                    acc = r.get(key) if r is not None else None
+                    ref = b.get(key) if b is not None else None
+                    delta = "" if v is base or acc is None or ref is None else f"{100 * (acc - ref):+.2f}"
+                    cols.append(f"{_pct(acc)} | {delta}")
+                pattern = v.pruning.get("pattern", "unstructured")
+                out.append(f"| {base.name}{label} | {pattern} | " + " | ".join(cols) + " |")
+    return out + [""]
 
 
 def _answer_section(ds: str, rows: list[dict[str, Any]], out_dir: Path) -> list[str]:
