@@ -411,16 +411,9 @@ def test_report_lists_failed_cells_and_searches_in_the_suites_order(tmp_path):
 
 
 def _search(key: str, error: str) -> dict:
-    ds, variant = key.split("|")
-    dataset, model = ds.rsplit("/", 1)
-    return {
-        "key": key,
-        "dataset": dataset,
-        "model": model,
-        "variant": variant,
-        "status": "failed",
-        "error": error,
-    }
+    from ticketsearch.bench.runner import record_identity
+
+    return {**record_identity(key), "status": "failed", "error": error}
 
 
 def test_pattern_cost_is_read_against_the_same_method_unstructured(tmp_path):

@@ -43,7 +43,6 @@ optuna and SQLAlchemy are imported inside the functions that use them.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import sys
@@ -57,7 +56,15 @@ from ..core.errors import ConfigError
 from ..core.hparams import stable_hash
 from ..core.io import atomic_write_json, atomic_write_text
 from ..studies.storage import DatabaseLost, _say
-from .runner import Cell, cells_of, run_cell, smallest_keys, smallest_search, write_timing
+from .runner import (
+    Cell,
+    cells_of,
+    record_identity,
+    run_cell,
+    smallest_keys,
+    smallest_search,
+    write_timing,
+)
 from .spec import Suite, suite_from_saved
 
 __all__ = [
@@ -452,19 +459,8 @@ def collect(q: Queue) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[
 
 
 def _failed_record(item: str, cells: dict[str, Cell], error: str) -> dict[str, Any]:
-    key = item.split(":", 1)[1]
-    if item in cells:
-        return {"key": key, **dataclasses.asdict(cells[item]), "status": "failed", "error": error}
-    ds, variant = key.split("|")
-    dataset, model = ds.split("/")
-    return {
-        "key": key,
-        "dataset": dataset,
-        "model": model,
-        "variant": variant,
-        "status": "failed",
-        "error": error,
-    }
+    what = cells[item] if item in cells else item.split(":", 1)[1]
+    return {**record_identity(what), "status": "failed", "error": error}
 
 
 def _jsonl(records: list[dict[str, Any]]) -> str:

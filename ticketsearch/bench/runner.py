@@ -651,13 +651,14 @@ def smallest_search(
     return rec
 
 
-def _identity(item: Cell | _Search) -> dict[str, Any]:
-    """The fields a record of ``item`` starts with (a failed record has nothing else to say)."""
+def record_identity(item: Cell | str) -> dict[str, Any]:
+    """The fields a record of a cell, or of the smallest search ``key``, starts with (a failed record has
+    nothing else to say)."""
     if isinstance(item, Cell):
         return {"key": item.key, **dataclasses.asdict(item)}
-    ds, variant = item.key.split("|")
+    ds, variant = item.split("|")
     dataset, model = ds.rsplit("/", 1)
-    return {"key": item.key, "dataset": dataset, "model": model, "variant": variant}
+    return {"key": item, "dataset": dataset, "model": model, "variant": variant}
 
 
 def _run_pool(
@@ -704,7 +705,11 @@ def _run_pool(
                         if attempts[item.key] >= 3:
                             record(
                                 item,
-                                {**_identity(item), "status": "failed", "error": "its worker died 3 times"},
+                                {
+                                    **record_identity(item if isinstance(item, Cell) else item.key),
+                                    "status": "failed",
+                                    "error": "its worker died 3 times",
+                                },
                             )
                         else:
                             pending.append(item)
