@@ -135,6 +135,7 @@ METHOD_RUNS = {
     "supermask": ["--budget", "3it"],
     "supermask-bernoulli": ["--budget", "3it", "--arg", "select=topk"],
     "gem-miner": ["--budget", "6it", "--arg", "every=2it", "--arg", "select=topk"],
+    "cs": ["--budget", "3it", "--arg", "rounds=2"],  # select=topk (its default) under the pattern
 }
 
 
@@ -196,6 +197,8 @@ def test_imp_levels_above_n_over_m_are_not_its_tickets(tmp_path, capsys) -> None
         ("gem-miner", ["--pattern", "block:2x2"], ["select=threshold", "block:2x2", "--arg select=topk"]),
         ("rigl", ["--distribution", "erk"], ["2:4 keeps at most 0.5 of a layer"]),
         ("gmp", ["--density", "0.6"], ["above what pattern 2:4 keeps"]),
+        ("cs", ["--arg", "select=threshold"], ["select=threshold", "emergent", "2:4", "select=topk"]),
+        ("cs", ["--density", "0.6"], ["above what pattern 2:4 keeps"]),
     ],
 )
 def test_a_pattern_a_method_cannot_meet_is_one_line_and_writes_nothing(

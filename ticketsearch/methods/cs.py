@@ -16,8 +16,10 @@ resumed on its own); 2, the ticket, which is this run's answer at its density.
 
 The density CS reaches is emergent (set by λ and s0, not asked for). ``--arg select=topk`` (default) keeps
 exactly ``--density``: the top of ``s`` at the end of the last round (``--scope``/``--distribution`` as
-for any selection); ``select=threshold`` keeps the emergent mask 1[s > 0] (the paper's ticket) and
-``--density`` is unused. Both densities are recorded in level 1's result (``cs.emergent_density``).
+for any selection, and ``--pattern``: that top-k is ``core.select``'s under the pattern, checked before
+the search trains); ``select=threshold`` keeps the emergent mask 1[s > 0] (the paper's ticket) and
+``--density`` is unused, so it cannot keep a pattern and refuses one. Both densities are recorded in
+level 1's result (``cs.emergent_density``).
 
 Differences from the authors' code, on purpose: one optimizer for weights and masks with the run's recipe
 (theirs: two SGD optimizers with the same settings; weight decay never touches the masks in either); the
@@ -40,6 +42,7 @@ import torch
 from ..core.errors import ConfigError
 from ..core.hparams import RunHparams, parse_duration, to_iterations
 from ..core.mask import Mask
+from ..core.pattern import parse_pattern
 from ..core.select import check_empty_layers, select
 from ..sparse import apply_mask
 from ..sparse.soft import (
@@ -128,6 +131,7 @@ class ContinuousSparsification(MovingMask):
     }
     fields = ("scope", "distribution")
     default_scope = "global"  # one λ over every layer: the layers' densities are what the masks learn
+    accepts_pattern = True  # select=topk is core.select under the pattern; select=threshold refuses one
     citation = "Savarese et al., NeurIPS 2020 (arXiv:1912.04427)"
     distributed = False  # untested under torchrun
 
@@ -153,6 +157,11 @@ class ContinuousSparsification(MovingMask):
             raise ConfigError(f"cs's rounds must be ≥ 1, got {rounds}")
         if k["select"] not in SELECT:
             raise ConfigError(f"cs's select must be one of {', '.join(SELECT)}, got {k['select']!r}")
+        if k["select"] == "threshold" and parse_pattern(hp.pruning.pattern).structured:
+            raise ConfigError(
+                f"cs's select=threshold keeps the emergent mask 1[s > 0], which cannot keep --pattern "
+                f"{hp.pruning.pattern}; use select=topk (the default) for a ticket under the pattern"
+            )
         n, unit = parse_duration(self.own(hp).rewind, name="rewind")
         b, bunit = parse_duration(hp.training.budget, name="budget")
         if n and unit == bunit and n >= b:
@@ -178,6 +187,8 @@ class ContinuousSparsification(MovingMask):
         rounds, final = int(k["rounds"]), float(k["final_temp"])
         spe, budget = steps_per_epoch(run), budget_iterations(run)
         rewind_it = self._rewind_it(run)
+        if k["select"] == "topk":
+            self.check_target_selection(run)  # an unfit layer or a density above N/M: before any round
         rewind_path = run.replicate_path() / "rewind.safetensors"
         plain_keys = set(run.init_state)
 
@@ -225,6 +236,8 @@ class ContinuousSparsification(MovingMask):
                 scope=scope,
                 distribution=p.distribution,
                 min_layer_density=p.min_layer_density,
+                pattern=p.pattern,
+                allow_dense_layers=p.allow_dense_layers,
             )
         else:
             mask = emergent
