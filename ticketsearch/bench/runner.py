@@ -447,62 +447,47 @@ def run_suite(
         if r.get("status") == "ok" and not (rerun_stale and record_stale(r) is not None)
     }
     todo = [c for c in cells_of(suite) if c.key not in done]
+    # the smallest-ticket searches queue behind the cells: in the pool, one starts as soon as a worker is
+    # free (a search that extends a run a cell is still training waits on that run's lock)
+    searches = _searches_todo(suite, out_dir, rerun_stale)
+    items: list[Cell | _Search] = [*todo, *(_Search(k, str(out_dir)) for k in searches)]
+    total = len(cells_of(suite)) + len(smallest_keys(suite))
     prov = _provenance()
     bar = progress_bar(
-        len(cells_of(suite)),
-        initial=len(cells_of(suite)) - len(todo),
+        total,
+        initial=total - len(items),
         enabled=progress,
-        desc="cells",
-        unit="cell",
+        desc="cells" if not smallest_keys(suite) else "cells+searches",
+        unit="item",
         leave=True,
     )
 
     fresh: list[dict[str, Any]] = []
+    searched: list[dict[str, Any]] = []
 
-    def record(rec: dict[str, Any]) -> None:
-        fresh.append(rec)
-        append_jsonl(results, {**rec, "provenance": prov})
+    def record(item: Cell | _Search, rec: dict[str, Any]) -> None:
+        if isinstance(item, _Search):
+            searched.append(rec)
+            append_jsonl(out_dir / "smallest.jsonl", {**rec, "provenance": prov})
+        else:
+            fresh.append(rec)
+            append_jsonl(results, {**rec, "provenance": prov})
         if bar is not None:
             bar.update(1)
 
-    searches = _searches_todo(suite, out_dir, rerun_stale) if workers > 1 else []
-    searched: list[dict[str, Any]] = []
-
-    def record_search(rec: dict[str, Any]) -> None:
-        searched.append(rec)
-        append_jsonl(out_dir / "smallest.jsonl", {**rec, "provenance": prov})
-
     try:
         if workers <= 1:
-            for cell in todo:
-                record(
-                    run_cell(
-                        suite, cell, root=root, data_root=data_root, device=device, rerun_stale=rerun_stale
-                    )
-                )
-        elif todo or searches:
-            # the searches queue behind the cells in the same pool: one starts as soon as a worker is
-            # free, and a search that extends a cell's run still running waits on that run's lock
+            for item in items:
+                record(item, _work((suite, item, str(root), data_root, device, rerun_stale)))
+        elif items:
             _run_pool(
-                suite,
-                [*todo, *(_Search(k, str(out_dir)) for k in searches)],
-                workers,
-                lambda item, rec: (record_search if isinstance(item, _Search) else record)(rec),
-                root=root,
-                data_root=data_root,
-                device=device,
+                suite, items, workers, record, root=root, data_root=data_root, device=device,
                 rerun_stale=rerun_stale,
-            )
+            )  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
-    t_cells = time.perf_counter() - t_start
-    if workers <= 1 and suite.smallest is not None and suite.smallest.variants:
-        searched = run_smallest(
-            suite, out_dir, root=root, data_root=data_root, device=device, rerun_stale=rerun_stale, fresh=True
-        )
-    t_smallest = time.perf_counter() - t_start - t_cells
-    if todo or searched:
+    if items:
         split: dict[str, float] = {}
         for rec in searched:
             for k, v in (rec.get("time_split") or {}).items():
@@ -510,15 +495,16 @@ def run_suite(
         timing = write_timing(
             out_dir / "timing.json",
             fresh,
-            workers=max(1, min(workers, len(todo) + len(searches))),
-            cells_wall=t_cells,
-            smallest_wall=t_smallest,
+            workers=max(1, min(workers, len(items))),
+            cells_wall=time.perf_counter() - t_start,
+            smallest_wall=0.0,
             smallest_split=split,
         )
-        # where the searches ran: in the pool, among the cells (their time is inside cells_wall), or
-        # after them in this process (smallest_wall)
-        pooled = {"searches_in_pool": True} if searches else {}
-        atomic_write_json(out_dir / "timing.json", {**timing, "searches_run": len(searched), **pooled})
+        # the searches ran among the cells, on the same worker(s): their time is inside cells_wall
+        # (records made before say searches_in_pool only when they did; else smallest_wall holds them)
+        atomic_write_json(
+            out_dir / "timing.json", {**timing, "searches_run": len(searched), "searches_in_pool": True}
+        )
     return latest_records(read_records(results, warn=warn))
 
 
@@ -579,24 +565,20 @@ def run_smallest(
     data_root: str | None,
     device: str,
     rerun_stale: bool = False,
-    fresh: bool = False,
 ) -> list[dict[str, Any]]:
-    """The suite's smallest-ticket searches, one per dataset and listed variant, one after another in
-    this process, into ``smallest.jsonl``; returns the newest record of every search (``fresh``: only
-    the records of the searches this call ran).
+    """The suite's smallest-ticket searches alone, one per dataset and listed variant, one after another
+    in this process, into ``smallest.jsonl``; returns the newest record of every search.
 
     Each search reuses the suite's cached runs where it can (an IMP walk extends the suite's IMP run);
     a search already recorded is not repeated (unless it failed, or, with ``rerun_stale``, reused levels
     that other code made)."""
     path = out_dir / "smallest.jsonl"
-    ran = []
     for key in _searches_todo(suite, out_dir, rerun_stale):
         rec = smallest_search(
             suite, key, out_dir, root=root, data_root=data_root, device=device, rerun_stale=rerun_stale
         )
         append_jsonl(path, {**rec, "provenance": _provenance()})
-        ran.append(rec)
-    return ran if fresh else latest_records(read_records(path))
+    return latest_records(read_records(path))
 
 
 def smallest_keys(suite: Suite) -> list[str]:
