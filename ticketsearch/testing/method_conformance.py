@@ -6,7 +6,9 @@ the rest of ticketsearch: a Mask with exactly the requested density under the me
 determinism under a seed, resume that never recomputes a finished level, a run killed in the middle of a
 level that resumes to the bit-identical masks, weights and metrics, pruned weights that are exactly zero in
 every state it saves (final weights and checkpoints, including a mask schedule's), a mask file another
-command can train, and an identity (hash) that its declared fields and knobs alone decide. It trains with
+command can train, an identity (hash) that its declared fields and knobs alone decide, and ``--pattern``:
+a method that declares ``accepts_pattern`` ends on the pattern (counted here, group by group), one that
+does not refuses it in one line. It trains with
 the model's own recipe (the method's, if it declares one), shortened to ``budget``::
 
     from ticketsearch.testing import MethodConformance
@@ -54,6 +56,9 @@ class MethodConformance:
     exact_density: ClassVar[bool] = True
     # how many evaluations, spread over the whole run, the kill-and-resume test kills the run at
     kill_points: ClassVar[int] = 3
+    # the N:M pattern (and its density) a method that declares accepts_pattern is run under; None: skip
+    pattern: ClassVar[str | None] = "2:4"
+    pattern_density: ClassVar[float] = 0.5
 
     # -- hooks ----------------------------------------------------------------------------------------
     def name(self) -> str:
@@ -73,7 +78,7 @@ class MethodConformance:
             training=TrainingHparams(
                 **{**training.__dict__, "budget": self.budget, "eval_every": "1ep", "batch_size": 64}
             ),
-            pruning=method.default_pruning(method=self.name(), density=self.density, **pruning),
+            pruning=method.default_pruning(method=self.name(), **{"density": self.density, **pruning}),
             method_args=tuple(sorted(self.method_args.items())),
             method_hparams=tuple(sorted(self.method_hparams.items())),
         )
@@ -198,6 +203,42 @@ class MethodConformance:
         )
         assert Mask.load(t.rows[0]["mask"]).equals(mask)
         assert t.rows[0]["iterations"] > 0
+
+    def test_a_declared_pattern_is_kept(self, tmp_path: Path) -> None:
+        """``accepts_pattern = True`` is a promise the rest of ticketsearch relies on (export packs the
+        layers, ``load_ticket`` runs the N:M kernel): the ticket's mask keeps at most N of every M
+        consecutive weights of a row, counted here without ``core.pattern``, and its sidecar says so
+        (``Mask.load`` refuses a claim the tensors break). A method that does not declare it refuses
+        ``--pattern`` in one line."""
+        from ..core.pattern import parse_pattern
+        from ..methods import get_method
+
+        if self.pattern is None:
+            pytest.skip("no pattern asked of this configuration")
+        method = get_method(self.name())
+        hp = self.hparams(pattern=self.pattern, density=self.pattern_density, allow_dense_layers=True)
+        if not method.accepts_pattern:
+            with pytest.raises(ConfigError, match="does not support --pattern") as refused:
+                method.validate(hp)
+            assert "\n" not in str(refused.value)
+            return
+        pat = parse_pattern(self.pattern)
+        assert pat.kind == "nm", "the contract counts N:M groups"
+        summary = self.find(
+            tmp_path, pattern=self.pattern, density=self.pattern_density, allow_dense_layers=True
+        )
+        row = summary.rows[-1]
+        mask = Mask.load(row["mask"])
+        assert mask.metadata.get("pattern") == str(pat), "the ticket's sidecar does not claim the pattern"
+        dense = set(mask.metadata.get("dense_layers") or [])
+        assert dense != set(mask), "every layer was kept dense: the pattern was never applied"
+        for name, t in mask.items():
+            if name in dense:
+                continue
+            groups = t.reshape(t.shape[0], -1, pat.m).sum(-1)
+            assert int(groups.max()) <= pat.n, f"{name}: a group of {pat.m} keeps {int(groups.max())}"
+        assert row["density"] <= self.pattern_density + 1e-9
+        _assert_pruned_are_zero(summary.run_dir)
 
     def test_identity_is_what_the_method_declares(self) -> None:
         from ..methods import get_method, own_hparams
