@@ -1,8 +1,9 @@
 """Run a suite: every cell a normal run directory, so a killed suite resumes and no cell is recomputed.
 
 A cell is (dataset, model, method variant, density, seed), plus one dense cell per dataset and seed.
-Cells run in this process or in ``workers`` processes (threads per worker set so workers × threads ≤
-cores); only this process appends to ``results.jsonl``, one record per finished cell. A cell that fails
+Cells, then the suite's smallest-ticket searches, run in this process or in ``workers`` processes (threads
+per worker set so workers × threads ≤ cores); only this process appends to ``results.jsonl`` (one record
+per finished cell) and ``smallest.jsonl`` (one per search). A cell that fails
 with a user-level error (a NaN loss, a mask that empties a layer) is recorded as failed with its error and
 the suite goes on; a worker killed mid-cell is replaced and its cell retried (its run resumes from the
 last checkpoint). A cell recorded as failed is not done: the next run of the suite retries it, and the
