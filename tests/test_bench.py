@@ -452,3 +452,18 @@ def test_pattern_cost_is_read_against_the_same_method_unstructured(tmp_path):
     assert "| sm | 2:4 | 80.00 | -10.00 | - |  |" in md
     assert "| sm (then trained) | 2:4 | 96.50 | -0.50 | - |  |" in md
     assert "snip-g" not in md.split("what a pattern costs")[1].split("##")[0]
+
+
+def test_a_metric_the_ticket_lacks_comes_from_the_level_that_found_it():
+    from ticketsearch.bench.runner import _metric
+
+    rows = [
+        {"level": 0, "cs": "dense?"},
+        {"level": 1, "cs": {"emergent_density": 0.23}, "x": 1},
+        {"level": 2, "x": 2},
+        {"level": 3, "y": 3},
+    ]
+    assert _metric(rows, rows[2], "x") == 2  # the ticket's own field first
+    assert _metric(rows, rows[2], "cs") == {"emergent_density": 0.23}  # the latest level before it
+    assert _metric(rows, rows[2], "y") is None  # never a later level's
+    assert _metric(rows, rows[1], "missing") is None

@@ -66,6 +66,15 @@ class Cell:
         return f"{self.dataset}/{self.model}|{self.variant}|{self.density:g}|{self.seed}"
 
 
+def _metric(rows: Any, ticket: Any, name: str) -> Any:
+    """Field ``name`` of the ticket's result, else of the latest level before it that has one: what a
+    search found (cs's emergent density, in the level that searched) belongs to the ticket it made."""
+    if name in ticket:
+        return ticket[name]
+    before = [r for r in rows if r["level"] < ticket["level"] and name in r]
+    return before[-1][name] if before else None
+
+
 def cells_of(suite: Suite) -> list[Cell]:
     """Dense first (the reference every plot draws), then every variant × density × seed per dataset."""
     out = []
@@ -224,7 +233,7 @@ def _run_cell(
             hparams=hp.to_dict(),
         )
         if variant is not None and variant.metrics:  # what the report's tables leave out, kept by name
-            record["metrics"] = {m: row.get(m) for m in variant.metrics}
+            record["metrics"] = {m: _metric(summary.rows, row, m) for m in variant.metrics}
         checks = {}
         checks_es = {}
         controls = row.get("controls") or {}
