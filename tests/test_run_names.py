@@ -99,12 +99,14 @@ def test_run_names_are_unchanged(case):
 # suite -> (number of cells, hash of every cell's run directory name and hparams hash)
 SUITES = {
     "cifar": (615, "b515f452d1e7"),
+    "cs-mnist1d": (74, "78cf3c431638"),  # recorded 2026-12-07; its imp, rigl and cs-ticket cells: frontier's
     "dynamic-sparse": (26, "19d489ccdbf3"),
     "frontier": (462, "1626f987545a"),  # its MNIST imp, gmp, rigl and set cells reuse the runs above
     # the grids of the removed one-off scripts (issue 21), computed at their introduction
     "imp-lenet": (10, "6c71b05a33cd"),  # its IMP run is the one benchmarks/imp_lenet_mnist.py named
     "moving-masks": (20, "f6c563ae5116"),  # main at 22b561a
-    "paper": (426, "e643f24e7b05"),
+    # the frontier methods added 2026-12-07 (issue 20); its first 426 cells keep (426, "e643f24e7b05")
+    "paper": (762, "2613c3f703f6"),
     "patterns": (58, "b4b2e8cebd43"),  # branch patterns (issue 22), computed when the suite was added
     "patterns-vit": (58, "6935fe52a6e3"),  # issue 22, computed when the suite was added (not run yet)
     "quick": (369, "7f47cf1adabe"),  # renamed on purpose: "evaluate": "end" (issue 21 part 4)
