@@ -43,6 +43,16 @@ def test_smoke_suite_end_to_end(tmp_path):
     imp = [x for x in records if x["variant"] == "imp"]
     assert len({x["run"].split("/replicate_")[0] for x in imp}) == 1  # one IMP run serves every density
     assert all(x["provenance"]["ticketsearch"] for x in records)
+    # each record says where its ticket keeps weights: the mask file's own per-layer fractions
+    from ticketsearch.core.mask import Mask
+
+    for x in records:
+        mask = Mask.load(Path(x["run"]) / "mask.safetensors")
+        want = {n: int(t.sum()) / t.numel() for n, t in mask.items()}
+        assert x["layer_density"] == pytest.approx(want, abs=1e-6)
+    assert all(
+        x["layer_density"] == {n: 1.0 for n in x["layer_density"]} for x in records if x["variant"] == "dense"
+    )
     csv_lines = (out / "summary.csv").read_text().splitlines()
     assert csv_lines[0].startswith("dataset,variant,density,n,acc_mean") and len(csv_lines) == 6
     md = (out / "report.md").read_text()

@@ -66,6 +66,13 @@ class Cell:
         return f"{self.dataset}/{self.model}|{self.variant}|{self.density:g}|{self.seed}"
 
 
+def _layer_density(mask_path: Path) -> dict[str, float]:
+    """The fraction of each layer's weights the ticket's mask keeps."""
+    from ..core.mask import Mask
+
+    return {n: round(d, 6) for n, d in Mask.load(mask_path).layer_density().items()}
+
+
 def _metric(rows: Any, ticket: Any, name: str) -> Any:
     """Field ``name`` of the ticket's result, else of the latest level before it that has one: what a
     search found (cs's emergent density, in the level that searched) belongs to the ticket it made."""
@@ -231,6 +238,9 @@ def _run_cell(
             total_cost=total_cost(row, cost, includes_training=strategy.find_cost_includes_training),
             run=str(Path(row["mask"]).parent),
             hparams=hp.to_dict(),
+            # where the ticket keeps its weights: a global selection can starve one layer (SNIP on a
+            # transformer's qkv projection), which no accuracy table shows
+            layer_density=_layer_density(Path(row["mask"])),
         )
         if variant is not None and variant.metrics:  # what the report's tables leave out, kept by name
             record["metrics"] = {m: _metric(summary.rows, row, m) for m in variant.metrics}
