@@ -227,7 +227,7 @@ class MethodConformance:
         summary = self.find(
             tmp_path, pattern=self.pattern, density=self.pattern_density, allow_dense_layers=True
         )
-        row = summary.rows[-1]
+        row = method.ticket_for(summary.rows, self.pattern_density)  # the one rule for "the ticket"
         mask = Mask.load(row["mask"])
         assert mask.metadata.get("pattern") == str(pat), "the ticket's sidecar does not claim the pattern"
         dense = set(mask.metadata.get("dense_layers") or [])
