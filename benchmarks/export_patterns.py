@@ -15,7 +15,9 @@ it keeps at most a quarter) and ``block:4x4`` — with masks from ``core.select`
 * ``vit_mnist``: the small vision transformer (49-pixel patches → 64 wide, 3 pre-norm blocks of attention
   and a 128-wide MLP; its patch embedding cannot hold N:M and 4×4 blocks over 49 inputs and is kept
   dense), per layer its first block only (the three have the same shapes). At batch B each Linear sees
-  17·B rows (16 patches and the class token), so its dense path at batch 1 is already a small matmul.
+  17·B rows (16 patches and the class token), so its dense path at batch 1 is already a small matmul;
+  its layers are also measured at 17 rows, and the per-net table names the path each layer takes for
+  the rows it sees (``load_ticket`` picks by rows, not by the net's batch size).
 
 Measured, one torch thread, batch 1 and 64, ``torch.inference_mode``:
 
@@ -62,6 +64,9 @@ NETS = {"lenet_300_100": ((1, 28, 28), 10), "ffn_768": ((768,), 768), "vit_mnist
 # per-layer rows only for the layers named with these prefixes (all where absent): the ViT's three
 # blocks have the same four shapes, so its first block stands for them
 LAYER_PREFIXES = {"vit_mnist": ("blocks.0.",)}
+# per-layer row counts besides BATCHES: what a layer sees at the net's batch 1 when that is not one row
+# (the ViT's 16 patches and class token)
+LAYER_ROWS = {"vit_mnist": (17,)}
 CONFIGS = (  # (pattern, density)
     ("unstructured", 0.5),
     ("2:4", 0.5),
@@ -115,8 +120,10 @@ def make_ticket(net: str, pattern: str, density: float) -> tuple[torch.nn.Module
     return m.eval(), mask, meta
 
 
-def _blocks(net: str, batch: int) -> tuple[int, int]:
-    """(calls per block, warm-up calls): blocks of a few milliseconds."""
+def _blocks(net: str, batch: int, layer: bool = False) -> tuple[int, int]:
+    """(calls per block, warm-up calls): blocks of a few milliseconds (``layer``: one of its layers)."""
+    if net == "vit_mnist" and layer:  # 64-192 wide: a few to a few tens of microseconds per call
+        return (200, 50) if batch <= 17 else (50, 10)
     if net == "lenet_300_100":
         return (200, 50) if batch == 1 else (20, 5)
     if net == "vit_mnist":  # a call is 17 tokens × batch through 12 Linear layers and attention
@@ -155,11 +162,11 @@ def measure_layers(net: str, pattern: str, density: float, rounds: int) -> list[
         layers = {
             v: SparseLinear(w, b, {bb: p for bb in LOAD_BATCHES}, pattern=lp) for v, p in variants.items()
         }
-        for batch in BATCHES:
+        for batch in sorted({*BATCHES, *LAYER_ROWS.get(net, ())}):
             x = torch.randn(batch, w.shape[1], generator=torch.Generator().manual_seed(1))
             want = torch.nn.functional.linear(x, w, b)
             err = max(float((layers[v](x) - want).abs().max()) for v in layers)
-            block, warm = _blocks(net, batch)
+            block, warm = _blocks(net, batch, layer=True)
             with torch.inference_mode():
                 per = interleaved(
                     {v: (lambda lay=lay, x=x: lay(x)) for v, lay in layers.items()},
@@ -192,11 +199,33 @@ def measure_layers(net: str, pattern: str, density: float, rounds: int) -> list[
 
 
 # -- per net ---------------------------------------------------------------------------------------------
-def _paths_text(summary: dict[str, Any], key: int) -> str:
+def _paths_text(summary: dict[str, Any], keys: dict[str, int]) -> str:
     by: dict[str, list[str]] = {}
     for name, v in summary.items():
-        by.setdefault(v["paths"][key], []).append(name)
+        by.setdefault(v["paths"][keys[name]], []).append(name)
     return "; ".join(f"{p}: {', '.join(n)}" for p, n in sorted(by.items()))
+
+
+def _path_keys(model: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """The batch size whose path each Linear layer of ``model`` takes on input ``x``: ``load_ticket``
+    picks a layer's path by the rows the layer sees (a ViT layer sees 17 tokens per image), not by the
+    net's batch size."""
+    from ticketsearch.export.inference import BATCHES, _bucket
+
+    rows: dict[str, int] = {}
+    hooks = [
+        mod.register_forward_pre_hook(
+            lambda _m, args, name=name: rows.__setitem__(name, args[0].numel() // args[0].shape[-1])
+        )
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear)
+    ]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: BATCHES[_bucket(n)] for name, n in rows.items()}
 
 
 @torch.no_grad()
@@ -246,7 +275,7 @@ def measure_net(net: str, pattern: str, density: float, tmp: Path, rounds: int) 
                 block=block,
                 warm=warm,
             )
-        key = 1 if batch == 1 else 64
+        keys = _path_keys(m, x)
         out["latency"].append(
             {
                 "batch": batch,
@@ -256,8 +285,9 @@ def measure_net(net: str, pattern: str, density: float, tmp: Path, rounds: int) 
                 "ticket_ms": statistics.median(per["ticket"]) * 1e3,
                 **_ratio_fields("speedup", per, "dense", "ticket"),
                 "max_abs_diff_vs_masked_model": err,
-                "paths": _paths_text(summary, key),
-                "layer_paths": {n: v["paths"][key] for n, v in summary.items()},
+                "paths": _paths_text(summary, keys),
+                "layer_paths": {n: v["paths"][keys[n]] for n, v in summary.items()},
+                "layer_path_batch": keys,  # the measured batch size each layer's path was chosen at
             }
         )
     return out
