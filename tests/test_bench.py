@@ -263,6 +263,15 @@ def test_timing_fraction_by_hand(tmp_path):
     # capacity 2 × 7 + 2 - 4.5 = 11.5 worker-seconds, 9 s of steps: 2.5 s outside
     assert t["kernel_build_s"] == 4.5 and t["worker_seconds"] == 11.5
     assert t["outside_steps_fraction"] == round(2.5 / 11.5, 4)
+    # the searches' clocks add up key by key; a caller's extra fields land in the same one write
+    from ticketsearch.bench.runner import sum_splits
+
+    assert sum_splits([{"steps": 1.0}, None, {"steps": 0.5, "eval": 0.25}]) == {"steps": 1.5, "eval": 0.25}
+    t = write_timing(
+        tmp_path / "timing.json", recs, workers=2, cells_wall=7.0, smallest_wall=0.0,
+        smallest_split={}, extra={"searches_run": 3},
+    )  # fmt: skip
+    assert t["searches_run"] == 3 and json.loads((tmp_path / "timing.json").read_text()) == t
 
 
 def test_accuracy_axis_floor_names_what_it_hides():

@@ -63,6 +63,7 @@ from .runner import (
     run_cell,
     smallest_keys,
     smallest_search,
+    sum_splits,
     write_timing,
 )
 from .spec import Suite, suite_from_saved
@@ -557,22 +558,19 @@ def _write_timing(
     if not mine:
         return
     cell_records = [t.user_attrs["record"] for t in mine if t.user_attrs.get("item", "").startswith("cell:")]
-    split: dict[str, float] = {}
-    for t in mine:
-        if not t.user_attrs.get("item", "").startswith("cell:"):
-            for k, v in (t.user_attrs.get("time_split") or {}).items():
-                split[k] = split.get(k, 0.0) + float(v)
-    timing = write_timing(
+    write_timing(
         out_dir / "timing.json",
         cell_records,
         workers=workers,
         cells_wall=wall,
         smallest_wall=0.0,
-        smallest_split=split,
-    )
-    # the searches ran inside the workers' time, beside the cells: say so, and how many
-    atomic_write_json(
-        out_dir / "timing.json", {**timing, "queue": q.name, "searches_run": len(mine) - len(cell_records)}
+        smallest_split=sum_splits(
+            t.user_attrs.get("time_split")
+            for t in mine
+            if not t.user_attrs.get("item", "").startswith("cell:")
+        ),
+        # the searches ran inside the workers' time, beside the cells: say so, and how many
+        extra={"queue": q.name, "searches_run": len(mine) - len(cell_records)},
     )
 
 

@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,6 @@ __all__ = [
     "run_cell",
     "run_suite",
     "read_records",
-    "run_smallest",
     "smallest_keys",
     "smallest_search",
     "latest_records",
@@ -471,13 +470,14 @@ def run_suite(
     # free (a search that extends a run a cell is still training waits on that run's lock)
     searches = _searches_todo(suite, out_dir, rerun_stale)
     items: list[Cell | _Search] = [*todo, *(_Search(k, str(out_dir)) for k in searches)]
-    total = len(cells_of(suite)) + len(smallest_keys(suite))
+    n_searches = len(smallest_keys(suite))
+    total = len(cells_of(suite)) + n_searches
     prov = _provenance()
     bar = progress_bar(
         total,
         initial=total - len(items),
         enabled=progress,
-        desc="cells" if not smallest_keys(suite) else "cells+searches",
+        desc="cells+searches" if n_searches else "cells",
         unit="item",
         leave=True,
     )
@@ -508,22 +508,16 @@ def run_suite(
         if bar is not None:
             bar.close()
     if items:
-        split: dict[str, float] = {}
-        for rec in searched:
-            for k, v in (rec.get("time_split") or {}).items():
-                split[k] = split.get(k, 0.0) + float(v)
-        timing = write_timing(
+        write_timing(
             out_dir / "timing.json",
             fresh,
             workers=max(1, min(workers, len(items))),
             cells_wall=time.perf_counter() - t_start,
             smallest_wall=0.0,
-            smallest_split=split,
-        )
-        # the searches ran among the cells, on the same worker(s): their time is inside cells_wall
-        # (records made before say searches_in_pool only when they did; else smallest_wall holds them)
-        atomic_write_json(
-            out_dir / "timing.json", {**timing, "searches_run": len(searched), "searches_in_pool": True}
+            smallest_split=sum_splits(rec.get("time_split") for rec in searched),
+            # the searches ran among the cells, on the same worker(s): their time is inside cells_wall
+            # (records made before say searches_in_pool only when they did; else smallest_wall holds them)
+            extra={"searches_run": len(searched), "searches_in_pool": True},
         )
     return latest_records(read_records(results, warn=warn))
 
@@ -547,8 +541,9 @@ def write_timing(
     cells_wall: float,
     smallest_wall: float,
     smallest_split: dict[str, float],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Where one invocation's time went. The cells ran on ``workers`` processes, so their capacity is
+    """Where one invocation's time went (``extra``: fields the caller adds, written with the rest). The cells ran on ``workers`` processes, so their capacity is
     ``workers × wall``; everything in it that was not a training step (process start, data loading,
     evaluation, scoring, writing, idle workers at the end) counts as outside, the smallest-ticket
     searches (one process) likewise. A kernel's first build on this machine (``kernel_build_s``: once per
@@ -572,33 +567,19 @@ def write_timing(
         "evaluation_s": round(evals_all, 3),
         "outside_steps_fraction": round(1.0 - steps_all / capacity, 4) if capacity > 0 else None,
         "evaluation_fraction": round(evals_all / capacity, 4) if capacity > 0 else None,
+        **(extra or {}),
     }
     atomic_write_json(path, out)
     return out
 
 
-def run_smallest(
-    suite: Suite,
-    out_dir: Path,
-    *,
-    root: Path,
-    data_root: str | None,
-    device: str,
-    rerun_stale: bool = False,
-) -> list[dict[str, Any]]:
-    """The suite's smallest-ticket searches alone, one per dataset and listed variant, one after another
-    in this process, into ``smallest.jsonl``; returns the newest record of every search.
-
-    Each search reuses the suite's cached runs where it can (an IMP walk extends the suite's IMP run);
-    a search already recorded is not repeated (unless it failed, or, with ``rerun_stale``, reused levels
-    that other code made)."""
-    path = out_dir / "smallest.jsonl"
-    for key in _searches_todo(suite, out_dir, rerun_stale):
-        rec = smallest_search(
-            suite, key, out_dir, root=root, data_root=data_root, device=device, rerun_stale=rerun_stale
-        )
-        append_jsonl(path, {**rec, "provenance": _provenance()})
-    return latest_records(read_records(path))
+def sum_splits(splits: Iterable[Mapping[str, float] | None]) -> dict[str, float]:
+    """Per-process step clocks (``time_split`` dicts) added up key by key; a missing one adds nothing."""
+    out: dict[str, float] = {}
+    for split in splits:
+        for k, v in (split or {}).items():
+            out[k] = out.get(k, 0.0) + float(v)
+    return out
 
 
 def smallest_keys(suite: Suite) -> list[str]:
