@@ -51,17 +51,28 @@ def paired_ratios(samples: dict[str, list[float]], base: str, *, rounds: int) ->
     samplers here append round by round): round r's ratio is the median of k's chunk over the median of the
     base's chunk, so a slow spell of the machine divides out of that round instead of biasing one mode;
     the ratio stated is the median over rounds, the quartiles say how much the rounds agree."""
+
+    def per_round(v: list[float]) -> list[float]:
+        n = len(v) // rounds
+        return [statistics.median(v[r * n : (r + 1) * n]) for r in range(rounds)]
+
+    den = per_round(samples[base])
     out: dict[str, dict[str, float]] = {}
     for k, v in samples.items():
-        n, nb = len(v) // rounds, len(samples[base]) // rounds
-        per_round = sorted(
-            statistics.median(v[r * n : (r + 1) * n])
-            / statistics.median(samples[base][r * nb : (r + 1) * nb])
-            for r in range(rounds)
-        )
-        q = statistics.quantiles(per_round, n=4, method="inclusive") if rounds > 1 else per_round * 3
-        out[k] = {"median": statistics.median(per_round), "q1": q[0], "q3": q[2], "rounds": rounds}
+        num = per_round(v)
+        if rounds > 1:
+            m, q1, q3 = paired_ratio(num, den)
+        else:
+            m = q1 = q3 = num[0] / den[0]
+        out[k] = {"median": m, "q1": q1, "q3": q3, "rounds": rounds}
     return out
+
+
+def paired_ratio(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """(median, lower quartile, upper quartile) of num[r] / den[r] over rounds r (at least two)."""
+    ratios = [a / b for a, b in zip(num, den)]
+    q = statistics.quantiles(ratios, n=4, method="inclusive")
+    return statistics.median(ratios), q[0], q[2]
 
 
 def fmt_ratio(r: dict[str, float]) -> str:

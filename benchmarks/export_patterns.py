@@ -57,8 +57,9 @@ from typing import Any
 
 import torch
 
+from ._common import paired_ratio
 from ._writer import ResultWriter, add_output_args, md_table
-from .export_size import interleaved, paired_ratio
+from .export_size import interleaved
 
 NETS = {"lenet_300_100": ((1, 28, 28), 10), "ffn_768": ((768,), 768), "vit_mnist": ((1, 28, 28), 10)}
 # per-layer rows only for the layers named with these prefixes (all where absent): the ViT's three

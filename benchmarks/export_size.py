@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from ._common import REPO
+from ._common import REPO, paired_ratio
 from ._writer import ResultWriter, add_output_args, md_table
 
 MODELS = {"lenet_300_100": (1, 28, 28), "conv6": (3, 32, 32)}
@@ -162,12 +162,6 @@ def interleaved(fns: dict[str, Any], *, rounds: int, block: int, warm: int) -> d
                 ts.append(time.perf_counter() - t0)
             per[k].append(statistics.median(ts))
     return per
-
-
-def paired_ratio(num: list[float], den: list[float]) -> tuple[float, float, float]:
-    """(median, lower quartile, upper quartile) of num[r] / den[r] over rounds r."""
-    q = statistics.quantiles([a / b for a, b in zip(num, den)], n=4, method="inclusive")
-    return statistics.median([a / b for a, b in zip(num, den)]), q[0], q[2]
 
 
 def _paths_text(paths: dict[str, Any], key: int) -> str:
